@@ -1,0 +1,79 @@
+"""`lmforge STAGE [--config recipe.yaml] [--section.key VALUE ...]`: parse, then dispatch.
+
+Each stage is a module exposing a config dataclass and a `run(config)` function; the CLI
+only turns flags into that config. Only the chosen stage's module is imported, so
+`lmforge --help` answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lmforge import __version__
+from lmforge import config as config_mod
+from lmforge.errors import LmforgeError
+
+# stage -> (module, config class, run function, one-line summary)
+STAGES: dict[str, tuple[str, str, str, str]] = {
+    "corpus": ("lmforge.corpus", "CorpusConfig", "run", "documents (txt, md, html, pdf, jsonl, csv, docx) -> cleaned, deduplicated, split corpus/"),
+    "tokenizer": ("lmforge.tokenizer", "TokenizerStageConfig", "run", "train a BPE / WordPiece / Unigram / char tokenizer on text"),
+    "shards": ("lmforge.shards", "ShardsConfig", "run", "tokenize text into packed train/valid token shards (cached)"),
+    "pretrain": ("lmforge.pretrain", "PretrainConfig", "run", "pretrain a model from scratch (clm or mlm) under a budget; text in, model out"),
+    "evaluate": ("lmforge.evaluate", "EvaluateConfig", "run", "perplexity, bits-per-byte and masked-token accuracy of a checkpoint"),
+    "generate": ("lmforge.generate", "GenerateConfig", "run_generate", "sample text from a causal LM checkpoint"),
+    "fill-mask": ("lmforge.generate", "FillMaskConfig", "run_fill_mask", "top-k predictions for [MASK] from a masked LM checkpoint"),
+    "quickstart": ("lmforge.quickstart", "QuickstartConfig", "run", "the embedded demo: a char-level model on tinyshakespeare in ~3 minutes"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<12} {summary}" for name, (_, _, _, summary) in STAGES.items())
+    parser = argparse.ArgumentParser(
+        prog="lmforge",
+        description="Train your own language models, end to end, on your own data.",
+        epilog=f"stages:\n{lines}\n\n`lmforge STAGE --help` documents every option of a stage.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    parser.add_argument("stage", nargs="?", choices=list(STAGES), metavar="STAGE", help="one of: " + ", ".join(STAGES))
+    return parser
+
+
+def stage_parser(stage: str) -> tuple[argparse.ArgumentParser, type, object]:
+    module_name, config_name, run_name, summary = STAGES[stage]
+    module = importlib.import_module(module_name)
+    config_cls = getattr(module, config_name)
+    parser = argparse.ArgumentParser(
+        prog=f"lmforge {stage}",
+        description=f"{summary}. Options are the fields of the stage's config; a YAML recipe given with --config "
+        "sets them too, and flags override the recipe.",
+    )
+    parser.add_argument("--config", metavar="RECIPE.yaml", help="YAML recipe whose keys mirror the options below")
+    config_mod.add_arguments(parser, config_cls)
+    return parser, config_cls, getattr(module, run_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv:
+        top.print_help()
+        return 0
+    if argv[0] not in STAGES:
+        top.parse_args(argv)  # --help / --version exit here; an unknown stage is an argparse error (exit 2)
+        return 0
+    stage, rest = argv[0], argv[1:]
+    try:
+        parser, config_cls, run = stage_parser(stage)
+        args = parser.parse_args(rest)
+        cfg = config_mod.resolve(config_cls, args.config, config_mod.overrides_from_args(args))
+        run(cfg)
+    except LmforgeError as err:
+        print(f"lmforge {stage}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lmforge {stage}: interrupted; completed checkpoints are kept", file=sys.stderr)
+        return 130
+    return 0

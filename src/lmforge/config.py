@@ -1,0 +1,237 @@
+"""Typed dataclass configs that map 1:1 onto YAML recipes and dotted CLI flags.
+
+A stage's config is a dataclass whose fields are nested dataclasses (`train`, `model`, ...) or
+plain values. A YAML recipe is the same tree on disk; `--train.lr 3e-4` overrides one leaf.
+Every value is type-checked, and an unknown key is an error naming the key and the nearest
+valid one. Field help comes from `metadata={"help": ...}` (see `option`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from lmforge.errors import LmforgeError
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field with a default and the help text shown by `--help`."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_optional(tp: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return True, args[0]
+    return False, tp
+
+
+def type_name(tp: Any) -> str:
+    optional, inner = _is_optional(tp)
+    if optional:
+        return f"{type_name(inner)} or null"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _bad(key: str, value: Any, tp: Any) -> LmforgeError:
+    return LmforgeError(f"config field '{key}': got {value!r}, expected {type_name(tp)}; fix the value in the recipe or the --{key} flag")
+
+
+def coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check `value` (from YAML or a CLI string) against `tp`; return it converted."""
+    optional, inner = _is_optional(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and optional):
+        if optional:
+            return None
+        raise _bad(key, value, tp)
+    tp = inner
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        for choice in choices:
+            if value == choice or (isinstance(value, str) and str(choice) == value):
+                return choice
+        raise _bad(key, value, tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise _bad(key, value, tp)
+        return [coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise _bad(key, value, tp)
+    if tp is int:
+        if isinstance(value, bool):
+            raise _bad(key, value, tp)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value.replace("_", ""))
+            except ValueError:
+                raise _bad(key, value, tp) from None
+            if number.is_integer():
+                return int(number)
+        raise _bad(key, value, tp)
+    if tp is float:
+        if isinstance(value, bool):
+            raise _bad(key, value, tp)
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise _bad(key, value, tp) from None
+        raise _bad(key, value, tp)
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise _bad(key, value, tp)
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, checking every key and type."""
+    data = data or {}
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "the recipe"
+        raise LmforgeError(f"config section '{where}' must be a mapping of keys to values, got {type(data).__name__}")
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys here: {', '.join(names)}"
+            raise LmforgeError(f"unknown config key '{prefix}{key}'{hint}")
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, data[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = coerce(tp, data[name], f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def leaves(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
+    """Every leaf field as (dotted key, type, field), depth first."""
+    out = []
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.extend(leaves(tp, f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", tp, f))
+    return out
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One `--dotted.key VALUE` option per leaf field, documented from the field's help."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for key, tp, f in leaves(cls):
+        if key in skip:
+            continue
+        section = key.rsplit(".", 1)[0] if "." in key else "general"
+        group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
+        help_text = f.metadata.get("help", "")
+        default = _default_of(f)
+        kwargs: dict[str, Any] = {"dest": f"cfg:{key}", "default": argparse.SUPPRESS, "metavar": type_name(tp).upper().replace(" ", "_")[:24]}
+        if typing.get_origin(_is_optional(tp)[1]) is list:
+            kwargs["nargs"] = "+"
+        help_text = f"{help_text} [{type_name(tp)}; default: {default}]".replace("%", "%%")
+        group.add_argument(f"--{key}", help=help_text, **kwargs)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise LmforgeError(f"config file {path} not found; pass an existing recipe to --config (see recipes/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise LmforgeError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the recipe syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LmforgeError(f"{path}: a recipe must be a mapping of sections (train:, model:, ...), got {type(data).__name__}")
+    return data
+
+
+def set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def resolve(cls: type, recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """Recipe file (optional) plus dotted overrides -> a checked `cls` instance."""
+    data = load_yaml(recipe) if recipe else {}
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    try:
+        return from_dict(cls, data)
+    except LmforgeError as err:
+        if recipe:
+            raise LmforgeError(f"{recipe}: {err}") from None
+        raise
+
+
+def dump_yaml(obj: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,186 @@
+"""Find the text inputs named by `--data` and read them as documents, streaming.
+
+Inputs are files, folders (searched recursively for text files) and globs. Plain text files
+(.txt, .md, .text, .rst) are read in blocks of about 1 MiB cut at line ends, so a 1 GB file
+never sits in memory whole. A `.jsonl` file holds one document per line in its `text` field.
+A folder written by `lmforge corpus` (its manifest.json says `"stage": "corpus"`) contributes
+its `train-*.jsonl` / `valid-*.jsonl` files with their split kept.
+
+Bytes that are not UTF-8 stop the run with the file and byte offset, unless
+`encoding_errors="replace"`, which substitutes U+FFFD and counts the replacements.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
+JSONL_SUFFIXES = {".jsonl"}
+BLOCK_BYTES = 1 << 20
+
+
+@dataclass
+class Source:
+    """One input file; `split` is set when the file already belongs to a split (corpus folders)."""
+
+    path: Path
+    kind: str  # "text" | "jsonl"
+    split: str | None = None
+
+
+@dataclass
+class DecodeStats:
+    replaced: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.replaced.values())
+
+
+def _is_corpus_folder(folder: Path) -> bool:
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8")).get("stage") == "corpus"
+    except (OSError, ValueError):
+        return False
+
+
+def _corpus_sources(folder: Path) -> list[Source]:
+    sources = []
+    for split in ("train", "valid", "test"):
+        for path in sorted(folder.glob(f"{split}-*.jsonl")) + sorted(folder.glob(f"{split}.jsonl")):
+            sources.append(Source(path, "jsonl", split))
+    return sources
+
+
+def _kind(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    if suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    return None
+
+
+def resolve_sources(paths: list[str | Path]) -> list[Source]:
+    """Expand files, folders and globs into text sources, in a stable order.
+
+    Raises LmforgeError for a path that does not exist, a folder without text files, or
+    when every file is empty.
+    """
+    if not paths:
+        raise LmforgeError("no input given; pass text files, folders or globs with --data PATH ...")
+    sources: list[Source] = []
+    for raw in paths:
+        raw = str(raw)
+        if any(ch in raw for ch in "*?["):
+            matches = sorted(glob.glob(raw, recursive=True))
+            if not matches:
+                raise LmforgeError(f"--data {raw}: the glob matches no file; check the pattern")
+            candidates = [Path(m) for m in matches if Path(m).is_file()]
+            sources.extend(Source(p, _kind(p) or "text") for p in candidates)
+            continue
+        path = Path(raw)
+        if not path.exists():
+            raise LmforgeError(f"--data {path}: no such file or folder; check the path")
+        if path.is_dir():
+            if _is_corpus_folder(path):
+                found = _corpus_sources(path)
+            else:
+                found = [Source(p, k) for p in sorted(path.rglob("*")) if p.is_file() and (k := _kind(p))]
+            if not found:
+                suffixes = ", ".join(sorted(TEXT_SUFFIXES | JSONL_SUFFIXES))
+                raise LmforgeError(f"--data {path}: the folder holds no text files ({suffixes}); point at a folder of text or run `lmforge corpus` on it first")
+            sources.extend(found)
+        else:
+            sources.append(Source(path, _kind(path) or "text"))
+    if all(s.path.stat().st_size == 0 for s in sources):
+        names = ", ".join(str(s.path) for s in sources[:3])
+        raise LmforgeError(f"--data: every input file is empty ({names}); give files with text in them")
+    return sources
+
+
+def _decode_error(path: Path, offset: int, err: UnicodeDecodeError) -> LmforgeError:
+    return LmforgeError(
+        f"{path}: bytes at offset {offset + err.start} are not UTF-8 ({err.reason}); convert the file to UTF-8 "
+        "(e.g. iconv -f latin1 -t utf-8) or set data.encoding_errors: replace"
+    )
+
+
+def read_text_blocks(path: Path, start: int = 0, end: int | None = None, encoding_errors: str = "strict",
+                     stats: DecodeStats | None = None) -> Iterator[str]:
+    """Yield decoded blocks of `path` between byte offsets [start, end), cut at line ends."""
+    end = path.stat().st_size if end is None else end
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        offset = start
+        carry = b""
+        while offset < end:
+            block = handle.read(min(BLOCK_BYTES, end - offset))
+            if not block:
+                break
+            data = carry + block
+            offset += len(block)
+            cut = data.rfind(b"\n") + 1 if offset < end else len(data)
+            if cut == 0:
+                carry = data
+                continue
+            chunk, carry = data[:cut], data[cut:]
+            yield _decode(path, chunk, offset - len(data), decoder, encoding_errors, stats)
+        if carry:
+            yield _decode(path, carry, offset - len(carry), decoder, encoding_errors, stats)
+
+
+def _decode(path: Path, chunk: bytes, chunk_offset: int, decoder, encoding_errors: str, stats: DecodeStats | None) -> str:
+    try:
+        return decoder.decode(chunk, final=False)
+    except UnicodeDecodeError as err:
+        if encoding_errors != "replace":
+            raise _decode_error(path, chunk_offset, err) from None
+        decoder.reset()
+        text = chunk.decode("utf-8", errors="replace")
+        if stats is not None:
+            stats.replaced[str(path)] = stats.replaced.get(str(path), 0) + text.count("\ufffd")
+        return text
+
+
+def read_jsonl_documents(path: Path, text_field: str = "text") -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) for each JSONL line; a bad line is an error naming file:line."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except UnicodeDecodeError as err:
+                raise LmforgeError(f"{path}:{number}: bytes are not UTF-8 ({err.reason}); convert the file to UTF-8") from None
+            except ValueError as err:
+                raise LmforgeError(f"{path}:{number}: not valid JSON ({err}); fix or remove that line") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise LmforgeError(f"{path}:{number}: expected an object with a string field '{text_field}'; fix the line or set data.text_field")
+            yield number, record[text_field]
+
+
+def line_boundary_after(path: Path, offset: int) -> int:
+    """The byte offset just past the first newline at or after `offset` (or the file size)."""
+    size = path.stat().st_size
+    if offset >= size:
+        return size
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        while block := handle.read(1 << 16):
+            at = block.find(b"\n")
+            if at >= 0:
+                return offset + at + 1
+            offset += len(block)
+    return size

@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can fix.
+
+The CLI prints a `LmforgeError` as a single line (no traceback) and exits with status 2;
+anything else is a bug in lmforge and keeps its traceback.
+"""
+
+
+class LmforgeError(Exception):
+    """A user-fixable problem: the message names the file, line or field, and the fix."""

@@ -1,0 +1,101 @@
+"""The run folder every stage writes: resolved `config.yaml` and `manifest.json`.
+
+`manifest.json` records the inputs (path, size, sha256), library versions, lmforge's git SHA
+when it runs from a checkout, and start/end times, so a result can be traced to what made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lmforge import config as config_mod
+
+LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate", "numpy", "peft")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("lmforge",) + LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_sha() -> str | None:
+    """The commit of the lmforge checkout this code runs from, if it is one."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, default=str)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """A stage's output folder. `start` writes config.yaml and a first manifest; `finish` completes it."""
+
+    def __init__(self, out: str | Path, stage: str):
+        self.path = Path(out)
+        self.stage = stage
+        self.manifest: dict[str, Any] = {}
+
+    def start(self, config: Any, inputs: list[str | Path] = ()) -> "RunFolder":
+        self.path.mkdir(parents=True, exist_ok=True)
+        config_mod.dump_yaml(config, self.path / "config.yaml")
+        self.manifest = {
+            "stage": self.stage,
+            "started": now_iso(),
+            "finished": None,
+            "inputs": [describe_input(p) for p in inputs],
+            "versions": library_versions(),
+            "git_sha": git_sha(),
+            "host": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        }
+        write_json_atomic(self.path / "manifest.json", self.manifest)
+        return self
+
+    def finish(self, **extra: Any) -> None:
+        self.manifest.update(extra)
+        self.manifest["finished"] = now_iso()
+        write_json_atomic(self.path / "manifest.json", self.manifest)
+
+
+def describe_input(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        return {"path": str(path), "kind": "folder"}
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_sha256(path)}
