@@ -82,6 +82,9 @@ def resolve_sources(paths: list[str | Path]) -> list[Source]:
     sources: list[Source] = []
     for raw in paths:
         raw = str(raw)
+        if raw.startswith("builtin:"):
+            sources.append(Source(builtin_path(raw), "text"))
+            continue
         if any(ch in raw for ch in "*?["):
             matches = sorted(glob.glob(raw, recursive=True))
             if not matches:
@@ -107,6 +110,14 @@ def resolve_sources(paths: list[str | Path]) -> list[Source]:
         names = ", ".join(str(s.path) for s in sources[:3])
         raise LmforgeError(f"--data: every input file is empty ({names}); give files with text in them")
     return sources
+
+
+def builtin_path(name: str) -> Path:
+    """`builtin:tinyshakespeare` -> the copy shipped inside the package (public domain)."""
+    path = Path(__file__).parent / "data" / f"{name.split(':', 1)[1]}.txt"
+    if not path.is_file():
+        raise LmforgeError(f"--data {name}: no such built-in text; the built-in one is builtin:tinyshakespeare")
+    return path
 
 
 def _decode_error(path: Path, offset: int, err: UnicodeDecodeError) -> LmforgeError:
@@ -184,3 +195,67 @@ def line_boundary_after(path: Path, offset: int) -> int:
                 return offset + at + 1
             offset += len(block)
     return size
+
+
+def _stable_fraction(key: str) -> float:
+    """A number in [0, 1) fixed by `key`, so a document's split never depends on input order."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") / 2**64
+
+
+def choose_split_mode(sources: list[Source], mode: str) -> str:
+    """`auto` splits whole files when there are at least 10 text files, else the tail of each file."""
+    if mode != "auto":
+        return mode
+    return "files" if sum(s.kind == "text" for s in sources) >= 10 else "tail"
+
+
+def iter_split(sources: list[Source], split: str, valid_fraction: float, mode: str = "auto",
+               encoding_errors: str = "strict", stats: DecodeStats | None = None,
+               text_field: str = "text") -> Iterator[tuple[str, bool]]:
+    """Yield (text block, ends_document) for one split ("train" or "valid"), streaming.
+
+    Text files: `tail` puts the last `valid_fraction` of each file's bytes (cut at a line end) in
+    valid, in order, like nanoGPT's 90/10 split; `files` sends whole files to valid by a stable
+    hash of their name. JSONL documents go to valid by a stable hash of their text, so a
+    document lands in one split only. Corpus folders keep the split they were written with.
+    """
+    mode = choose_split_mode(sources, mode)
+    for source in sources:
+        if source.split is not None:
+            if source.split == split:
+                for _, text in read_jsonl_documents(source.path, text_field):
+                    yield text, True
+            continue
+        if source.kind == "jsonl":
+            for number, text in read_jsonl_documents(source.path, text_field):
+                in_valid = _stable_fraction(f"{source.path.name}:{number}:{text[:200]}") < valid_fraction
+                if in_valid == (split == "valid"):
+                    yield text, True
+            continue
+        size = source.path.stat().st_size
+        if mode == "files":
+            in_valid = _stable_fraction(source.path.name) < valid_fraction
+            if in_valid != (split == "valid"):
+                continue
+            start, end = 0, size
+        else:
+            cut = line_boundary_after(source.path, int(size * (1.0 - valid_fraction))) if valid_fraction > 0 else size
+            start, end = (0, cut) if split == "train" else (cut, size)
+        if end <= start:
+            continue
+        blocks = read_text_blocks(source.path, start, end, encoding_errors, stats)
+        previous = next(blocks, None)
+        for block in blocks:
+            yield previous, False
+            previous = block
+        if previous is not None:
+            yield previous, True
+
+
+def input_fingerprint(sources: list[Source]) -> list[str]:
+    """Content hashes of every source, for cache keys."""
+    from lmforge.runfolder import file_sha256
+
+    return [f"{s.path.name}:{s.split}:{file_sha256(s.path)}" for s in sources]

@@ -1,0 +1,295 @@
+"""The one training loop: pretraining today, fine-tuning and distillation through other objectives.
+
+Read top to bottom: set up (device, dtype, optimizer, resume, DDP), then each step
+  1. takes the step's global batch from the objective (a pure function of the step),
+  2. runs this process's micro-batches under autocast, each loss divided by the global
+     target count, so accumulation and any number of processes give the same gradient,
+  3. clips, steps AdamW at the learning rate the budget's progress calls for,
+  4. logs, evaluates and checkpoints on their cadences,
+until a budget limit is spent. Multi-process runs use torch's DDP under `torchrun`.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import torch.distributed as dist
+
+from lmforge import checkpoint, hardware, optim
+from lmforge.config import option
+from lmforge.errors import LmforgeError
+
+
+@dataclass
+class TrainConfig:
+    objective: Literal["clm", "mlm"] = option("clm", "clm: next-token prediction (decoders); mlm: masked tokens (encoders)")
+    batch_size: int = option(32, "global batch in sequences per optimizer step (all processes, all accumulation steps)")
+    micro_batch_size: Optional[int] = option(None, "sequences per forward pass in one process; default: batch_size / processes (no accumulation)")
+    lr: float = option(1e-3, "peak learning rate")
+    min_lr: float = option(1e-4, "learning rate at the end of the budget")
+    warmup_steps: int = option(100, "linear warmup steps")
+    schedule: Literal["cosine", "linear", "constant"] = option("cosine", "decay from lr to min_lr over the budget")
+    weight_decay: float = option(0.1, "AdamW weight decay on matrices (not on biases or norms)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.99, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 disables)")
+    max_steps: Optional[int] = option(None, "budget: optimizer steps")
+    max_tokens: Optional[int] = option(None, "budget: training tokens")
+    max_minutes: Optional[float] = option(None, "budget: wall-clock minutes of training")
+    max_flops: Optional[float] = option(None, "budget: training FLOPs (6N + attention per token)")
+    stop_at_step: Optional[int] = option(None, "stop after this step as if interrupted, keeping the full budget's schedule (resume later)")
+    eval_every: int = option(250, "evaluate on the validation split every N steps (and at the end)")
+    eval_windows: Optional[int] = option(None, "at most this many validation windows per evaluation (default: the whole split)")
+    save_every: int = option(0, "write a resumable checkpoint every N steps (0: only at the end)")
+    keep_last: int = option(2, "keep this many newest checkpoints")
+    log_every: int = option(10, "append a metrics.jsonl row and print progress every N steps")
+    seed: int = option(1337, "seed for initialisation, data order and masking")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast where the hardware supports it (auto), or force fp32 / bf16")
+    compile: bool = option(False, "torch.compile the model (first step compiles for seconds; pays off on larger models)")
+    mlm_probability: float = option(0.15, "mlm: fraction of tokens masked")
+    sparse_prediction: bool = option(True, "mlm: send only masked rows through the vocabulary projection (Cramming)")
+
+    def budget(self) -> optim.Budget:
+        return optim.Budget(self.max_steps, self.max_tokens, self.max_minutes * 60 if self.max_minutes else None, self.max_flops)
+
+
+class TrainingDiverged(LmforgeError):
+    """The loss became NaN or infinite."""
+
+
+class LossModule(torch.nn.Module):
+    """model + objective as one module, so DDP and torch.compile see the whole forward."""
+
+    def __init__(self, model: torch.nn.Module, objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, **batch):
+        return self.objective.loss(self.model, batch)
+
+
+@dataclass
+class Process:
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> "Process":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return cls(int(os.environ.get("RANK", "0")), world)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            value = value.clone()
+            dist.all_reduce(value)
+        return value
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def micro_batches(batch: dict[str, torch.Tensor], rank: int, world: int, micro: int) -> list[dict[str, torch.Tensor]]:
+    """This process's share of the global batch, cut into micro-batches of `micro` rows."""
+    rows = next(iter(batch.values())).shape[0]
+    if rows % world:
+        raise LmforgeError(f"train.batch_size {rows} is not divisible by the {world} processes; pick a multiple")
+    share = rows // world
+    mine = {k: v[rank * share : (rank + 1) * share] for k, v in batch.items()}
+    return [{k: v[i : i + micro] for k, v in mine.items()} for i in range(0, share, micro)]
+
+
+def _device_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(module: LossModule, objective, windows: torch.Tensor, micro: int, device, dtype, proc: Process) -> float:
+    """Mean loss per target over the validation windows, shared across processes."""
+    module.eval()
+    total = torch.zeros(2, dtype=torch.float64)
+    for start in range(proc.rank * micro, windows.shape[0], micro * proc.world):
+        batch = objective.eval_batch(windows[start : start + micro])
+        count = objective.targets(batch)
+        if count == 0:
+            continue
+        with _autocast(device, dtype):
+            loss = module(**_device_batch(batch, device))
+        total += torch.tensor([float(loss), count], dtype=torch.float64)
+    module.train()
+    total = proc.sum(total)
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class MetricsLog:
+    """metrics.jsonl, appended a row at a time; on resume, cut back to the checkpoint's step."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not (self.enabled and self.path.is_file()):
+            return
+        rows = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(r + "\n" for r in rows))
+
+    def append(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None, *, valid_windows: torch.Tensor | None = None,
+        tokens_per_sequence: int, flops_per_token: float, resume: bool = False) -> dict:
+    """Train `model` on `objective` until the budget in `cfg` is spent; return the run summary.
+
+    Writes metrics.jsonl and checkpoints/step_N into `run_dir` (main process only).
+    Raises TrainingDiverged on a non-finite loss, leaving earlier checkpoints untouched.
+    """
+    run_dir = Path(run_dir)
+    device = hardware.resolve_device(cfg.device)
+    dtype = hardware.resolve_precision(cfg.precision, device)
+    proc = Process.from_env(device)
+    budget = cfg.budget()
+    if not budget.is_set():
+        raise LmforgeError("no budget set: give one of --train.max_steps, --train.max_tokens, --train.max_minutes, --train.max_flops")
+    micro = cfg.micro_batch_size or cfg.batch_size // proc.world
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    optimizer = optim.adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    log = MetricsLog(run_dir / "metrics.jsonl", proc.main)
+    state = {"step": 0, "tokens": 0, "seconds": 0.0, "flops": 0.0, "warmup_end_progress": None, "finished": False}
+    if resume and (last := checkpoint.latest(run_dir)) is not None:
+        checkpoint.load_weights(model, last)
+        state = checkpoint.load_state(last, optimizer)
+        log.truncate_after(state["step"])
+        if proc.main:
+            print(f"resuming from {last} (step {state['step']}, {state['tokens']:,} tokens)", flush=True)
+    elif not resume and proc.main:
+        log.path.unlink(missing_ok=True)
+    module: torch.nn.Module = LossModule(model, objective)
+    if proc.world > 1:
+        module = torch.nn.parallel.DistributedDataParallel(module)
+    forward = torch.compile(module) if cfg.compile else module
+    peak = hardware.matmul_peak_flops(device, dtype) * proc.world
+    tokens_per_step = cfg.batch_size * tokens_per_sequence
+    recent = collections.deque(maxlen=50)
+    val_loss = None
+    started = time.perf_counter() - state["seconds"]
+    window_started, window_tokens = time.perf_counter(), 0
+    model.train()
+
+    def progress() -> float:
+        return budget.progress(state["step"], state["tokens"], state["seconds"], state["flops"])
+
+    while progress() < 1.0 and (cfg.stop_at_step is None or state["step"] < cfg.stop_at_step):
+        step = state["step"]
+        lr = optim.learning_rate(step, progress(), state["warmup_end_progress"], cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = objective.batch(step)
+        count = objective.targets(batch)
+        parts = micro_batches(batch, proc.rank, proc.world, micro)
+        step_loss = torch.zeros((), dtype=torch.float64)
+        for i, part in enumerate(parts):
+            last_part = i == len(parts) - 1
+            sync = nullcontext() if (proc.world == 1 or last_part) else module.no_sync()
+            with sync:
+                with _autocast(device, dtype):
+                    loss_sum = forward(**_device_batch(part, device))
+                # / global count: every target weighs the same whatever the split; x world undoes DDP's mean
+                (loss_sum * (proc.world / count)).backward()
+            step_loss += loss_sum.detach().double().cpu()
+        step_loss = float(proc.sum(step_loss)) / count
+        if not math.isfinite(step_loss):
+            optimizer.zero_grad(set_to_none=True)
+            last = checkpoint.latest(run_dir)
+            keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingDiverged(f"loss became {step_loss} at step {step + 1}; stopped without saving ({keep}); lower train.lr, raise train.warmup_steps or use train.precision fp32")
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["tokens"] += tokens_per_step
+        state["flops"] += flops_per_token * tokens_per_step
+        state["seconds"] = time.perf_counter() - started
+        window_tokens += tokens_per_step
+        if state["warmup_end_progress"] is None and state["step"] >= cfg.warmup_steps:
+            state["warmup_end_progress"] = progress()
+        recent.append(step_loss)
+        done = progress() >= 1.0 or state["step"] == cfg.stop_at_step
+        row = None
+        if state["step"] % cfg.log_every == 0 or state["step"] == 1 or done:
+            now = time.perf_counter()
+            rate = window_tokens / max(now - window_started, 1e-9)
+            window_started, window_tokens = now, 0
+            row = {"step": state["step"], "tokens": state["tokens"], "loss": step_loss, "lr": lr,
+                   "tokens_per_second": round(rate, 1), "elapsed_seconds": round(state["seconds"], 2)}
+        if valid_windows is not None and (state["step"] % cfg.eval_every == 0 or done):
+            val_loss = evaluate(module, objective, valid_windows, micro, device, dtype, proc)
+            row = row or {"step": state["step"], "tokens": state["tokens"], "loss": step_loss, "lr": lr,
+                          "tokens_per_second": None, "elapsed_seconds": round(state["seconds"], 2)}
+            row["val_loss"] = val_loss
+        if row is not None:
+            log.append(row)
+            if proc.main:
+                p = progress()
+                eta = state["seconds"] * (1 - p) / p if p > 0 else 0
+                rate_text = f"{row['tokens_per_second'] / 1000:.1f}k tok/s" if row["tokens_per_second"] else ""
+                val_text = f" | val {row['val_loss']:.4f}" if "val_loss" in row else ""
+                print(f"step {state['step']:>6} | loss {step_loss:.4f}{val_text} | lr {lr:.2e} | {rate_text} | "
+                      f"{_format_seconds(state['seconds'])} elapsed | ETA {_format_seconds(eta)}", flush=True)
+        state["finished"] = progress() >= 1.0
+        if (cfg.save_every and state["step"] % cfg.save_every == 0) or done:
+            if proc.main:
+                checkpoint.save(run_dir / "checkpoints" / f"step_{state['step']}", model, tokenizer, optimizer, state)
+                checkpoint.prune(run_dir, cfg.keep_last)
+            proc.barrier()
+
+    tokens_per_second = state["tokens"] / max(state["seconds"], 1e-9)
+    return {
+        "val_loss": val_loss,
+        "train_loss": sum(recent) / len(recent) if recent else None,
+        "steps": state["step"],
+        "tokens": state["tokens"],
+        "training_seconds": round(state["seconds"], 2),
+        "tokens_per_second": round(tokens_per_second, 1),
+        "flops": state["flops"],
+        "mfu": flops_per_token * tokens_per_second / peak,
+        "peak_flops": peak,
+        "precision": str(dtype).replace("torch.", ""),
+        "device": str(device),
+        "processes": proc.world,
+        "stopped_by": budget.limiting(state["step"], state["tokens"], state["seconds"], state["flops"]) if state["finished"] else "stop_at_step",
+        "finished": state["finished"],
+    }

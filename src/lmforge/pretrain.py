@@ -1,0 +1,166 @@
+"""`lmforge pretrain`: text in, model out.
+
+    --data text  ->  tokenizer (trained, cached)  ->  shards (cached)  ->  loop.fit  ->  final/
+                                                                      ->  report.json, report.html
+
+Run folder: config.yaml, manifest.json, metrics.jsonl, checkpoints/step_N/, final/,
+report.json, report.html.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lmforge import checkpoint, documents, hardware, objectives, report, shards
+from lmforge import model as model_mod
+from lmforge import tokenizer as tokenizer_mod
+from lmforge.config import option
+from lmforge.errors import LmforgeError
+from lmforge.loop import Process, TrainConfig, fit
+from lmforge.runfolder import RunFolder, write_json_atomic
+from lmforge.tokenizer import DataConfig, TokenizerConfig
+
+
+@dataclass
+class PretrainConfig:
+    data: list[str] = option([], "training text: files, folders, globs, a corpus/ folder, or builtin:tinyshakespeare")
+    out: str = option("runs/pretrain", "run folder (metrics, checkpoints, final/, reports)")
+    resume: bool = option(False, "continue from the newest checkpoint in --out (its config.yaml is reused unless --config is given)")
+    shards: Optional[str] = option(None, "use this shards folder (from `lmforge shards`) instead of tokenizing --data")
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    split: DataConfig = field(default_factory=DataConfig)
+    model: model_mod.ModelConfig = field(default_factory=model_mod.ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _publish_dir(tmp: Path, target: Path) -> None:
+    """Rename a finished temp folder into the cache; if another process won the race, keep theirs."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_tokenizer(config: PretrainConfig, sources: list[documents.Source]) -> Path:
+    """The tokenizer folder: the one given, or one trained on the train split and cached by hash."""
+    if config.tokenizer.path:
+        tokenizer_mod.load(config.tokenizer.path)  # fails early with a clear message
+        return Path(config.tokenizer.path)
+    key = tokenizer_mod.cache_key(config.tokenizer, config.split, config.train.objective, documents.input_fingerprint(sources))
+    folder = shards.cache_root() / "tokenizers" / key
+    if not (folder / "tokenizer.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
+        stats = tokenizer_mod.build(sources, config.tokenizer, config.split, config.train.objective, tmp)
+        _publish_dir(tmp, folder)
+        print(f"trained {config.tokenizer.kind} tokenizer: vocab {stats['vocab_size']}, fertility {stats['fertility'] or 0:.3f} tokens/word", flush=True)
+    return folder
+
+
+def prepare_data(config: PretrainConfig, proc: Process) -> tuple[Path, Path]:
+    """(tokenizer folder, shards folder); the main process builds caches, the others wait."""
+    if config.shards:
+        token_shards = shards.TokenShards.open(config.shards)
+        tok_dir = Path(config.tokenizer.path or token_shards.meta["tokenizer"])
+        if shards.tokenizer_hash(tok_dir) != token_shards.meta["tokenizer_hash"]:
+            raise LmforgeError(f"{config.shards}: these shards were made with another tokenizer than {tok_dir}; rebuild them with `lmforge shards --tokenizer {tok_dir}`")
+        return tok_dir, token_shards.folder
+    sources = documents.resolve_sources(config.data)
+    if proc.main:
+        tok_dir = prepare_tokenizer(config, sources)
+        shard_dir = shards.cached(sources, tok_dir, config.split)
+    proc.barrier()
+    if not proc.main:
+        tok_dir = prepare_tokenizer(config, sources)
+        shard_dir = shards.cached(sources, tok_dir, config.split)
+    return tok_dir, shard_dir
+
+
+def make_objective(config: PretrainConfig, tokens, tokenizer, model):
+    train = config.train
+    if train.objective == "clm":
+        return objectives.CausalLM(tokens, config.model.context, train.batch_size, train.seed)
+    if tokenizer.mask_token_id is None:
+        raise LmforgeError("objective mlm needs a tokenizer with a [MASK] token; train one with --train.objective mlm (BERT specials) or pass such a tokenizer")
+    return objectives.MaskedLM(
+        tokens, config.model.context, train.batch_size, train.seed, tokenizer.mask_token_id, tokenizer.cls_token_id,
+        tokenizer.sep_token_id, model.config.vocab_size, tuple(tokenizer.all_special_ids), train.mlm_probability, train.sparse_prediction,
+    )
+
+
+def check_lengths(token_shards: shards.TokenShards, window: int, where: str) -> None:
+    for name, array in (("train", token_shards.train), ("valid", token_shards.valid)):
+        if len(array) < window + (name == "train"):
+            raise LmforgeError(
+                f"{where}: the {name} split has {len(array):,} tokens, fewer than one context window ({window}); "
+                "give more text, lower --model.context, or change --split.valid_fraction"
+            )
+
+
+def finished_already(config: PretrainConfig) -> dict | None:
+    """The last checkpoint's state if it already spent this config's budget, else None."""
+    last = checkpoint.latest(Path(config.out))
+    if last is None:
+        return None
+    import json
+
+    state = json.loads((last / checkpoint.STATE_DIR / "state.json").read_text())
+    spent = config.train.budget().progress(state["step"], state["tokens"], state["seconds"], state["flops"])
+    return state if spent >= 1.0 else None
+
+
+def run(config: PretrainConfig) -> Path:
+    """Pretrain a model as `config` says; returns the run folder."""
+    out = Path(config.out)
+    wall_started = time.time()
+    if config.resume and (state := finished_already(config)) is not None:
+        print(f"{out}: this run already finished at step {state['step']} ({state['tokens']:,} tokens); nothing to resume. "
+              "Raise the budget (e.g. --train.max_steps) to train further, or choose a new --out.")
+        return out
+    if not config.resume and checkpoint.latest(out) is not None:
+        raise LmforgeError(f"{out} already holds checkpoints; pass --resume to continue that run, or choose a new --out")
+    device = hardware.resolve_device(config.train.device)
+    proc = Process.from_env(device)
+    tok_dir, shard_dir = prepare_data(config, proc)
+    tokenizer = tokenizer_mod.load(tok_dir)
+    token_shards = shards.TokenShards.open(shard_dir)
+    torch.manual_seed(config.train.seed)
+    model = model_mod.build(config.model, tokenizer, config.train.objective)
+    if token_shards.meta["vocab_size"] > model.config.vocab_size:
+        raise LmforgeError(f"shards {shard_dir} use a vocabulary of {token_shards.meta['vocab_size']} but the model has {model.config.vocab_size}; use matching tokenizer and model")
+    objective = make_objective(config, token_shards.train, tokenizer, model)
+    check_lengths(token_shards, objective.window, str(shard_dir))
+    valid = objectives.gather(token_shards.valid, objectives.eval_offsets(len(token_shards.valid), objective.window, config.train.eval_windows), objective.window)
+    folder = RunFolder(out, "pretrain")
+    if proc.main:
+        sources = [] if config.shards else [s.path for s in documents.resolve_sources(config.data)]
+        folder.start(config, sources)
+    fraction = config.train.mlm_probability if (config.train.objective == "mlm" and config.train.sparse_prediction) else 1.0
+    flops_per_token = model_mod.flops_per_token(model, config.model.context, fraction)
+    params = model_mod.count_parameters(model)
+    if proc.main:
+        print(f"model: {type(model).__name__}, {params / 1e6:.2f}M parameters; train {len(token_shards.train):,} tokens, "
+              f"valid {len(token_shards.valid):,} tokens ({len(valid)} windows)", flush=True)
+    summary = fit(model, objective, config.train, out, tokenizer, valid_windows=valid,
+                  tokens_per_sequence=config.model.context, flops_per_token=flops_per_token, resume=config.resume)
+    if proc.main and summary["finished"]:
+        checkpoint.save(out / "final", model, tokenizer)
+    if proc.main:
+        summary.update(params=params, peak_rss_mb=round(hardware.peak_rss_mb(), 1), wall_seconds=round(time.time() - wall_started, 2),
+                       flops_per_token=flops_per_token, tokenizer=str(tok_dir), shards=str(shard_dir),
+                       tokenize_tokens_per_second=token_shards.meta.get("tokens_per_second"))
+        write_json_atomic(out / "report.json", summary)
+        html = report.write_training_report(out, summary)
+        folder.finish(report=str(out / "report.json"))
+        where = out / "final" if summary["finished"] else checkpoint.latest(out)
+        print(f"done: val loss {summary['val_loss']:.4f}, {summary['tokens_per_second']:,.0f} tokens/s, MFU {summary['mfu']:.1%}; "
+              f"model in {where}; report {html}", flush=True)
+    return out

@@ -1,0 +1,165 @@
+"""Tokenize text into packed token shards: one flat memmap per split, documents joined by a boundary token.
+
+Layout of a shards folder:
+    train.bin, valid.bin    raw token ids (uint16 when the vocabulary fits, else uint32)
+    train.docs.npy, ...     int64 offsets where each document starts
+    meta.json               dtype, token counts, boundary token id, tokenizer hash, tokens/s
+Text is read in ~1 MiB blocks and appended to the files as it is encoded, so memory stays
+flat however large the corpus. A folder is built under a temporary name and renamed when
+complete, so a killed run never leaves a half-written cache entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmforge import documents
+from lmforge import tokenizer as tokenizer_mod
+from lmforge.config import option
+from lmforge.errors import LmforgeError
+from lmforge.runfolder import RunFolder, file_sha256, write_json_atomic
+from lmforge.tokenizer import DataConfig
+
+SPLITS = ("train", "valid")
+
+
+@dataclass
+class ShardsConfig:
+    data: list[str] = option([], "input text: files, folders or globs (.txt .md .rst .jsonl, or a corpus/ folder)")
+    out: str = option("runs/shards", "output folder for train.bin / valid.bin / meta.json")
+    tokenizer: str = option("", "tokenizer folder (from `lmforge tokenizer` or any HF model folder)")
+    split: DataConfig = field(default_factory=DataConfig)
+
+
+def cache_root() -> Path:
+    """Where derived data (tokenizers, shards) is cached: $LMFORGE_CACHE or ~/.cache/lmforge."""
+    return Path(os.environ.get("LMFORGE_CACHE") or Path.home() / ".cache" / "lmforge")
+
+
+def tokenizer_hash(folder: str | Path) -> str:
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
+        if (folder / name).is_file():
+            digest.update(file_sha256(folder / name).encode())
+    return digest.hexdigest()[:16]
+
+
+def boundary_token_id(tokenizer) -> int:
+    """The token that separates documents: EOS for causal tokenizers, SEP for BERT-style ones."""
+    for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise LmforgeError("the tokenizer has neither an EOS nor a SEP token to mark document boundaries; train it with `lmforge tokenizer`")
+
+
+def _encode_split(backend, blocks, handle, dtype, boundary: int) -> tuple[int, list[int]]:
+    """Append one split's tokens to `handle`; return (token count, document start offsets)."""
+    written = 0
+    starts = [0]
+    for block, ends_document in blocks:
+        lines = block.splitlines(keepends=True)
+        encodings = backend.encode_batch(lines, add_special_tokens=False)
+        ids = np.fromiter((i for enc in encodings for i in enc.ids), dtype=np.int64)
+        if ends_document:
+            ids = np.append(ids, boundary)
+        ids.astype(dtype).tofile(handle)
+        written += len(ids)
+        if ends_document:
+            starts.append(written)
+    return written, starts[:-1] if len(starts) > 1 else starts
+
+
+def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: DataConfig, out: Path) -> dict:
+    """Tokenize both splits into `out` (written atomically). Returns meta.json's content."""
+    tokenizer = tokenizer_mod.load(tokenizer_dir)
+    vocab = len(tokenizer)
+    dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
+    boundary = boundary_token_id(tokenizer)
+    backend = tokenizer.backend_tokenizer
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    stats = documents.DecodeStats()
+    meta = {"dtype": np.dtype(dtype).name, "vocab_size": vocab, "boundary_token_id": boundary,
+            "tokenizer_hash": tokenizer_hash(tokenizer_dir), "tokenizer": str(tokenizer_dir), "splits": {}}
+    started = time.time()
+    try:
+        for name in SPLITS:
+            blocks = documents.iter_split(sources, name, split.valid_fraction, split.split, split.encoding_errors, stats, split.text_field)
+            with open(tmp / f"{name}.bin", "wb") as handle:
+                count, starts = _encode_split(backend, blocks, handle, dtype, boundary)
+            np.save(tmp / f"{name}.docs.npy", np.asarray(starts, dtype=np.int64))
+            meta["splits"][name] = {"tokens": count, "documents": len(starts) if count else 0}
+        seconds = max(time.time() - started, 1e-9)
+        total = sum(s["tokens"] for s in meta["splits"].values())
+        meta.update(tokenize_seconds=round(seconds, 3), tokens_per_second=round(total / seconds, 1), replaced_characters=stats.total)
+        write_json_atomic(tmp / "meta.json", meta)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def cache_key(tokenizer_dir: str | Path, split: DataConfig, fingerprint: list[str]) -> str:
+    payload = json.dumps({"tokenizer": tokenizer_hash(tokenizer_dir), "split": split.__dict__, "inputs": fingerprint}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def cached(sources: list[documents.Source], tokenizer_dir: str | Path, split: DataConfig) -> Path:
+    """Shards for these inputs and tokenizer, built once and reused (keyed by their hashes)."""
+    key = cache_key(tokenizer_dir, split, documents.input_fingerprint(sources))
+    folder = cache_root() / "shards" / key
+    if not (folder / "meta.json").is_file():
+        build(sources, tokenizer_dir, split, folder)
+    return folder
+
+
+@dataclass
+class TokenShards:
+    """Read side: memory-mapped token arrays of a shards folder."""
+
+    folder: Path
+    meta: dict
+    train: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "TokenShards":
+        folder = Path(folder)
+        if (folder / "tokens" / "meta.json").is_file():  # a `lmforge shards` run folder
+            folder = folder / "tokens"
+        meta_path = folder / "meta.json"
+        if not meta_path.is_file():
+            raise LmforgeError(f"{folder}: not a shards folder (no meta.json); build one with `lmforge shards`")
+        meta = json.loads(meta_path.read_text())
+        arrays = {}
+        for name in SPLITS:
+            path = folder / f"{name}.bin"
+            arrays[name] = np.memmap(path, dtype=meta["dtype"], mode="r") if path.stat().st_size else np.zeros(0, meta["dtype"])
+        return cls(folder, meta, arrays["train"], arrays["valid"])
+
+
+def run(config: ShardsConfig) -> Path:
+    """`lmforge shards`: tokenize inputs into train/valid token files in `out`."""
+    if not config.tokenizer:
+        raise LmforgeError("--tokenizer is required: a tokenizer folder from `lmforge tokenizer` or an HF model folder")
+    sources = documents.resolve_sources(config.data)
+    out = Path(config.out)
+    folder = RunFolder(out, "shards").start(config, [s.path for s in sources])
+    meta = build(sources, config.tokenizer, config.split, out / "tokens")
+    folder.finish(meta=meta)
+    print(f"shards in {out / 'tokens'}: train {meta['splits']['train']['tokens']:,} tokens, valid {meta['splits']['valid']['tokens']:,} tokens; "
+          f"{meta['tokens_per_second']:,.0f} tokens/s")
+    return out

@@ -1,0 +1,201 @@
+"""Train a tokenizer for the domain and save it as a Hugging Face fast tokenizer folder.
+
+Kinds: byte-level BPE (GPT-2 style, never emits unknown tokens), WordPiece (BERT style),
+Unigram (SentencePiece style, Metaspace) and character level (one token per character seen
+in training; unseen characters become the unknown token). The special tokens follow the
+objective: causal LM gets `<|endoftext|>` (document boundary, also BOS/EOS) and `<pad>`;
+masked LM gets BERT's `[PAD] [UNK] [CLS] [SEP] [MASK]` and a `[CLS] A [SEP]` template.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from lmforge import documents
+from lmforge.config import option
+from lmforge.errors import LmforgeError
+from lmforge.runfolder import RunFolder, write_json_atomic
+
+Objective = Literal["clm", "mlm"]
+
+SPECIALS: dict[str, dict[str, str]] = {
+    "clm": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "unk_token": "<unk>", "pad_token": "<pad>"},
+    "mlm": {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"},
+}
+
+
+@dataclass
+class TokenizerConfig:
+    kind: Literal["bpe", "wordpiece", "unigram", "char"] = option("bpe", "tokenizer model: byte-level BPE, WordPiece, Unigram or character level")
+    vocab_size: int = option(8192, "target vocabulary size including special tokens (char: upper bound)")
+    min_frequency: int = option(2, "a merge or piece must occur this often in the training text")
+    lowercase: bool = option(False, "lowercase text before tokenizing (WordPiece uncased style)")
+    sample_bytes: int = option(200_000_000, "train on at most this many bytes of the training split")
+    path: Optional[str] = option(None, "use this existing tokenizer folder instead of training one")
+
+
+@dataclass
+class DataConfig:
+    valid_fraction: float = option(0.1, "fraction of the text held out for validation")
+    split: Literal["auto", "tail", "files"] = option("auto", "tail: last part of each file is valid (in order); files: whole files go to valid; auto: files when >= 10 text files")
+    encoding_errors: Literal["strict", "replace"] = option("strict", "non-UTF-8 bytes: strict stops with file and byte offset; replace substitutes U+FFFD and counts them")
+    text_field: str = option("text", "field holding the text in .jsonl inputs")
+
+
+@dataclass
+class TokenizerStageConfig:
+    data: list[str] = option([], "input text: files, folders or globs (.txt .md .rst .jsonl, or a corpus/ folder)")
+    out: str = option("runs/tokenizer", "output folder: an HF tokenizer folder plus report.json")
+    objective: Objective = option("clm", "which special tokens to add: clm (<|endoftext|>) or mlm (BERT's [CLS] [SEP] [MASK] ...)")
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    split: DataConfig = field(default_factory=DataConfig)
+
+
+def _sample(blocks: Iterable[tuple[str, bool]], limit: int) -> Iterator[list[str]]:
+    """Lines in batches, stopping after about `limit` characters (the trainers take batches)."""
+    seen = 0
+    for block, _ in blocks:
+        yield block.splitlines(keepends=True)
+        seen += len(block)
+        if seen >= limit:
+            return
+
+
+def _char_tokenizer(batches: Iterable[list[str]], cfg: TokenizerConfig, specials: list[str], unk: str) -> Tokenizer:
+    counts: Counter[str] = Counter()
+    for batch in batches:
+        for line in batch:
+            counts.update(line.lower() if cfg.lowercase else line)
+    room = max(cfg.vocab_size - len(specials), 1)
+    chars = sorted(ch for ch, n in counts.most_common(room) if n >= 1)
+    vocab = {token: i for i, token in enumerate(specials + [c for c in chars if c not in specials])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return tok
+
+
+def _subword_tokenizer(batches: Iterable[list[str]], cfg: TokenizerConfig, specials: list[str], unk: str) -> Tokenizer:
+    common = {"vocab_size": cfg.vocab_size, "special_tokens": specials, "show_progress": False}
+    if cfg.kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(min_frequency=cfg.min_frequency, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **common)
+    elif cfg.kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=unk))
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(min_frequency=cfg.min_frequency, **common)
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(unk_token=unk, **common)
+    norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if cfg.lowercase else [])
+    tok.normalizer = normalizers.Sequence(norm)
+    tok.train_from_iterator(batches, trainer=trainer)
+    return tok
+
+
+def train(blocks: Iterable[tuple[str, bool]], cfg: TokenizerConfig, objective: Objective):
+    """Train on (text, ends_document) blocks; returns a transformers fast tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
+    special_map = SPECIALS[objective]
+    specials = list(dict.fromkeys(special_map.values()))
+    unk = special_map["unk_token"]
+    batches = _sample(blocks, cfg.sample_bytes)
+    if cfg.kind == "char":
+        tok = _char_tokenizer(batches, cfg, specials, unk)
+    else:
+        tok = _subword_tokenizer(batches, cfg, specials, unk)
+    if tok.get_vocab_size() <= len(specials):
+        raise LmforgeError("the training text is empty after splitting, so no tokenizer could be trained; give more text")
+    if objective == "mlm":
+        cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **special_map)
+    fast.model_max_length = 1_000_000
+    return fast
+
+
+def statistics(tokenizer, blocks: Iterable[tuple[str, bool]], limit_chars: int = 5_000_000) -> dict:
+    """Fertility (tokens per whitespace word) and unknown-token rate on held-out text."""
+    words = tokens = unknown = chars = 0
+    unk_id = tokenizer.unk_token_id
+    backend = tokenizer.backend_tokenizer
+    for block, _ in blocks:
+        lines = [line for line in block.splitlines() if line.strip()]
+        for encoding in backend.encode_batch(lines, add_special_tokens=False):
+            tokens += len(encoding.ids)
+            if unk_id is not None:
+                unknown += sum(1 for i in encoding.ids if i == unk_id)
+        words += sum(len(line.split()) for line in lines)
+        chars += len(block)
+        if chars >= limit_chars:
+            break
+    return {
+        "vocab_size": len(tokenizer),
+        "heldout_chars": chars,
+        "heldout_words": words,
+        "heldout_tokens": tokens,
+        "fertility": tokens / words if words else None,
+        "unk_rate": unknown / tokens if tokens else None,
+        "chars_per_token": chars / tokens if tokens else None,
+    }
+
+
+def load(path: str | Path):
+    """Load a tokenizer folder, with a clear error when it is not one."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.json").is_file() and not (path / "vocab.txt").is_file():
+        raise LmforgeError(f"{path}: no tokenizer here (tokenizer.json or vocab.txt); train one with `lmforge tokenizer` or point at a model folder that has one")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def cache_key(cfg: TokenizerConfig, split: DataConfig, objective: str, fingerprint: list[str]) -> str:
+    payload = json.dumps({"tokenizer": cfg.__dict__, "split": split.__dict__, "objective": objective, "inputs": fingerprint}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build(sources: list[documents.Source], cfg: TokenizerConfig, split: DataConfig, objective: Objective, out: Path) -> dict:
+    """Train on the train split, save into `out`, and return the held-out statistics."""
+    stats = documents.DecodeStats()
+    started = time.time()
+    tokenizer = train(documents.iter_split(sources, "train", split.valid_fraction, split.split, split.encoding_errors, stats, split.text_field), cfg, objective)
+    seconds = time.time() - started
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(out))
+    heldout = documents.iter_split(sources, "valid", split.valid_fraction, split.split, split.encoding_errors, stats, split.text_field)
+    report = {"kind": cfg.kind, "objective": objective, "train_seconds": round(seconds, 2), **statistics(tokenizer, heldout)}
+    report["replaced_characters"] = stats.total
+    write_json_atomic(out / "report.json", report)
+    return report
+
+
+def run(config: TokenizerStageConfig) -> Path:
+    """`lmforge tokenizer`: train and save a tokenizer folder with report.json."""
+    sources = documents.resolve_sources(config.data)
+    out = Path(config.out)
+    folder = RunFolder(out, "tokenizer").start(config, [s.path for s in sources])
+    report = build(sources, config.tokenizer, config.split, config.objective, out)
+    folder.finish(report=report)
+    fert = report["fertility"]
+    unk = report["unk_rate"]
+    print(f"tokenizer ({config.tokenizer.kind}, vocab {report['vocab_size']}) saved to {out}")
+    print(f"held-out: fertility {fert:.3f} tokens/word, unknown-token rate {unk:.4%}" if fert is not None and unk is not None else "held-out split is empty: no statistics")
+    return out
