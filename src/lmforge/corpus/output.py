@@ -1,0 +1,71 @@
+"""The corpus folder's shards: `train-00000.jsonl`, `valid-00000.jsonl`, `test-00000.jsonl`, ...
+
+Shards are written as `*.partial` and renamed when the run succeeds, so a failed run never leaves
+a folder that `lmforge tokenizer` or `lmforge shards` would take for a finished corpus.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+SPLITS = ("train", "valid", "test")
+PARTIAL = ".partial"
+
+
+def prepare_out_folder(out: Path) -> None:
+    """Remove the shards of an earlier `lmforge corpus` run in `out`; refuse to mix with other files."""
+    stale = [p for split in SPLITS for p in out.glob(f"{split}-*.jsonl*")]
+    if not stale:
+        return
+    manifest = out / "manifest.json"
+    try:
+        ours = json.loads(manifest.read_text(encoding="utf-8")).get("stage") == "corpus"
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise LmforgeError(f"--out {out}: the folder holds {stale[0].name} but was not written by `lmforge corpus`; choose an empty or new --out folder")
+    for path in stale:
+        path.unlink()
+
+
+class ShardWriter:
+    """Append JSON lines to `{split}-NNNNN.jsonl`, starting a new file past `shard_bytes`."""
+
+    def __init__(self, out: Path, split: str, shard_bytes: int):
+        self.out, self.split, self.shard_bytes = out, split, shard_bytes
+        self.paths: list[Path] = []
+        self.records = 0
+        self.bytes = 0
+        self._handle = None
+        self._shard_size = 0
+        self._open_next()  # train-00000.jsonl exists even when a split gets nothing
+
+    def _open_next(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        path = self.out / f"{self.split}-{len(self.paths):05d}.jsonl"
+        self.paths.append(path)
+        self._handle = open(str(path) + PARTIAL, "wb")
+        self._shard_size = 0
+
+    def write(self, payload: bytes, records: int) -> None:
+        if self._shard_size and self._shard_size + len(payload) > self.shard_bytes:
+            self._open_next()
+        self._handle.write(payload)
+        self._shard_size += len(payload)
+        self.bytes += len(payload)
+        self.records += records
+
+    def close(self, keep: bool) -> list[str]:
+        """Close; rename the shards to their final names when `keep`, else delete them."""
+        self._handle.close()
+        for path in self.paths:
+            partial = Path(str(path) + PARTIAL)
+            if keep:
+                partial.replace(path)
+            else:
+                partial.unlink(missing_ok=True)
+        return [p.name for p in self.paths] if keep else []

@@ -1,0 +1,283 @@
+"""`lmforge corpus`: documents -> cleaned, filtered, deduplicated, split JSONL shards.
+
+Worker processes take work units (a few MB of input each), extract, clean, filter, sign
+(MinHash) and cut documents into records. The main process receives the units in input order,
+drops duplicates with one `DuplicateIndex`, assigns each surviving document to a split by a hash
+of its id and appends its records to the split's shard. Memory stays bounded: a few units in
+flight, plus about 1.5 KB of index per kept document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import resource
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lmforge.corpus.clean import Cleaner
+from lmforge.corpus.config import CorpusConfig
+from lmforge.corpus.dedup import DuplicateIndex, Signer, normalised_hash
+from lmforge.corpus.errors import ExtractionError
+from lmforge.corpus.extract import RawDocument, ReadLog, read_documents
+from lmforge.corpus.filters import QualityFilter
+from lmforge.corpus.output import SPLITS, ShardWriter, prepare_out_folder
+from lmforge.corpus.report import CorpusReport, Tally, excerpt
+from lmforge.corpus.snippets import Snipper, load_token_counter
+from lmforge.corpus.sources import FilePart, WorkUnit, plan_units, resolve_inputs
+from lmforge.errors import LmforgeError
+from lmforge.runfolder import RunFolder
+
+UNITS_IN_FLIGHT_PER_WORKER = 3
+PROGRESS_SECONDS = 5.0
+
+
+@dataclass
+class KeptDocument:
+    """A document that passed the filters, with its records already serialised as JSON lines."""
+
+    doc_id: str
+    source: str
+    exact_hash: int
+    signature: np.ndarray | None
+    payload: bytes
+    records: int
+    chars: int
+    words: int
+    language: str | None
+    excerpt: str
+
+
+class UnitWorker:
+    """The per-process state (cleaner, filters, MinHash permutations, tokenizer) for work units."""
+
+    def __init__(self, config: CorpusConfig):
+        self.config = config
+        self.cleaner = Cleaner(config.clean)
+        self.filter = QualityFilter(config.filter)
+        self.signer = Signer(config.dedup) if config.dedup.near else None
+        self.snipper = Snipper(config.split) if config.split.unit == "snippets" else None
+
+    def _records(self, text: str, base: dict) -> tuple[bytes, int]:
+        pieces = self.snipper.cut(text) if self.snipper else [text]
+        lines = []
+        for number, piece in enumerate(pieces):
+            meta = dict(base["meta"], snippet=number, snippets=len(pieces)) if self.snipper else base["meta"]
+            lines.append(json.dumps({"text": piece, "source": base["source"], "doc_id": base["doc_id"], "meta": meta}, ensure_ascii=False))
+        return ("\n".join(lines) + "\n").encode("utf-8"), len(pieces)
+
+    def _document(self, raw: RawDocument, part: FilePart, tally: Tally) -> KeptDocument | None:
+        source, fmt = part.file.path, part.file.format
+        tally.counts["documents_in"] += 1
+        tally.counts["chars_in"] += len(raw.text)
+        text = self.cleaner(raw.text)
+        verdict = self.filter.check(text)
+        if verdict.reason is not None:
+            tally.counts[f"filter.{verdict.reason}"] += 1
+            tally.counts[f"filter.{verdict.reason}_chars"] += len(text)
+            tally.example(f"filter.{verdict.reason}", f"{source} ({raw.position})", text or raw.text)
+            return None
+        doc_id = hashlib.blake2b(f"{source}\0{raw.position}".encode("utf-8"), digest_size=8).hexdigest()
+        meta = {"format": fmt, "language": verdict.language, "words": verdict.words, **raw.meta}
+        payload, records = self._records(text, {"source": source, "doc_id": doc_id, "meta": meta})
+        tally.counts[f"format.{fmt}.documents"] += 1
+        tally.counts[f"format.{fmt}.chars"] += len(text)
+        return KeptDocument(doc_id, source, normalised_hash(text), self.signer.signature(text) if self.signer else None,
+                            payload, records, len(text), verdict.words, verdict.language, excerpt(text))
+
+    def _read_part(self, part: FilePart, tally: Tally, kept: list[KeptDocument]) -> None:
+        fmt = part.file.format
+        if part.chunk == 0:
+            tally.counts["files_in"] += 1
+            tally.counts[f"format.{fmt}.files"] += 1
+        size = (part.end if part.end is not None else part.file.size) - part.start
+        tally.counts["bytes_in"] += size
+        tally.counts[f"format.{fmt}.bytes"] += size
+        log = ReadLog()
+        try:
+            for raw in read_documents(part, self.config.extract, log):
+                document = self._document(raw, part, tally)
+                if document is not None:
+                    kept.append(document)
+                if raw.meta.get("running_lines_removed"):
+                    tally.counts["pdf.running_lines_removed"] += raw.meta["running_lines_removed"]
+        except ExtractionError as err:
+            self._fail(part, str(err), tally)
+        except Exception as err:  # libraries raise anything on corrupt input; one file must not stop the run
+            self._fail(part, f"{type(err).__name__}: {err}; the file may be corrupt", tally)
+        tally.counts["record_problems"] += len(log.problems)
+        tally.problems.extend(log.problems)
+        tally.counts["replaced_chars"] += log.replaced_chars
+
+    def _fail(self, part: FilePart, message: str, tally: Tally) -> None:
+        tally.failures.append({"path": part.file.path, "format": part.file.format, "error": message})
+        tally.counts[f"format.{part.file.format}.failures"] += 1
+
+    def process(self, unit: WorkUnit) -> tuple[list[KeptDocument], Tally]:
+        """Extract, clean, filter and sign every document of the unit."""
+        tally = Tally(max_examples=self.config.report_examples)
+        kept: list[KeptDocument] = []
+        for part in unit.parts:
+            self._read_part(part, tally, kept)
+        for name, count in self.cleaner.counts.items():
+            tally.counts[f"clean.{name}"] += count
+        for name, count in self.cleaner.redacted.items():
+            tally.counts[f"clean.redacted_{name}"] += count
+        for name, count in self.cleaner.chars_removed.items():
+            tally.counts[f"clean.{name}_chars_removed"] += count
+        self.cleaner.counts.clear(), self.cleaner.redacted.clear(), self.cleaner.chars_removed.clear()
+        return kept, tally
+
+
+_WORKER: UnitWorker | None = None
+
+
+def _init_worker(config: CorpusConfig) -> None:
+    global _WORKER
+    _WORKER = UnitWorker(config)
+
+
+def _process_unit(unit: WorkUnit) -> tuple[list[KeptDocument], Tally]:
+    return _WORKER.process(unit)
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callable, initargs: tuple) -> Iterator:
+    """`map(fn, items)` on `workers` processes, in order, with at most a few items in flight."""
+    if workers <= 1:
+        initializer(*initargs)
+        yield from map(fn, items)
+        return
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= workers * UNITS_IN_FLIGHT_PER_WORKER:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def assign_split(doc_id: str, valid_fraction: float, test_fraction: float, seed: int) -> str:
+    """train / valid / test from a hash of the document id: stable under reordering of inputs."""
+    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode("utf-8"), digest_size=8).digest()
+    position = int.from_bytes(digest, "big") / 2**64
+    if position < test_fraction:
+        return "test"
+    if position < test_fraction + valid_fraction:
+        return "valid"
+    return "train"
+
+
+def validate(config: CorpusConfig) -> None:
+    """Reject settings that cannot work, naming the field and the fix."""
+    split, dedup = config.split, config.dedup
+    if not (0 <= split.valid_fraction and 0 <= split.test_fraction and split.valid_fraction + split.test_fraction < 1):
+        raise LmforgeError("split.valid_fraction + split.test_fraction must be in [0, 1) so train keeps documents; lower them")
+    if not 0 < dedup.threshold <= 1:
+        raise LmforgeError(f"dedup.threshold {dedup.threshold}: must be in (0, 1]; 0.8 is usual")
+    if dedup.num_perm < 2 or dedup.shingle_words < 1:
+        raise LmforgeError("dedup.num_perm must be >= 2 and dedup.shingle_words >= 1")
+    if split.unit == "snippets" and not 0 <= split.snippet_overlap < split.snippet_length:
+        raise LmforgeError(f"split.snippet_overlap {split.snippet_overlap} must be >= 0 and below split.snippet_length {split.snippet_length}")
+    if split.unit == "snippets" and split.length_unit == "tokens":
+        if not split.tokenizer:
+            raise LmforgeError("split.length_unit tokens needs split.tokenizer: a folder made by `lmforge tokenizer` or a tokenizer.json")
+        load_token_counter(split.tokenizer)
+    if config.extract.chunk_bytes < 1 or config.shard_bytes < 1 or config.extract.max_document_chars < 1:
+        raise LmforgeError("extract.chunk_bytes, extract.max_document_chars and shard_bytes must be positive")
+
+
+def _peak_rss_mb() -> dict:
+    # ru_maxrss is in KiB on Linux; RUSAGE_CHILDREN gives the largest finished worker.
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"main": round(own, 1), "largest_worker": round(child, 1)}
+
+
+def why_empty(report: CorpusReport, out: Path) -> str:
+    """One line: why no document survived, with the fix for the biggest cause."""
+    counts, failures = report.tally.counts, report.tally.failures
+    reasons = []
+    if failures:
+        first = failures[0]
+        reasons.append(f"{len(failures)} input(s) failed (first: {first['path']}: {first['error']})")
+    filtered = {k.split(".")[1]: v for k, v in counts.items() if k.startswith("filter.") and not k.endswith("_chars")}
+    if filtered:
+        name, n = max(filtered.items(), key=lambda kv: kv[1])
+        hints = {"too_few_words": "lower filter.min_words", "language": "check filter.languages",
+                 "alpha_ratio": "lower filter.min_alpha_ratio", "empty": "check the files hold text"}
+        reasons.append(f"{sum(filtered.values())} document(s) removed by filters, most by {name} ({n}): {hints.get(name, f'relax filter settings')}")
+    if counts["record_problems"]:
+        reasons.append(f"{counts['record_problems']} record(s) unreadable (first: {report.tally.problems[0]})")
+    if not reasons:
+        reasons.append("the inputs hold no documents")
+    return f"nothing usable remains: {'; '.join(reasons)}; details in {out / 'report.html'}"
+
+
+def run(config: CorpusConfig) -> Path:
+    """Build the corpus folder `config.out` from `config.data`; returns the folder.
+
+    Raises LmforgeError for unusable settings or inputs, and when no document survives.
+    """
+    started = time.perf_counter()
+    validate(config)
+    out = Path(config.out)
+    inventory = resolve_inputs(config.data, out)
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_folder(out)
+    folder = RunFolder(out, "corpus").start(config, inventory.roots)
+    units = plan_units(inventory.files, config.extract.chunk_bytes)
+    workers = config.workers or os.cpu_count() or 1
+    workers = max(1, min(workers, len(units)))
+    report = CorpusReport(config.report_examples)
+    report.tally.failures.extend(inventory.failures)
+    report.skipped.update(inventory.skipped)
+    index = DuplicateIndex(config.dedup)
+    kept_docs: list[tuple[str, str]] = []  # (doc_id, source) per kept number, for cluster reports
+    writers = {split: ShardWriter(out, split, config.shard_bytes) for split in SPLITS}
+    total_bytes = sum(f.size for f in inventory.files)
+    last_progress = time.perf_counter()
+    try:
+        for kept, tally in ordered_map(_process_unit, units, workers, _init_worker, (config,)):
+            report.tally.merge(tally)
+            for doc in kept:
+                match = index.match(doc.exact_hash, doc.signature)
+                if match is not None:
+                    report.duplicate(match.kept, kept_docs[match.kept], match.kind, match.similarity, doc)
+                    continue
+                kept_docs.append((doc.doc_id, doc.source))
+                split = assign_split(doc.doc_id, config.split.valid_fraction, config.split.test_fraction, config.split.seed)
+                writers[split].write(doc.payload, doc.records)
+                report.written(doc, split)
+            if time.perf_counter() - last_progress > PROGRESS_SECONDS:
+                last_progress = time.perf_counter()
+                done = report.tally.counts["bytes_in"]
+                print(f"corpus: {done / 1e6:,.0f}/{total_bytes / 1e6:,.0f} MB, {done / 1e6 / (last_progress - started):.1f} MB/s, "
+                      f"{len(kept_docs):,} documents kept", file=sys.stderr, flush=True)
+    except BaseException:
+        for writer in writers.values():
+            writer.close(keep=False)
+        raise
+    usable = len(kept_docs) > 0
+    shards = {split: writer.close(keep=usable) for split, writer in writers.items()}
+    seconds = time.perf_counter() - started
+    payload = report.write(out, seconds, _peak_rss_mb(), workers)
+    if not usable:
+        folder.finish(status="failed", summary=payload["summary"])
+        raise LmforgeError(why_empty(report, out))
+    folder.finish(status="complete", summary=payload["summary"], shards=shards,
+                  splits=payload["splits"], report=["report.json", "report.html"])
+    s = payload["summary"]
+    print(f"corpus: {s['documents_out']:,} of {s['documents_in']:,} documents kept ({s['records_out']:,} records) "
+          f"from {s['files_in']:,} files, {len(report.tally.failures)} failed; {s['mb_per_second']} MB/s -> {out}", flush=True)
+    return out

@@ -1,0 +1,209 @@
+"""What the corpus run did, as `report.json` and `report.html` (with the length histogram as SVG).
+
+Workers fill a `Tally` per work unit (flat counters, a few examples, failures); the main process
+merges them and adds what only it knows: duplicate clusters, splits, lengths and languages of
+the documents written.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmforge.runfolder import write_json_atomic
+
+EXCERPT_CHARS = 240
+MAX_PROBLEMS = 200
+MAX_CLUSTERS_SHOWN = 20
+MAX_FAILURES_SHOWN = 500
+
+
+def excerpt(text: str) -> str:
+    return text[:EXCERPT_CHARS] + ("…" if len(text) > EXCERPT_CHARS else "")
+
+
+@dataclass
+class Tally:
+    """Mergeable counts from one work unit: keys like 'documents_in', 'filter.too_few_words'."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[dict]] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    max_examples: int = 3
+
+    def example(self, key: str, source: str, text: str, **extra) -> None:
+        kept = self.examples.setdefault(key, [])
+        if len(kept) < self.max_examples:
+            kept.append({"source": source, "excerpt": excerpt(text), **extra})
+
+    def merge(self, other: "Tally") -> None:
+        self.counts.update(other.counts)
+        for key, items in other.examples.items():
+            kept = self.examples.setdefault(key, [])
+            kept.extend(items[: max(self.max_examples - len(kept), 0)])
+        self.failures.extend(other.failures)
+        self.problems.extend(other.problems[: max(MAX_PROBLEMS - len(self.problems), 0)])
+
+
+@dataclass
+class Cluster:
+    kept_doc_id: str
+    kept_source: str
+    size: int = 1
+    members: list[dict] = field(default_factory=list)
+
+
+class CorpusReport:
+    """Everything report.json holds, filled while the run streams."""
+
+    def __init__(self, max_examples: int):
+        self.tally = Tally(max_examples=max_examples)
+        self.clusters: dict[int, Cluster] = {}
+        self.lengths = array("I")  # words per written document
+        self.languages: Counter[str] = Counter()
+        self.splits = {split: Counter() for split in ("train", "valid", "test")}
+        self.skipped: Counter[str] = Counter()
+        self.max_examples = max_examples
+
+    def duplicate(self, kept: int, kept_doc: tuple[str, str], kind: str, similarity: float, doc) -> None:
+        cluster = self.clusters.get(kept)
+        if cluster is None:
+            cluster = self.clusters[kept] = Cluster(kept_doc[0], kept_doc[1])
+        cluster.size += 1
+        self.tally.counts[f"dedup.{kind}"] += 1
+        self.tally.counts[f"dedup.{kind}_chars"] += doc.chars
+        if len(cluster.members) < self.max_examples:
+            cluster.members.append({"doc_id": doc.doc_id, "source": doc.source, "kind": kind,
+                                    "similarity": round(similarity, 3), "excerpt": doc.excerpt})
+
+    def written(self, doc, split: str) -> None:
+        self.lengths.append(doc.words)
+        self.languages[doc.language or "unknown"] += 1
+        counter = self.splits[split]
+        counter["documents"] += 1
+        counter["records"] += doc.records
+        counter["chars"] += doc.chars
+
+    def _filters(self) -> dict:
+        counts = self.tally.counts
+        names = sorted({k.split(".", 1)[1] for k in counts if k.startswith("filter.") and not k.endswith("_chars")})
+        return {name: {"documents": counts[f"filter.{name}"], "chars": counts[f"filter.{name}_chars"],
+                       "examples": self.tally.examples.get(f"filter.{name}", [])} for name in names}
+
+    def _formats(self) -> dict:
+        counts = self.tally.counts
+        names = sorted({k.split(".")[1] for k in counts if k.startswith("format.")})
+        fields = ("files", "bytes", "documents", "chars", "failures")
+        return {name: {f: counts[f"format.{name}.{f}"] for f in fields} for name in names}
+
+    def _histogram(self) -> dict:
+        if not self.lengths:
+            return {"edges": [], "counts": []}
+        values = np.frombuffer(self.lengths, dtype=np.uint32)
+        top = max(int(values.max()), 2)
+        edges = np.unique(np.geomspace(1, top + 1, num=31).round().astype(int))
+        counts, _ = np.histogram(values, bins=edges)
+        return {"edges": edges.tolist(), "counts": counts.tolist(), "median": float(np.median(values)),
+                "mean": float(values.mean()), "max": int(values.max())}
+
+    def to_json(self, seconds: float, peak_rss_mb: dict, workers: int) -> dict:
+        counts = self.tally.counts
+        bytes_in = counts["bytes_in"]
+        clusters = sorted(self.clusters.values(), key=lambda c: -c.size)
+        out_docs = sum(s["documents"] for s in self.splits.values())
+        return {
+            "summary": {
+                "files_in": counts["files_in"], "files_failed": len(self.tally.failures),
+                "bytes_in": bytes_in, "documents_in": counts["documents_in"], "chars_in": counts["chars_in"],
+                "documents_out": out_docs, "chars_out": sum(s["chars"] for s in self.splits.values()),
+                "records_out": sum(s["records"] for s in self.splits.values()),
+                "seconds": round(seconds, 2), "mb_per_second": round(bytes_in / 1e6 / max(seconds, 1e-9), 2),
+                "workers": workers, "peak_rss_mb": peak_rss_mb,
+            },
+            "splits": {name: dict(c) for name, c in self.splits.items()},
+            "formats": self._formats(),
+            "cleaning": {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("clean.")},
+            "filters": self._filters(),
+            "dedup": {"exact_removed": counts["dedup.exact"], "near_removed": counts["dedup.near"],
+                      "chars_removed": counts["dedup.exact_chars"] + counts["dedup.near_chars"],
+                      "clusters": len(self.clusters),
+                      "largest_clusters": [vars(c) for c in clusters[:MAX_CLUSTERS_SHOWN]]},
+            "languages": dict(self.languages.most_common()),
+            "length_histogram_words": self._histogram(),
+            "failures": self.tally.failures[:MAX_FAILURES_SHOWN],
+            "record_problems": {"count": counts["record_problems"], "first": self.tally.problems},
+            "skipped_suffixes": dict(self.skipped),
+            "pdf_running_lines_removed": counts["pdf.running_lines_removed"],
+            "undecodable_chars_replaced": counts["replaced_chars"],
+        }
+
+    def write(self, out: Path, seconds: float, peak_rss_mb: dict, workers: int) -> dict:
+        payload = self.to_json(seconds, peak_rss_mb, workers)
+        write_json_atomic(out / "report.json", payload)
+        (out / "report.html").write_text(render_html(payload), encoding="utf-8")
+        return payload
+
+
+def histogram_svg(histogram: dict) -> str:
+    """The words-per-document histogram as an inline SVG (log-spaced bins)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 3))
+    edges, counts = histogram.get("edges", []), histogram.get("counts", [])
+    if counts:
+        axes.bar(edges[:-1], counts, width=np.diff(edges), align="edge", edgecolor="white")
+        axes.set_xscale("log")
+    axes.set_xlabel("words per document (written)")
+    axes.set_ylabel("documents")
+    figure.tight_layout()
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg")
+    plt.close(figure)
+    svg = buffer.getvalue()
+    return svg[svg.find("<svg"):]
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _examples(items: list[dict]) -> str:
+    return "".join(f"<li><code>{html.escape(i['source'])}</code>: {html.escape(i['excerpt'])}</li>" for i in items)
+
+
+def render_html(report: dict) -> str:
+    """A single self-contained page: summary, splits, formats, cleaning, filters, duplicates."""
+    s = report["summary"]
+    parts = ["<!doctype html><meta charset='utf-8'><title>lmforge corpus report</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "table{border-collapse:collapse;margin:.5em 0}li{margin:.3em 0}</style>",
+             "<h1>Corpus report</h1>",
+             _table([[k, v] for k, v in s.items()], ["", "value"]),
+             "<h2>Splits</h2>", _table([[n, c.get("documents", 0), c.get("records", 0), c.get("chars", 0)] for n, c in report["splits"].items()], ["split", "documents", "records", "chars"]),
+             "<h2>Formats</h2>", _table([[n] + list(v.values()) for n, v in report["formats"].items()], ["format", "files", "bytes", "documents", "chars", "failures"]),
+             "<h2>Cleaning</h2>", _table([[k, v] for k, v in report["cleaning"].items()], ["step", "count"]),
+             "<h2>Filters</h2>"]
+    for name, f in report["filters"].items():
+        parts.append(f"<h3>{html.escape(name)}: {f['documents']} documents, {f['chars']} chars</h3><ul>{_examples(f['examples'])}</ul>")
+    d = report["dedup"]
+    parts.append(f"<h2>Duplicates</h2><p>exact removed: {d['exact_removed']}, near removed: {d['near_removed']}, clusters: {d['clusters']}</p>")
+    for c in d["largest_clusters"]:
+        parts.append(f"<h3>{c['size']} documents, kept <code>{html.escape(c['kept_source'])}</code></h3><ul>{_examples(c['members'])}</ul>")
+    parts += ["<h2>Length histogram</h2>", histogram_svg(report["length_histogram_words"]),
+              "<h2>Languages</h2>", _table(list(report["languages"].items()), ["language", "documents"]),
+              "<h2>Failures</h2>", _table([[f["path"], f["format"], f["error"]] for f in report["failures"]], ["file", "format", "error"])]
+    problems = report["record_problems"]
+    parts.append(f"<h2>Skipped records: {problems['count']}</h2><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems["first"]) + "</ul>")
+    return "\n".join(parts)

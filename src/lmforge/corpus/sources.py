@@ -1,0 +1,185 @@
+"""Find the documents named by `--data` and cut them into work units for the worker processes.
+
+Inputs are files, folders (searched recursively, hidden entries skipped) and globs. The format
+comes from the suffix, under an optional `.gz`. Big uncompressed .txt/.jsonl files are cut into
+line-aligned byte ranges so both cores share them; small files are grouped so that one unit is
+about `chunk_bytes` of input, which keeps the memory in flight bounded.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+FORMATS = {
+    ".txt": "text", ".text": "text", ".rst": "text",
+    ".md": "markdown", ".markdown": "markdown",
+    ".html": "html", ".htm": "html", ".xhtml": "html",
+    ".pdf": "pdf", ".docx": "docx",
+    ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv",
+}
+# Formats a worker reads as a stream of lines, so a big file can be cut by byte ranges.
+SPLITTABLE = {"text", "jsonl"}
+MAX_PARTS_PER_UNIT = 256
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    format: str
+    gzip: bool
+    size: int
+
+
+@dataclass(frozen=True)
+class FilePart:
+    """A whole file, or the byte range [start, end) of one that begins at line `first_line`."""
+
+    file: InputFile
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+    chunk: int = 0
+
+
+@dataclass
+class WorkUnit:
+    number: int
+    parts: list[FilePart]
+
+
+@dataclass
+class Inventory:
+    """What `--data` names: readable files, inputs that yielded nothing, and skipped suffixes."""
+
+    files: list[InputFile] = field(default_factory=list)
+    roots: list[str] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+
+
+def detect_format(path: Path) -> tuple[str | None, bool]:
+    """(format, gzipped) from the file name; format is None for an unsupported suffix."""
+    name = path.name.lower()
+    gzipped = name.endswith(".gz")
+    if gzipped:
+        name = name[:-3]
+    return FORMATS.get(Path(name).suffix), gzipped
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def _walk(folder: Path, out: Path, inventory: Inventory) -> list[Path]:
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        if _inside(path, out):  # never read our own output back in
+            continue
+        fmt, _ = detect_format(path)
+        if fmt is None:
+            inventory.skipped[path.suffix.lower() or "(no suffix)"] += 1
+            continue
+        found.append(path)
+    return found
+
+
+def resolve_inputs(data: list[str], out: str | Path) -> Inventory:
+    """Expand `--data` into files in a stable order.
+
+    A path or glob that matches nothing raises LmforgeError (a typo, before any work); a folder
+    with no supported document is recorded as a failure, so other inputs still go ahead.
+    """
+    if not data:
+        raise LmforgeError("no input given; pass documents with --data PATH ... (files, folders or globs)")
+    out = Path(out).resolve()
+    inventory = Inventory()
+    paths: list[Path] = []
+    for raw in data:
+        if any(ch in raw for ch in "*?["):
+            matches = [Path(m) for m in sorted(glob.glob(raw, recursive=True)) if Path(m).is_file()]
+            if not matches:
+                raise LmforgeError(f"--data {raw}: the glob matches no file; check the pattern (quote it so the shell does not expand it)")
+            paths.extend(matches)
+            inventory.roots.extend(str(m) for m in matches)
+            continue
+        path = Path(raw)
+        if not path.exists():
+            raise LmforgeError(f"--data {path}: no such file or folder; check the path")
+        inventory.roots.append(str(path))
+        if path.is_dir():
+            found = _walk(path, out, inventory)
+            if not found:
+                suffixes = " ".join(sorted(FORMATS))
+                inventory.failures.append({"path": str(path), "format": "folder",
+                                           "error": f"the folder holds no supported documents ({suffixes}, optionally .gz)"})
+            paths.extend(found)
+        else:
+            paths.append(path)
+    seen: set[Path] = set()
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        fmt, gzipped = detect_format(path)
+        # A file named explicitly with an unknown suffix is read as text; a binary one fails there.
+        inventory.files.append(InputFile(str(path), fmt or "text", gzipped, path.stat().st_size))
+    return inventory
+
+
+def _line_ranges(file: InputFile, chunk_bytes: int, count_lines: bool) -> list[FilePart]:
+    """Cut `file` into ranges of about `chunk_bytes`, each ending just after a newline."""
+    parts: list[FilePart] = []
+    start, line = 0, 1
+    with open(file.path, "rb") as handle:
+        while start < file.size:
+            handle.seek(min(start + chunk_bytes, file.size))
+            end = min(handle.tell() + len(handle.readline()), file.size) if start + chunk_bytes < file.size else file.size
+            parts.append(FilePart(file, start, end, line, len(parts)))
+            if count_lines:  # only JSONL needs true line numbers, for file:line messages
+                handle.seek(start)
+                remaining = end - start
+                while remaining > 0:
+                    block = handle.read(min(1 << 22, remaining))
+                    line += block.count(b"\n")
+                    remaining -= len(block)
+            start = end
+    return parts
+
+
+def plan_units(files: list[InputFile], chunk_bytes: int) -> list[WorkUnit]:
+    """Group files (and ranges of big files) into units of about `chunk_bytes` each."""
+    units: list[WorkUnit] = []
+    current: list[FilePart] = []
+    current_bytes = 0
+
+    def flush() -> None:
+        nonlocal current, current_bytes
+        if current:
+            units.append(WorkUnit(len(units), current))
+        current, current_bytes = [], 0
+
+    for file in files:
+        if file.format in SPLITTABLE and not file.gzip and file.size > chunk_bytes:
+            flush()
+            for part in _line_ranges(file, chunk_bytes, count_lines=file.format == "jsonl"):
+                units.append(WorkUnit(len(units), [part]))
+            continue
+        current.append(FilePart(file))
+        current_bytes += file.size
+        if current_bytes >= chunk_bytes or len(current) >= MAX_PARTS_PER_UNIT:
+            flush()
+    flush()
+    return units
