@@ -123,7 +123,9 @@ def build(cfg: ModelConfig, tokenizer, objective: str):
 def load(path: str | Path, auto=None):
     """Load an HF model folder (safetensors only) with a clear error when it is not one."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = Path(path)
     if not (path / "config.json").is_file():
         raise LmforgeError(f"{path}: not a model folder (no config.json); point at a `final/` or `checkpoints/step_N/` folder")

@@ -1,0 +1,114 @@
+"""`lmforge generate` (sampling from a causal LM) and `lmforge fill-mask` (top-k for [MASK])."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lmforge import hardware
+from lmforge import model as model_mod
+from lmforge import tokenizer as tokenizer_mod
+from lmforge.config import option
+from lmforge.errors import LmforgeError
+
+
+@dataclass
+class GenerateConfig:
+    model: str = option("", "causal LM folder (a run's final/ or checkpoints/step_N/)")
+    prompt: str = option("\n", "text to continue")
+    max_new_tokens: int = option(200, "tokens to generate")
+    temperature: float = option(0.8, "sampling temperature (0: greedy)")
+    top_k: Optional[int] = option(50, "sample among the k most likely tokens (null: all)")
+    top_p: Optional[float] = option(None, "nucleus sampling: smallest set with this probability mass")
+    samples: int = option(1, "how many continuations")
+    seed: int = option(0, "sampling seed")
+    device: str = option("auto", "cpu, cuda or auto")
+
+
+@dataclass
+class FillMaskConfig:
+    model: str = option("", "masked LM folder (a run's final/)")
+    text: str = option("", "text with the tokenizer's mask token, e.g. 'To be or not to [MASK]'")
+    top_k: int = option(5, "predictions per mask")
+    device: str = option("auto", "cpu, cuda or auto")
+
+
+def _load(path: str, auto):
+    if not path:
+        raise LmforgeError("--model is required: a model folder such as runs/NAME/final")
+    tokenizer = tokenizer_mod.load(path)
+    model = model_mod.load(path, auto)
+    model_mod.check_vocab(model, tokenizer, path)
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
+             top_p: float | None, samples: int = 1, seed: int = 0) -> list[str]:
+    """Continuations of `prompt` (prompt included). Each step sees the last `context` tokens,
+    so generation can run past the trained context length."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    ids = tokenizer.backend_tokenizer.encode(prompt, add_special_tokens=False).ids or [tokenizer.eos_token_id]
+    out = torch.tensor([ids], device=model.device).repeat(samples, 1)  # (S, T)
+    context = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
+    warpers = LogitsProcessorList()
+    if temperature > 0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            warpers.append(TopKLogitsWarper(top_k))
+        if top_p is not None and top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p))
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=out[:, -context:]).logits[:, -1, :].float()  # (S, V)
+        if temperature > 0:
+            probs = warpers(out, logits).softmax(-1)
+            next_ids = torch.multinomial(probs, 1, generator=generator)
+        else:
+            next_ids = logits.argmax(-1, keepdim=True)
+        out = torch.cat([out, next_ids], dim=1)
+    return [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out]
+
+
+def run_generate(config: GenerateConfig) -> list[str]:
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = _load(config.model, AutoModelForCausalLM)
+    model.to(hardware.resolve_device(config.device))
+    texts = generate(model, tokenizer, config.prompt, config.max_new_tokens, config.temperature, config.top_k, config.top_p, config.samples, config.seed)
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1}")
+        print(text)
+    return texts
+
+
+def fill_mask(model, tokenizer, text: str, top_k: int) -> list[list[tuple[str, float]]]:
+    """For each mask token in `text`: the top-k (token, probability) predictions."""
+    if tokenizer.mask_token is None or tokenizer.mask_token not in text:
+        raise LmforgeError(f"--text must contain the mask token {tokenizer.mask_token!r}, e.g. 'To be or not to {tokenizer.mask_token}'")
+    encoded = tokenizer(text, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        logits = model(**encoded).logits[0]  # (T, V)
+    positions = (encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten()
+    results = []
+    for position in positions:
+        probs = logits[position].float().softmax(-1)
+        top = probs.topk(top_k)
+        results.append([(tokenizer.decode([int(i)]).strip(), float(p)) for p, i in zip(top.values, top.indices)])
+    return results
+
+
+def run_fill_mask(config: FillMaskConfig) -> list:
+    from transformers import AutoModelForMaskedLM
+
+    model, tokenizer = _load(config.model, AutoModelForMaskedLM)
+    model.to(hardware.resolve_device(config.device))
+    results = fill_mask(model, tokenizer, config.text, config.top_k)
+    for i, predictions in enumerate(results, start=1):
+        print(f"mask {i}: " + ", ".join(f"{token!r} {p:.3f}" for token, p in predictions))
+    return results

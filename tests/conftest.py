@@ -1,0 +1,44 @@
+"""Shared fixtures: an offline environment, a session-wide cache, small texts and tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BUILTIN_TEXT = Path(__file__).resolve().parents[1] / "src" / "lmforge" / "data" / "tinyshakespeare.txt"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def lmforge_cache(tmp_path_factory):
+    """One cache for the session: tokenizers and shards built by one test are reused by the next."""
+    path = tmp_path_factory.mktemp("lmforge-cache")
+    os.environ["LMFORGE_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_text(tmp_path_factory) -> Path:
+    """The first ~60 kB of tinyshakespeare (whole lines)."""
+    text = BUILTIN_TEXT.read_text(encoding="utf-8")[:60_000]
+    path = tmp_path_factory.mktemp("text") / "shakespeare_small.txt"
+    path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
+    return path
+
+
+def tiny_overrides(text: Path, out: Path, **extra) -> dict:
+    """A 2-layer, width-64 char-level Llama run: a few seconds on 2 cores."""
+    overrides = {
+        "data": [str(text)], "out": str(out),
+        "tokenizer.kind": "char", "model.preset": "tiny", "model.context": 32,
+        "train.batch_size": 8, "train.max_steps": 12, "train.warmup_steps": 2, "train.lr": 3e-3,
+        "train.eval_every": 6, "train.eval_windows": 16, "train.log_every": 1, "train.save_every": 6,
+        "train.precision": "fp32",
+    }
+    overrides.update(extra)
+    return overrides
