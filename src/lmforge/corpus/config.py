@@ -14,6 +14,7 @@ class ExtractConfig:
     text_column: str = option("text", "column holding the document text in .csv/.tsv inputs")
     metadata_fields: list[str] = option([], "fields (jsonl) or columns (csv) copied into each record's meta")
     html_focus: Literal["precision", "balanced", "recall"] = option("balanced", "trafilatura main-text extraction: precision drops more boilerplate, recall keeps more text")
+    html_fallback: bool = option(False, "also run readability and jusText and keep the better extraction (trafilatura's default; about 1.5x slower)")
     pdf_repeat_fraction: float = option(0.5, "a PDF line at the top or bottom of more than this fraction of pages is a header/footer and is removed")
     encoding_errors: Literal["replace", "skip"] = option("replace", "bytes that are not UTF-8: replace with U+FFFD (counted per file) or skip the whole file")
     max_document_chars: int = option(100_000, "a plain-text file longer than this is cut at blank lines into documents of at most this size")
@@ -53,7 +54,7 @@ class DedupConfig:
     near: bool = option(True, "drop near-duplicates found with MinHash + LSH")
     threshold: float = option(0.8, "estimated Jaccard similarity of word shingles above which two documents are near-duplicates")
     num_perm: int = option(128, "MinHash permutations (more: better estimates, more memory)")
-    shingle_words: int = option(5, "words per shingle")
+    shingle_words: int = option(5, "words per shingle (1 to 8)")
 
 
 @dataclass

@@ -27,10 +27,38 @@ _WORD = re.compile(r"\w+")
 _MINHASH_SEED = 1
 
 
-def normalised_hash(text: str) -> int:
-    """64-bit hash of the text lowercased, punctuation dropped, whitespace collapsed."""
-    canonical = " ".join(_WORD.findall(text.lower()))
-    return int.from_bytes(hashlib.blake2b(canonical.encode("utf-8"), digest_size=8).digest(), "big")
+# Odd 64-bit multipliers that mix the word hashes of a shingle into one (position-dependent).
+_SHINGLE_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                         0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9], dtype=np.uint64)
+
+
+def canonical_words(text: str) -> list[str]:
+    """Lowercased words without punctuation: what both duplicate tests compare."""
+    return _WORD.findall(text.lower())
+
+
+def normalised_hash(words: list[str]) -> int:
+    """64-bit hash of the canonical words joined by single spaces."""
+    return int.from_bytes(hashlib.blake2b(" ".join(words).encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def shingle_hashes(words: list[str], k: int) -> np.ndarray:
+    """Distinct 32-bit hashes of the k-word shingles (one shingle when the text is shorter).
+
+    Each word is hashed once (crc32) and shingles are combined in numpy, about 4x faster than
+    hashing every joined shingle string.
+    """
+    if not words:
+        return np.zeros(1, dtype=np.uint64)
+    if k > len(_SHINGLE_MIX):
+        raise ValueError(f"shingles of at most {len(_SHINGLE_MIX)} words are supported")
+    word_hashes = np.fromiter((zlib.crc32(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words))
+    k = min(k, len(words))
+    n = len(words) - k + 1
+    combined = np.zeros(n, dtype=np.uint64)
+    for j in range(k):
+        combined += word_hashes[j:j + n] * _SHINGLE_MIX[j]  # wraps modulo 2**64, as intended
+    return np.unique(combined >> np.uint64(32))
 
 
 class Signer:
@@ -40,23 +68,28 @@ class Signer:
         from datasketch import MinHash
 
         self.shingle_words = cfg.shingle_words
-        self.template = MinHash(num_perm=cfg.num_perm, seed=_MINHASH_SEED, hashfunc=zlib.crc32)
+        # The shingle hashes are already 32-bit integers; datasketch permutes them.
+        self.template = MinHash(num_perm=cfg.num_perm, seed=_MINHASH_SEED, hashfunc=int)
 
-    def signature(self, text: str) -> np.ndarray:
-        words = _WORD.findall(text.lower())
-        k = self.shingle_words
-        shingles = {" ".join(words[i:i + k]).encode("utf-8") for i in range(max(len(words) - k + 1, 1))}
+    def signature(self, words: list[str]) -> np.ndarray:
         minhash = self.template
         minhash.clear()
-        minhash.update_batch(shingles)
+        minhash.update_batch(shingle_hashes(words, self.shingle_words))
         return minhash.digest().astype(np.uint32)
+
+
+# Weights of false positives and false negatives when datasketch chooses the bands. Every LSH
+# candidate is checked against its signature, so a false positive costs one comparison while a
+# false negative keeps a duplicate: at threshold 0.8 this gives 14 bands of 9 rows, which finds
+# 97% of pairs at similarity 0.85 (equal weights: 9 bands of 13 rows, 69%).
+LSH_WEIGHTS = (0.1, 0.9)
 
 
 def band_layout(cfg: DedupConfig) -> tuple[int, int]:
     """(bands, rows) that datasketch's MinHashLSH picks for this threshold and permutation count."""
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, weights=LSH_WEIGHTS)
     return lsh.b, lsh.r
 
 

@@ -223,12 +223,12 @@ def markdown_to_text(source: str) -> str:
     return "\n\n".join(block for block in blocks if block.strip())
 
 
-def html_to_text(data: bytes, focus: str) -> tuple[str, dict]:
+def html_to_text(data: bytes, focus: str, fallback: bool = False) -> tuple[str, dict]:
     """Main text of an HTML page with trafilatura; '' when it finds no main content."""
     import trafilatura
 
     text = trafilatura.extract(
-        data, output_format="txt", include_comments=False, include_tables=True, include_images=False,
+        data, fast=not fallback, output_format="txt", include_comments=False, include_tables=True, include_images=False,
         include_links=False, favor_precision=focus == "precision", favor_recall=focus == "recall",
     )
     meta = {}
@@ -262,7 +262,7 @@ def _whole_file_document(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Ra
     fmt = part.file.format
     if fmt == "html":
         _check_not_binary(data)
-        text, meta = html_to_text(data, cfg.html_focus)
+        text, meta = html_to_text(data, cfg.html_focus, cfg.html_fallback)
     elif fmt == "pdf":
         text, meta = pdf_text(data, cfg.pdf_repeat_fraction)
     elif fmt == "docx":

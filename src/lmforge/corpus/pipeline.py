@@ -26,7 +26,7 @@ import numpy as np
 
 from lmforge.corpus.clean import Cleaner
 from lmforge.corpus.config import CorpusConfig
-from lmforge.corpus.dedup import DuplicateIndex, Signer, normalised_hash
+from lmforge.corpus.dedup import DuplicateIndex, Signer, canonical_words, normalised_hash
 from lmforge.corpus.errors import ExtractionError
 from lmforge.corpus.extract import RawDocument, ReadLog, read_documents
 from lmforge.corpus.filters import QualityFilter
@@ -91,7 +91,8 @@ class UnitWorker:
         payload, records = self._records(text, {"source": source, "doc_id": doc_id, "meta": meta})
         tally.counts[f"format.{fmt}.documents"] += 1
         tally.counts[f"format.{fmt}.chars"] += len(text)
-        return KeptDocument(doc_id, source, normalised_hash(text), self.signer.signature(text) if self.signer else None,
+        words = canonical_words(text)
+        return KeptDocument(doc_id, source, normalised_hash(words), self.signer.signature(words) if self.signer else None,
                             payload, records, len(text), verdict.words, verdict.language, excerpt(text))
 
     def _read_part(self, part: FilePart, tally: Tally, kept: list[KeptDocument]) -> None:
@@ -185,8 +186,8 @@ def validate(config: CorpusConfig) -> None:
         raise LmforgeError("split.valid_fraction + split.test_fraction must be in [0, 1) so train keeps documents; lower them")
     if not 0 < dedup.threshold <= 1:
         raise LmforgeError(f"dedup.threshold {dedup.threshold}: must be in (0, 1]; 0.8 is usual")
-    if dedup.num_perm < 2 or dedup.shingle_words < 1:
-        raise LmforgeError("dedup.num_perm must be >= 2 and dedup.shingle_words >= 1")
+    if dedup.num_perm < 2 or not 1 <= dedup.shingle_words <= 8:
+        raise LmforgeError("dedup.num_perm must be >= 2 and dedup.shingle_words between 1 and 8")
     if split.unit == "snippets" and not 0 <= split.snippet_overlap < split.snippet_length:
         raise LmforgeError(f"split.snippet_overlap {split.snippet_overlap} must be >= 0 and below split.snippet_length {split.snippet_length}")
     if split.unit == "snippets" and split.length_unit == "tokens":

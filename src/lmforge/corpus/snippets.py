@@ -11,9 +11,9 @@ from pathlib import Path
 from lmforge.corpus.config import SplitConfig
 from lmforge.errors import LmforgeError
 
-# A sentence ends at . ! ? or … (plus closing quotes/brackets) followed by space and a capital,
-# digit or opening quote.
-_BOUNDARY = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9À-ÖØ-Þ])")
+# A sentence ends at . ! ? or … (plus closing quotes/brackets: group 1) followed by space and a
+# capital, digit or opening quote.
+_BOUNDARY = re.compile(r"([.!?…][\"'”’)\]]*)\s+(?=[\"'“‘(\[]?[A-Z0-9À-ÖØ-Þ])")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "cf", "fig", "figs",
@@ -28,11 +28,11 @@ def sentences(text: str) -> list[str]:
     for paragraph in _PARAGRAPH.split(text):
         start = 0
         for boundary in _BOUNDARY.finditer(paragraph):
-            before = paragraph[start:boundary.start()].rsplit(None, 1)
+            before = paragraph[start:boundary.start() + 1].rsplit(None, 1)
             last_word = before[-1].rstrip(".!?…\"')]").lower() if before else ""
             if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
                 continue
-            found.append(paragraph[start:boundary.start()].strip())
+            found.append(paragraph[start:boundary.end(1)].strip())
             start = boundary.end()
         found.append(paragraph[start:].strip())
     return [s for s in found if s]

@@ -9,6 +9,8 @@ about `chunk_bytes` of input, which keeps the memory in flight bounded.
 from __future__ import annotations
 
 import glob
+import json
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,28 +73,41 @@ def detect_format(path: Path) -> tuple[str | None, bool]:
     return FORMATS.get(Path(name).suffix), gzipped
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def _is_run_folder(folder: Path) -> bool:
+    """A folder written by an lmforge stage (its manifest.json names the stage)."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return False
     try:
-        path.resolve().relative_to(folder)
-        return True
-    except ValueError:
+        return "stage" in json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
         return False
 
 
 def _walk(folder: Path, out: Path, inventory: Inventory) -> list[Path]:
+    """Supported files under `folder`, sorted; hidden entries and lmforge run folders (our own
+    output among them: report.html is not a document) are left out."""
     found = []
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        if _inside(path, out):  # never read our own output back in
-            continue
-        fmt, _ = detect_format(path)
-        if fmt is None:
-            inventory.skipped[path.suffix.lower() or "(no suffix)"] += 1
-            continue
-        found.append(path)
-    return found
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        kept_dirs = []
+        for name in sorted(dirs):
+            sub = here / name
+            if name.startswith(".") or sub.resolve() == out or _is_run_folder(sub):
+                inventory.skipped["(hidden or lmforge run folder)"] += 1
+                continue
+            kept_dirs.append(name)
+        dirs[:] = kept_dirs
+        for name in sorted(files):
+            path = here / name
+            if name.startswith(".") or not path.is_file():
+                continue
+            fmt, _ = detect_format(path)
+            if fmt is None:
+                inventory.skipped[path.suffix.lower() or "(no suffix)"] += 1
+                continue
+            found.append(path)
+    return sorted(found)
 
 
 def resolve_inputs(data: list[str], out: str | Path) -> Inventory:
