@@ -92,8 +92,11 @@ def _byte_blocks(part: FilePart) -> Iterator[bytes]:
         if part.start:
             handle.seek(part.start)
         remaining = None if part.end is None else part.end - part.start
+        # gzip: read1 returns what one step of decompression gives, so a stream that ends early
+        # loses only its last piece; read(n) would drop everything decompressed in the call.
+        read = handle.read1 if part.file.gzip else handle.read
         while remaining is None or remaining > 0:
-            block = handle.read(BLOCK_BYTES if remaining is None else min(BLOCK_BYTES, remaining))
+            block = read(BLOCK_BYTES if remaining is None else min(BLOCK_BYTES, remaining))
             if not block:
                 return
             if remaining is not None:
