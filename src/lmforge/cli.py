@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 from lmforge import __version__
 from lmforge import config as config_mod
@@ -55,6 +56,13 @@ def stage_parser(stage: str) -> tuple[argparse.ArgumentParser, type, object]:
     return parser, config_cls, getattr(module, run_name)
 
 
+def resumed_recipe(overrides: dict) -> str | None:
+    """`--resume` without `--config` reuses the run folder's resolved config.yaml."""
+    resume = str(overrides.get("resume", "false")).lower() in ("true", "1", "yes", "on")
+    saved = Path(str(overrides.get("out", ""))) / "config.yaml"
+    return str(saved) if resume and "out" in overrides and saved.is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _top_parser()
@@ -68,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser, config_cls, run = stage_parser(stage)
         args = parser.parse_args(rest)
-        cfg = config_mod.resolve(config_cls, args.config, config_mod.overrides_from_args(args))
+        overrides = config_mod.overrides_from_args(args)
+        cfg = config_mod.resolve(config_cls, args.config or resumed_recipe(overrides), overrides)
         run(cfg)
     except LmforgeError as err:
         print(f"lmforge {stage}: error: {err}", file=sys.stderr)

@@ -186,6 +186,8 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     torch.manual_seed(cfg.seed)
     model.to(device)
     optimizer = optim.adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    if proc.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(run_dir / "metrics.jsonl", proc.main)
     state = {"step": 0, "tokens": 0, "seconds": 0.0, "flops": 0.0, "warmup_end_progress": None, "finished": False}
     if resume and (last := checkpoint.latest(run_dir)) is not None:

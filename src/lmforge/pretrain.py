@@ -137,7 +137,7 @@ def run(config: PretrainConfig) -> Path:
     if token_shards.meta["vocab_size"] > model.config.vocab_size:
         raise LmforgeError(f"shards {shard_dir} use a vocabulary of {token_shards.meta['vocab_size']} but the model has {model.config.vocab_size}; use matching tokenizer and model")
     objective = make_objective(config, token_shards.train, tokenizer, model)
-    check_lengths(token_shards, objective.window, str(shard_dir))
+    check_lengths(token_shards, objective.window, ", ".join(config.data) or str(shard_dir))
     valid = objectives.gather(token_shards.valid, objectives.eval_offsets(len(token_shards.valid), objective.window, config.train.eval_windows), objective.window)
     folder = RunFolder(out, "pretrain")
     if proc.main:

@@ -1,0 +1,243 @@
+"""The loop and the pretrain stage: learning, exact resume, round trips, and every fault path."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+from conftest import tiny_overrides
+from lmforge import checkpoint, cli, config as config_mod, objectives
+from lmforge.errors import LmforgeError
+from lmforge.loop import TrainConfig, TrainingDiverged, fit
+from lmforge.pretrain import PretrainConfig, run
+
+
+def pretrain(text, out, **extra):
+    return run(config_mod.resolve(PretrainConfig, None, tiny_overrides(text, out, **extra)))
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+
+
+def tiny_llama(vocab=40):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=2, max_position_embeddings=32))
+
+
+def test_loop_overfits_one_batch(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 40, size=17).astype(np.uint16)  # one window: every row is the same
+    objective = objectives.CausalLM(tokens, context=16, global_batch=4, seed=0)
+    cfg = TrainConfig(lr=3e-3, min_lr=3e-3, warmup_steps=0, max_steps=80, log_every=1, eval_every=1000, precision="fp32", weight_decay=0.0)
+    summary = fit(tiny_llama(), objective, cfg, tmp_path, tokens_per_sequence=16, flops_per_token=1.0)
+    first, last = losses(tmp_path)[0][1], summary["train_loss"]
+    assert first > 3.0 and losses(tmp_path)[-1][1] < 0.05, (first, losses(tmp_path)[-1])
+
+
+def test_accumulation_gives_the_same_losses(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 40, size=5000).astype(np.uint16)
+    runs = []
+    for micro in (8, 2):
+        objective = objectives.CausalLM(tokens, context=16, global_batch=8, seed=3)
+        cfg = TrainConfig(max_steps=5, log_every=1, eval_every=1000, precision="fp32", micro_batch_size=micro, warmup_steps=1)
+        fit(tiny_llama(), objective, cfg, tmp_path / str(micro), tokens_per_sequence=16, flops_per_token=1.0)
+        runs.append(losses(tmp_path / str(micro)))
+    np.testing.assert_allclose([l for _, l in runs[0]], [l for _, l in runs[1]], rtol=1e-5)
+
+
+def test_pretrain_writes_the_run_folder_contract(small_text, tmp_path):
+    out = tmp_path / "run"
+    pretrain(small_text, out)
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "tokens", "loss", "lr", "tokens_per_second", "elapsed_seconds"} <= set(rows[0])
+    assert any("val_loss" in r for r in rows) and rows[-1]["step"] == 12
+    report = json.loads((out / "report.json").read_text())
+    for key in ("val_loss", "train_loss", "tokens", "wall_seconds", "tokens_per_second", "mfu", "peak_flops", "peak_rss_mb", "params"):
+        assert report[key] is not None, key
+    assert report["tokens"] == 12 * 8 * 32 and 0 < report["mfu"] < 1
+    assert report["val_loss"] < 4.0  # below uniform over ~60 characters (ln 60 = 4.1)
+    assert "<svg" in (out / "report.html").read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["inputs"][0]["sha256"] and manifest["versions"]["torch"] and manifest["finished"]
+    assert (out / "config.yaml").is_file()
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step_6", "step_12"]
+
+
+def test_final_round_trips_through_auto_classes(small_text, tmp_path):
+    out = tmp_path / "run"
+    pretrain(small_text, out, **{"train.max_steps": 2})
+    model = AutoModelForCausalLM.from_pretrained(str(out / "final"))
+    assert type(AutoModel.from_pretrained(str(out / "final"))).__name__ == "LlamaModel"
+    tok = AutoTokenizer.from_pretrained(str(out / "final"))
+    ids = tok("ROMEO:", return_tensors="pt").input_ids
+    assert model(ids).logits.shape == (1, ids.shape[1], model.config.vocab_size)
+    assert not list((out / "final").glob("*.bin")) and list((out / "final").glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("family", ["bert", "modernbert"])
+def test_mlm_pretrain_round_trips(small_text, tmp_path, family):
+    out = tmp_path / family
+    pretrain(small_text, out, **{"train.objective": "mlm", "model.family": family, "tokenizer.kind": "wordpiece",
+                                 "tokenizer.vocab_size": 300, "train.max_steps": 3})
+    model = AutoModelForMaskedLM.from_pretrained(str(out / "final"))
+    tok = AutoTokenizer.from_pretrained(str(out / "final"))
+    assert tok.mask_token == "[MASK]" and model.config.vocab_size == len(tok)
+    assert json.loads((out / "report.json").read_text())["val_loss"] > 0
+
+
+@pytest.mark.parametrize("family", ["bert", "modernbert"])
+def test_sparse_prediction_equals_dense_loss(family):
+    from transformers import AutoModelForMaskedLM, BertConfig, ModernBertConfig
+
+    torch.manual_seed(0)
+    if family == "bert":
+        config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    else:
+        config = ModernBertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    model = AutoModelForMaskedLM.from_config(config).eval()
+    tokens = np.random.default_rng(0).integers(5, 50, size=400)
+    kwargs = dict(train_tokens=tokens, context=32, global_batch=4, seed=0, mask_token_id=3, cls_token_id=1, sep_token_id=2,
+                  vocab_size=50, special_ids=(0, 1, 2, 3))
+    sparse, dense = objectives.MaskedLM(**kwargs), objectives.MaskedLM(**kwargs, sparse_prediction=False)
+    batch = sparse.batch(0)
+    assert torch.equal(batch["labels"], dense.batch(0)["labels"])
+    assert 0.05 < sparse.targets(batch) / batch["labels"].numel() < 0.3
+    assert torch.allclose(sparse.loss(model, batch), dense.loss(model, batch), rtol=1e-5)
+
+
+def test_resume_reproduces_an_uninterrupted_run(small_text, tmp_path):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    pretrain(small_text, whole, **{"train.save_every": 0})
+    pretrain(small_text, parts, **{"train.stop_at_step": 5, "train.save_every": 0})
+    assert not (parts / "final").exists() and checkpoint.latest(parts).name == "step_5"
+    pretrain(small_text, parts, **{"resume": True, "train.save_every": 0})
+    assert losses(parts) == losses(whole)  # bit for bit: same data, masks, optimizer state and schedule
+    assert json.loads((parts / "report.json").read_text())["val_loss"] == json.loads((whole / "report.json").read_text())["val_loss"]
+
+
+def test_cli_resume_reuses_the_saved_config(small_text, tmp_path, capsys):
+    out = tmp_path / "run"
+    pretrain(small_text, out, **{"train.stop_at_step": 4})
+    # only --out and --resume: the saved config.yaml supplies the rest (stop_at_step lifted by the flag)
+    assert cli.main(["pretrain", "--out", str(out), "--resume", "true", "--train.stop_at_step", "null"]) == 0
+    assert losses(out)[-1][0] == 12 and (out / "final").is_dir()
+
+
+def test_resume_of_a_finished_run_changes_nothing(small_text, tmp_path, capsys):
+    out = tmp_path / "run"
+    pretrain(small_text, out)
+    before = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    pretrain(small_text, out, resume=True)
+    assert "already finished at step 12" in capsys.readouterr().out
+    assert (out / "metrics.jsonl").read_text() == before
+    pretrain(small_text, out, **{"resume": True, "train.max_steps": 14})  # a larger budget trains on
+    assert losses(out)[-1][0] == 14
+
+
+def test_reusing_an_out_folder_without_resume_is_refused(small_text, tmp_path):
+    out = tmp_path / "run"
+    pretrain(small_text, out, **{"train.max_steps": 2})
+    with pytest.raises(LmforgeError, match="already holds checkpoints; pass --resume"):
+        pretrain(small_text, out, **{"train.max_steps": 2})
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
+    class Exploding(objectives.CausalLM):
+        def loss(self, model, batch):
+            loss = super().loss(model, batch)
+            return loss * float("nan") if int(batch["tokens"][0, 0]) >= 0 and self.poisoned else loss
+
+    tokens = np.random.default_rng(0).integers(0, 40, size=3000).astype(np.uint16)
+    objective = Exploding(tokens, context=16, global_batch=4, seed=0)
+    objective.poisoned = False
+    original_batch = objective.batch
+
+    def batch(step):
+        objective.poisoned = step >= 4
+        return original_batch(step)
+
+    objective.batch = batch
+    cfg = TrainConfig(max_steps=10, save_every=2, log_every=1, eval_every=1000, precision="fp32")
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 5; stopped without saving \(the last good checkpoint is .*step_4\)"):
+        fit(tiny_llama(), objective, cfg, tmp_path, tokens_per_sequence=16, flops_per_token=1.0)
+    last = checkpoint.latest(tmp_path)
+    assert last.name == "step_4"
+    assert torch.isfinite(AutoModelForCausalLM.from_pretrained(str(last)).model.embed_tokens.weight).all()
+
+
+KILLER = textwrap.dedent("""
+    import sys, time, pathlib, torch
+    from lmforge import checkpoint, config as config_mod
+    from lmforge.pretrain import PretrainConfig, run
+    real_save = torch.save
+    def slow_save(obj, path, *a, **k):
+        real_save(obj, path, *a, **k)
+        if "step_4" in str(path):            # weights are written, the state is not: hang mid-checkpoint
+            pathlib.Path(sys.argv[2]).write_text("writing")
+            time.sleep(600)
+    checkpoint.torch.save = slow_save
+    overrides = dict(data=[sys.argv[1]], out=sys.argv[3], **{"tokenizer.kind": "char", "model.preset": "tiny",
+        "model.context": 32, "train.batch_size": 8, "train.max_steps": 6, "train.save_every": 2, "train.precision": "fp32",
+        "train.eval_every": 100})
+    run(config_mod.resolve(PretrainConfig, None, overrides))
+""")
+
+
+def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(small_text, tmp_path):
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    child = subprocess.Popen([sys.executable, "-c", KILLER, str(small_text), str(marker), str(out)], env=os.environ.copy())
+    deadline = time.time() + 120
+    while not marker.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), "the child never reached the step_4 checkpoint"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert "step_2" in names and "step_4" not in names and any(n.startswith(".tmp-step_4") for n in names)
+    assert checkpoint.latest(out).name == "step_2"
+    AutoModelForCausalLM.from_pretrained(str(out / "checkpoints" / "step_2"))  # the previous checkpoint loads
+    overrides = tiny_overrides(small_text, out, resume=True, **{"train.max_steps": 6, "train.save_every": 2, "train.eval_every": 100, "train.log_every": 10, "train.warmup_steps": 100, "train.lr": 1e-3})
+    run(config_mod.resolve(PretrainConfig, None, overrides))
+    assert (out / "final").is_dir() and not list((out / "checkpoints").glob(".tmp-*"))
+
+
+def test_corpus_shorter_than_a_context_window(tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("to be\n" * 3)
+    with pytest.raises(LmforgeError, match=r"the train split has \d+ tokens, fewer than one context window \(33\).*--model.context"):
+        pretrain(text, tmp_path / "run")
+
+
+def test_tokenizer_model_vocab_mismatch(small_text, tmp_path):
+    first = tmp_path / "first"
+    pretrain(small_text, first, **{"train.max_steps": 1})
+    big_tok = tmp_path / "bigtok"
+    cli.main(["tokenizer", "--data", str(small_text), "--out", str(big_tok), "--tokenizer.kind", "bpe", "--tokenizer.vocab_size", "400", "--tokenizer.min_frequency", "1"])
+    with pytest.raises(LmforgeError, match=r"tokenizer has \d+ tokens but .*final has a vocabulary of \d+; use the tokenizer saved with the model"):
+        pretrain(small_text, tmp_path / "second", **{"tokenizer.path": str(big_tok), "model.init_from": str(first / "final")})
+
+
+def test_no_budget_is_an_error(small_text, tmp_path):
+    with pytest.raises(LmforgeError, match="no budget set"):
+        pretrain(small_text, tmp_path / "run", **{"train.max_steps": None})
+
+
+def test_token_budget_stops_annealed(small_text, tmp_path):
+    out = tmp_path / "run"
+    pretrain(small_text, out, **{"train.max_steps": None, "train.max_tokens": 10 * 8 * 32, "train.min_lr": 1e-5})
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 10 and rows[-1]["lr"] < 0.05 * 3e-3  # the last step runs near min_lr
+    assert json.loads((out / "report.json").read_text())["stopped_by"] == "max_tokens"
