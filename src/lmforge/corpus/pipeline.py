@@ -4,7 +4,7 @@ Worker processes take work units (a few MB of input each), extract, clean, filte
 (MinHash) and cut documents into records. The main process receives the units in input order,
 drops duplicates with one `DuplicateIndex`, assigns each surviving document to a split by a hash
 of its id and appends its records to the split's shard. Memory stays bounded: a few units in
-flight, plus about 1.5 KB of index per kept document.
+flight, plus about 2 KB of duplicate index per kept document.
 """
 
 from __future__ import annotations
