@@ -137,8 +137,23 @@ def make_pdf_collection(folder: Path, count: int) -> Path:
     return folder
 
 
+def busy_cpu_percent(seconds: float = 2.0) -> float:
+    """CPU use of the whole machine (100 = every core busy) over `seconds`."""
+    return psutil.cpu_percent(interval=seconds)
+
+
+def wait_for_quiet(limit_seconds: float = 180.0) -> float:
+    """Wait until other work leaves the cores idle (the machine is shared); returns the last reading."""
+    deadline = time.time() + limit_seconds
+    busy = busy_cpu_percent()
+    while busy > 15 and time.time() < deadline:
+        busy = busy_cpu_percent()
+    return busy
+
+
 def run_stage(name: str, data: list[str], workers: int, extra: list[str] = ()) -> dict:
     """Run `lmforge corpus` in a subprocess; wall time, peak tree RSS and the report's numbers."""
+    busy_before = wait_for_quiet()
     out = WORK / "out" / f"{name}-w{workers}"
     command = [sys.executable, "-m", "lmforge", "corpus", "--data", *data, "--out", str(out),
                "--workers", str(workers), *extra]
@@ -166,7 +181,7 @@ def run_stage(name: str, data: list[str], workers: int, extra: list[str] = ()) -
         "mb_per_second": round(s["bytes_in"] / 1e6 / seconds, 2), "stage_mb_per_second": s["mb_per_second"],
         "peak_rss_mb_tree": round(peak / 2**20, 1), "peak_rss_mb_getrusage": s["peak_rss_mb"],
         "exact_removed": report["dedup"]["exact_removed"], "near_removed": report["dedup"]["near_removed"],
-        "failures": s["files_failed"],
+        "failures": s["files_failed"], "machine_busy_percent_before": busy_before,
     }
 
 

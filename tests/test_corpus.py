@@ -12,6 +12,7 @@ import pytest
 
 from corpus_helpers import all_records, all_text, html_page, prose, run_corpus, write_pdf
 from lmforge import cli, documents
+from lmforge import config as config_mod
 from lmforge.corpus.clean import Cleaner
 from lmforge.corpus.config import CleanConfig, SplitConfig
 from lmforge.corpus.snippets import Snipper, sentences
@@ -239,6 +240,12 @@ def test_output_folder_manifest_report_and_later_stages_read_it(tmp_path):
     assert {s.split for s in sources} == {"train", "valid", "test"}
     train_text = "".join(text for text, _ in documents.iter_split(sources, "train", 0.1))
     assert train_text == "".join(r["text"] for r in records["train"])
+    from lmforge import tokenizer
+
+    tok_cfg = config_mod.resolve(tokenizer.TokenizerStageConfig, None, {
+        "data": [str(folder)], "out": str(tmp_path / "tok"), "tokenizer.kind": "char", "tokenizer.vocab_size": 100})
+    tok_folder = tokenizer.run(tok_cfg)
+    assert (tok_folder / "tokenizer.json").is_file()
 
 
 def test_two_workers_write_the_same_corpus_as_one(tmp_path):

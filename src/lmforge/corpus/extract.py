@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import csv
 import gzip
+import html
 import io
 import json
 import re
@@ -237,7 +238,7 @@ def html_to_text(data: bytes, focus: str, fallback: bool = False) -> tuple[str, 
     meta = {}
     title = _TITLE.search(data[:65536])
     if title:
-        meta["title"] = re.sub(r"\s+", " ", title.group(1).decode("utf-8", errors="replace")).strip()
+        meta["title"] = re.sub(r"\s+", " ", html.unescape(title.group(1).decode("utf-8", errors="replace"))).strip()
     return text or "", meta
 
 

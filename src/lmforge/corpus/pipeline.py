@@ -225,6 +225,47 @@ def why_empty(report: CorpusReport, out: Path) -> str:
     return f"nothing usable remains: {'; '.join(reasons)}; details in {out / 'report.html'}"
 
 
+class CorpusAssembler:
+    """Main-process side: drop duplicates, pick each survivor's split, append its records."""
+
+    def __init__(self, config: CorpusConfig, out: Path, report: CorpusReport):
+        self.config, self.report = config, report
+        self.index = DuplicateIndex(config.dedup)
+        self.kept_docs: list[tuple[str, str]] = []  # (doc_id, source) per kept number, for cluster reports
+        self.writers = {split: ShardWriter(out, split, config.shard_bytes) for split in SPLITS}
+
+    def add(self, kept: list[KeptDocument], tally: Tally) -> None:
+        self.report.tally.merge(tally)
+        split_cfg = self.config.split
+        for doc in kept:
+            match = self.index.match(doc.exact_hash, doc.signature)
+            if match is not None:
+                self.report.duplicate(match.kept, self.kept_docs[match.kept], match.kind, match.similarity, doc)
+                continue
+            self.kept_docs.append((doc.doc_id, doc.source))
+            split = assign_split(doc.doc_id, split_cfg.valid_fraction, split_cfg.test_fraction, split_cfg.seed)
+            self.writers[split].write(doc.payload, doc.records)
+            self.report.written(doc, split)
+
+    def close(self, keep: bool) -> dict[str, list[str]]:
+        return {split: writer.close(keep=keep) for split, writer in self.writers.items()}
+
+
+def _stream(config: CorpusConfig, units: list[WorkUnit], workers: int, assembler: CorpusAssembler, total_bytes: int) -> None:
+    started = last_progress = time.perf_counter()
+    try:
+        for kept, tally in ordered_map(_process_unit, units, workers, _init_worker, (config,)):
+            assembler.add(kept, tally)
+            if time.perf_counter() - last_progress > PROGRESS_SECONDS:
+                last_progress = time.perf_counter()
+                done = assembler.report.tally.counts["bytes_in"]
+                print(f"corpus: {done / 1e6:,.0f}/{total_bytes / 1e6:,.0f} MB, {done / 1e6 / (last_progress - started):.1f} MB/s, "
+                      f"{len(assembler.kept_docs):,} documents kept", file=sys.stderr, flush=True)
+    except BaseException:
+        assembler.close(keep=False)
+        raise
+
+
 def run(config: CorpusConfig) -> Path:
     """Build the corpus folder `config.out` from `config.data`; returns the folder.
 
@@ -238,41 +279,15 @@ def run(config: CorpusConfig) -> Path:
     prepare_out_folder(out)
     folder = RunFolder(out, "corpus").start(config, inventory.roots)
     units = plan_units(inventory.files, config.extract.chunk_bytes)
-    workers = config.workers or os.cpu_count() or 1
-    workers = max(1, min(workers, len(units)))
+    workers = max(1, min(config.workers or os.cpu_count() or 1, len(units)))
     report = CorpusReport(config.report_examples)
     report.tally.failures.extend(inventory.failures)
     report.skipped.update(inventory.skipped)
-    index = DuplicateIndex(config.dedup)
-    kept_docs: list[tuple[str, str]] = []  # (doc_id, source) per kept number, for cluster reports
-    writers = {split: ShardWriter(out, split, config.shard_bytes) for split in SPLITS}
-    total_bytes = sum(f.size for f in inventory.files)
-    last_progress = time.perf_counter()
-    try:
-        for kept, tally in ordered_map(_process_unit, units, workers, _init_worker, (config,)):
-            report.tally.merge(tally)
-            for doc in kept:
-                match = index.match(doc.exact_hash, doc.signature)
-                if match is not None:
-                    report.duplicate(match.kept, kept_docs[match.kept], match.kind, match.similarity, doc)
-                    continue
-                kept_docs.append((doc.doc_id, doc.source))
-                split = assign_split(doc.doc_id, config.split.valid_fraction, config.split.test_fraction, config.split.seed)
-                writers[split].write(doc.payload, doc.records)
-                report.written(doc, split)
-            if time.perf_counter() - last_progress > PROGRESS_SECONDS:
-                last_progress = time.perf_counter()
-                done = report.tally.counts["bytes_in"]
-                print(f"corpus: {done / 1e6:,.0f}/{total_bytes / 1e6:,.0f} MB, {done / 1e6 / (last_progress - started):.1f} MB/s, "
-                      f"{len(kept_docs):,} documents kept", file=sys.stderr, flush=True)
-    except BaseException:
-        for writer in writers.values():
-            writer.close(keep=False)
-        raise
-    usable = len(kept_docs) > 0
-    shards = {split: writer.close(keep=usable) for split, writer in writers.items()}
-    seconds = time.perf_counter() - started
-    payload = report.write(out, seconds, _peak_rss_mb(), workers)
+    assembler = CorpusAssembler(config, out, report)
+    _stream(config, units, workers, assembler, sum(f.size for f in inventory.files))
+    usable = len(assembler.kept_docs) > 0
+    shards = assembler.close(keep=usable)
+    payload = report.write(out, time.perf_counter() - started, _peak_rss_mb(), workers)
     if not usable:
         folder.finish(status="failed", summary=payload["summary"])
         raise LmforgeError(why_empty(report, out))
@@ -280,5 +295,5 @@ def run(config: CorpusConfig) -> Path:
                   splits=payload["splits"], report=["report.json", "report.html"])
     s = payload["summary"]
     print(f"corpus: {s['documents_out']:,} of {s['documents_in']:,} documents kept ({s['records_out']:,} records) "
-          f"from {s['files_in']:,} files, {len(report.tally.failures)} failed; {s['mb_per_second']} MB/s -> {out}", flush=True)
+          f"from {s['files_in']:,} files, {s['files_failed']} failed; {s['mb_per_second']} MB/s -> {out}", flush=True)
     return out
