@@ -90,6 +90,13 @@ def test_jsonl_field_csv_tsv_column_and_docx(tmp_path):
     assert report["summary"]["documents_out"] == 6
 
 
+def test_utf8_bom_and_utf16_text_files(tmp_path):
+    (tmp_path / "bom8.txt").write_bytes(prose(53).encode("utf-8-sig"))
+    (tmp_path / "wide.txt").write_bytes(prose(54).encode("utf-16"))
+    _, records, _ = run_corpus([tmp_path], tmp_path / "out")
+    assert sorted(r["text"] for r in all_records(records)) == sorted([prose(53), prose(54)])
+
+
 def test_gzip_of_text_jsonl_and_html(tmp_path):
     (tmp_path / "a.txt.gz").write_bytes(gzip.compress(prose(50).encode()))
     (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress((json.dumps({"text": prose(51)}) + "\n").encode()))

@@ -26,7 +26,7 @@ class CleanConfig:
     unicode_normalization: Literal["NFC", "NFKC", "none"] = option("NFC", "Unicode normal form applied to every document")
     fix_mojibake: bool = option(True, "repair mis-decoded text such as 'cafÃ©' -> 'café' with ftfy")
     control_chars: bool = option(True, "remove control characters other than newline and tab")
-    whitespace: bool = option(True, "collapse runs of spaces, strip line ends, keep at most one blank line")
+    whitespace: bool = option(True, "spaces: runs inside a line collapse to one (indentation kept), line ends are stripped, at most one blank line in a row")
     lowercase: bool = option(False, "lowercase every document")
     redact_emails: bool = option(False, "replace e-mail addresses with [EMAIL]")
     redact_phones: bool = option(False, "replace phone numbers with [PHONE]")

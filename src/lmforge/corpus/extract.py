@@ -113,6 +113,8 @@ def _text_blocks(part: FilePart, errors: str, log: ReadLog) -> Iterator[str]:
             _check_not_binary(block)
             if part.start == 0 and block.startswith(codecs.BOM_UTF8):
                 block = block[len(codecs.BOM_UTF8):]
+            elif part.start == 0 and block.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                decoder = codecs.getincrementaldecoder("utf-16")(errors="replace")
         try:
             text = decoder.decode(block)
         except UnicodeDecodeError as err:
