@@ -40,7 +40,7 @@ def test_loop_overfits_one_batch(tmp_path):
     tokens = np.random.default_rng(0).integers(0, 40, size=17).astype(np.uint16)  # one window: every row is the same
     objective = objectives.CausalLM(tokens, context=16, global_batch=4, seed=0)
     cfg = TrainConfig(lr=3e-3, min_lr=3e-3, warmup_steps=0, max_steps=80, log_every=1, eval_every=1000, precision="fp32", weight_decay=0.0)
-    summary = fit(tiny_llama(), objective, cfg, tmp_path, tokens_per_sequence=16, flops_per_token=1.0)
+    summary = fit(tiny_llama(), objective, cfg, tmp_path, flops_per_token=1.0)
     first, last = losses(tmp_path)[0][1], summary["train_loss"]
     assert first > 3.0 and losses(tmp_path)[-1][1] < 0.05, (first, losses(tmp_path)[-1])
 
@@ -51,7 +51,7 @@ def test_accumulation_gives_the_same_losses(tmp_path):
     for micro in (8, 2):
         objective = objectives.CausalLM(tokens, context=16, global_batch=8, seed=3)
         cfg = TrainConfig(max_steps=5, log_every=1, eval_every=1000, precision="fp32", micro_batch_size=micro, warmup_steps=1)
-        fit(tiny_llama(), objective, cfg, tmp_path / str(micro), tokens_per_sequence=16, flops_per_token=1.0)
+        fit(tiny_llama(), objective, cfg, tmp_path / str(micro), flops_per_token=1.0)
         runs.append(losses(tmp_path / str(micro)))
     np.testing.assert_allclose([l for _, l in runs[0]], [l for _, l in runs[1]], rtol=1e-5)
 
@@ -172,7 +172,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     objective.batch = batch
     cfg = TrainConfig(max_steps=10, save_every=2, log_every=1, eval_every=1000, precision="fp32")
     with pytest.raises(TrainingDiverged, match=r"loss became nan at step 5; stopped without saving \(the last good checkpoint is .*step_4\)"):
-        fit(tiny_llama(), objective, cfg, tmp_path, tokens_per_sequence=16, flops_per_token=1.0)
+        fit(tiny_llama(), objective, cfg, tmp_path, flops_per_token=1.0)
     last = checkpoint.latest(tmp_path)
     assert last.name == "step_4"
     assert torch.isfinite(AutoModelForCausalLM.from_pretrained(str(last)).model.embed_tokens.weight).all()
@@ -241,3 +241,18 @@ def test_token_budget_stops_annealed(small_text, tmp_path):
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 10 and rows[-1]["lr"] < 0.05 * 3e-3  # the last step runs near min_lr
     assert json.loads((out / "report.json").read_text())["stopped_by"] == "max_tokens"
+
+
+def test_best_checkpoint_by_metric_and_early_stopping(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 40, size=3000).astype(np.uint16)
+    objective = objectives.CausalLM(tokens, context=16, global_batch=4, seed=0)
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])  # best at the 2nd evaluation; two worse ones stop the run
+    cfg = TrainConfig(max_steps=50, eval_every=2, log_every=1, precision="fp32", best_metric="accuracy", best_mode="max",
+                      early_stopping_patience=2)
+    summary = fit(tiny_llama(), objective, cfg, tmp_path, evaluator=lambda module, runtime: {"accuracy": next(scores)}, flops_per_token=1.0)
+    assert summary["stopped_by"] == "early_stopping" and summary["steps"] == 8
+    assert summary["best"] == {"metric": "accuracy", "value": 0.7, "step": 4}
+    assert (tmp_path / "best" / "model.safetensors").is_file() and (tmp_path / "best" / "config.json").is_file()
+    with pytest.raises(LmforgeError, match="train.best_metric 'f1' is not among the evaluation metrics \\(accuracy\\)"):
+        fit(tiny_llama(), objective, TrainConfig(max_steps=4, eval_every=2, best_metric="f1"), tmp_path / "x",
+            evaluator=lambda module, runtime: {"accuracy": 0.5})

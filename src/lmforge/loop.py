@@ -19,7 +19,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.distributed as dist
@@ -49,6 +49,9 @@ class TrainConfig:
     stop_at_step: Optional[int] = option(None, "stop after this step as if interrupted, keeping the full budget's schedule (resume later)")
     eval_every: int = option(250, "evaluate on the validation split every N steps (and at the end)")
     eval_windows: Optional[int] = option(None, "at most this many validation windows per evaluation (default: the whole split)")
+    best_metric: Optional[str] = option(None, "keep a best/ model folder chosen by this evaluation metric (e.g. val_loss, accuracy)")
+    best_mode: Literal["max", "min"] = option("min", "whether a larger (max) or smaller (min) best_metric is better")
+    early_stopping_patience: int = option(0, "stop after this many evaluations without a better best_metric (0: never)")
     save_every: int = option(0, "write a resumable checkpoint every N steps (0: only at the end)")
     keep_last: int = option(2, "keep this many newest checkpoints")
     log_every: int = option(10, "append a metrics.jsonl row and print progress every N steps")
@@ -106,6 +109,28 @@ class Process:
             dist.barrier()
 
 
+@dataclass
+class Runtime:
+    """Where and how the loop runs; handed to evaluators so they batch and cast the same way."""
+
+    device: torch.device
+    dtype: torch.dtype
+    proc: Process
+    micro: int
+
+    def autocast(self):
+        return _autocast(self.device, self.dtype)
+
+
+Evaluator = Callable[[torch.nn.Module, Runtime], dict]
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The HF model inside a LossModule, DDP wrapper or not."""
+    module = getattr(module, "module", module)
+    return module.model if isinstance(module, LossModule) else module
+
+
 def micro_batches(batch: dict[str, torch.Tensor], rank: int, world: int, micro: int) -> list[dict[str, torch.Tensor]]:
     """This process's share of the global batch, cut into micro-batches of `micro` rows."""
     rows = next(iter(batch.values())).shape[0]
@@ -127,21 +152,39 @@ def _autocast(device: torch.device, dtype: torch.dtype):
 
 
 @torch.no_grad()
-def evaluate(module: LossModule, objective, windows: torch.Tensor, micro: int, device, dtype, proc: Process) -> float:
-    """Mean loss per target over the validation windows, shared across processes."""
+def validation_loss(module: torch.nn.Module, objective, windows: torch.Tensor, runtime: Runtime) -> float:
+    """Mean loss per target over the validation windows, the windows shared out across processes."""
     module.eval()
     total = torch.zeros(2, dtype=torch.float64)
+    micro, proc = runtime.micro, runtime.proc
     for start in range(proc.rank * micro, windows.shape[0], micro * proc.world):
         batch = objective.eval_batch(windows[start : start + micro])
         count = objective.targets(batch)
         if count == 0:
             continue
-        with _autocast(device, dtype):
-            loss = module(**_device_batch(batch, device))
+        with runtime.autocast():
+            loss = module(**_device_batch(batch, runtime.device))
         total += torch.tensor([float(loss), count], dtype=torch.float64)
     module.train()
     total = proc.sum(total)
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+def _track_best(state: dict, metrics: dict, cfg: TrainConfig, run_dir: Path, model, tokenizer, proc: Process) -> None:
+    """Save best/ when `cfg.best_metric` improves; count evaluations without improvement."""
+    if cfg.best_metric not in metrics:
+        raise LmforgeError(f"train.best_metric '{cfg.best_metric}' is not among the evaluation metrics ({', '.join(metrics)}); pick one of those")
+    value = metrics[cfg.best_metric]
+    better = state["best"] is None or (value > state["best"] if cfg.best_mode == "max" else value < state["best"])
+    if better:
+        state.update(best=value, best_step=state["step"], evals_without_improvement=0)
+        if proc.main:
+            checkpoint.save(run_dir / "best", model, tokenizer)
+        proc.barrier()
+    else:
+        state["evals_without_improvement"] += 1
+        patience = cfg.early_stopping_patience
+        state["stopped_early"] = bool(patience) and state["evals_without_improvement"] >= patience
 
 
 def _format_seconds(seconds: float) -> str:
@@ -168,10 +211,13 @@ class MetricsLog:
                 handle.write(json.dumps(row) + "\n")
 
 
-def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None, *, valid_windows: torch.Tensor | None = None,
-        tokens_per_sequence: int, flops_per_token: float, resume: bool = False) -> dict:
+def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None, *, evaluator: Evaluator | None = None,
+        flops_per_token: float = 0.0, resume: bool = False) -> dict:
     """Train `model` on `objective` until the budget in `cfg` is spent; return the run summary.
 
+    `evaluator(module, runtime)` returns a dict of metrics (e.g. `val_loss`), called every
+    `cfg.eval_every` steps and at the end; with `cfg.best_metric`, the best model so far is kept
+    in `run_dir/best/` and `cfg.early_stopping_patience` can end the run.
     Writes metrics.jsonl and checkpoints/step_N into `run_dir` (main process only).
     Raises TrainingDiverged on a non-finite loss, leaving earlier checkpoints untouched.
     """
@@ -189,7 +235,8 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     if proc.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(run_dir / "metrics.jsonl", proc.main)
-    state = {"step": 0, "tokens": 0, "seconds": 0.0, "flops": 0.0, "warmup_end_progress": None, "finished": False}
+    state = {"step": 0, "tokens": 0, "seconds": 0.0, "flops": 0.0, "warmup_end_progress": None, "finished": False,
+             "best": None, "best_step": None, "evals_without_improvement": 0, "stopped_early": False}
     if resume and (last := checkpoint.latest(run_dir)) is not None:
         checkpoint.load_weights(model, last)
         state = checkpoint.load_state(last, optimizer)
@@ -203,9 +250,9 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
         module = torch.nn.parallel.DistributedDataParallel(module)
     forward = torch.compile(module) if cfg.compile else module
     peak = hardware.matmul_peak_flops(device, dtype) * proc.world
-    tokens_per_step = cfg.batch_size * tokens_per_sequence
+    runtime = Runtime(device, dtype, proc, micro)
     recent = collections.deque(maxlen=50)
-    val_loss = None
+    metrics: dict = {}
     started = time.perf_counter() - state["seconds"]
     window_started, window_tokens = time.perf_counter(), 0
     model.train()
@@ -213,13 +260,14 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     def progress() -> float:
         return budget.progress(state["step"], state["tokens"], state["seconds"], state["flops"])
 
-    while progress() < 1.0 and (cfg.stop_at_step is None or state["step"] < cfg.stop_at_step):
+    while progress() < 1.0 and not state["stopped_early"] and (cfg.stop_at_step is None or state["step"] < cfg.stop_at_step):
         step = state["step"]
         lr = optim.learning_rate(step, progress(), state["warmup_end_progress"], cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = objective.batch(step)
         count = objective.targets(batch)
+        tokens_per_step = objective.tokens(batch)
         parts = micro_batches(batch, proc.rank, proc.world, micro)
         step_loss = torch.zeros((), dtype=torch.float64)
         for i, part in enumerate(parts):
@@ -257,21 +305,24 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
             window_started, window_tokens = now, 0
             row = {"step": state["step"], "tokens": state["tokens"], "loss": step_loss, "lr": lr,
                    "tokens_per_second": round(rate, 1), "elapsed_seconds": round(state["seconds"], 2)}
-        if valid_windows is not None and (state["step"] % cfg.eval_every == 0 or done):
-            val_loss = evaluate(module, objective, valid_windows, micro, device, dtype, proc)
+        if evaluator is not None and (state["step"] % cfg.eval_every == 0 or done):
+            metrics = evaluator(module, runtime)
             row = row or {"step": state["step"], "tokens": state["tokens"], "loss": step_loss, "lr": lr,
                           "tokens_per_second": None, "elapsed_seconds": round(state["seconds"], 2)}
-            row["val_loss"] = val_loss
+            row.update(metrics)
+            if cfg.best_metric:
+                _track_best(state, metrics, cfg, run_dir, model, tokenizer, proc)
+                done = done or state["stopped_early"]
         if row is not None:
             log.append(row)
             if proc.main:
                 p = progress()
                 eta = state["seconds"] * (1 - p) / p if p > 0 else 0
                 rate_text = f"{row['tokens_per_second'] / 1000:.1f}k tok/s" if row["tokens_per_second"] else ""
-                val_text = f" | val {row['val_loss']:.4f}" if "val_loss" in row else ""
+                val_text = "".join(f" | {k} {v:.4f}" for k, v in metrics.items() if k in row and isinstance(v, float))
                 print(f"step {state['step']:>6} | loss {step_loss:.4f}{val_text} | lr {lr:.2e} | {rate_text} | "
                       f"{_format_seconds(state['seconds'])} elapsed | ETA {_format_seconds(eta)}", flush=True)
-        state["finished"] = progress() >= 1.0
+        state["finished"] = progress() >= 1.0 or state["stopped_early"]
         if (cfg.save_every and state["step"] % cfg.save_every == 0) or done:
             if proc.main:
                 checkpoint.save(run_dir / "checkpoints" / f"step_{state['step']}", model, tokenizer, optimizer, state)
@@ -279,8 +330,16 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
             proc.barrier()
 
     tokens_per_second = state["tokens"] / max(state["seconds"], 1e-9)
+    if state["stopped_early"]:
+        stopped_by = "early_stopping"
+    elif state["finished"]:
+        stopped_by = budget.limiting(state["step"], state["tokens"], state["seconds"], state["flops"])
+    else:
+        stopped_by = "stop_at_step"
     return {
-        "val_loss": val_loss,
+        "val_loss": metrics.get("val_loss"),
+        "metrics": metrics,
+        "best": {"metric": cfg.best_metric, "value": state["best"], "step": state["best_step"]} if cfg.best_metric else None,
         "train_loss": sum(recent) / len(recent) if recent else None,
         "steps": state["step"],
         "tokens": state["tokens"],
@@ -292,6 +351,6 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
         "precision": str(dtype).replace("torch.", ""),
         "device": str(device),
         "processes": proc.world,
-        "stopped_by": budget.limiting(state["step"], state["tokens"], state["seconds"], state["flops"]) if state["finished"] else "stop_at_step",
-        "finished": state["finished"],
+        "stopped_by": stopped_by,
+        "finished": state["finished"] or state["stopped_early"],
     }

@@ -67,6 +67,10 @@ class CausalLM:
         tokens = batch["tokens"]
         return tokens.shape[0] * (tokens.shape[1] - 1)
 
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Input tokens the model reads (throughput counts these)."""
+        return self.targets(batch)
+
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = batch["tokens"]
         inputs, labels = tokens[:, :-1], tokens[:, 1:]  # (B, T) each
@@ -128,6 +132,9 @@ class MaskedLM:
 
     def targets(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"] != IGNORE).sum())
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].numel()
 
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         labels = batch["labels"]

@@ -24,7 +24,7 @@ from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
 from lmforge.errors import LmforgeError
-from lmforge.loop import Process, TrainConfig, fit
+from lmforge.loop import Process, TrainConfig, fit, validation_loss
 from lmforge.runfolder import RunFolder, write_json_atomic
 from lmforge.tokenizer import DataConfig, TokenizerConfig
 
@@ -149,8 +149,8 @@ def run(config: PretrainConfig) -> Path:
     if proc.main:
         print(f"model: {type(model).__name__}, {params / 1e6:.2f}M parameters; train {len(token_shards.train):,} tokens, "
               f"valid {len(token_shards.valid):,} tokens ({len(valid)} windows)", flush=True)
-    summary = fit(model, objective, config.train, out, tokenizer, valid_windows=valid,
-                  tokens_per_sequence=config.model.context, flops_per_token=flops_per_token, resume=config.resume)
+    summary = fit(model, objective, config.train, out, tokenizer, evaluator=lambda module, runtime: {"val_loss": validation_loss(module, objective, valid, runtime)},
+                  flops_per_token=flops_per_token, resume=config.resume)
     if proc.main and summary["finished"]:
         checkpoint.save(out / "final", model, tokenizer)
     if proc.main:
