@@ -287,6 +287,12 @@ def run(config: CorpusConfig) -> Path:
     _stream(config, units, workers, assembler, sum(f.size for f in inventory.files))
     usable = len(assembler.kept_docs) > 0
     shards = assembler.close(keep=usable)
+    for split, fraction in (("valid", config.split.valid_fraction), ("test", config.split.test_fraction)):
+        if usable and fraction > 0 and not report.splits[split]["documents"]:
+            report.warnings.append(f"the {split} split is empty: {len(assembler.kept_docs)} document(s) are too few for "
+                                   f"split.{split}_fraction {fraction}; add documents or use split.unit snippets with more text")
+    for warning in report.warnings:
+        print(f"corpus: warning: {warning}", file=sys.stderr)
     payload = report.write(out, time.perf_counter() - started, _peak_rss_mb(), workers)
     if not usable:
         folder.finish(status="failed", summary=payload["summary"])

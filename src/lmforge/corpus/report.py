@@ -70,6 +70,7 @@ class CorpusReport:
         self.languages: Counter[str] = Counter()
         self.splits = {split: Counter() for split in ("train", "valid", "test")}
         self.skipped: Counter[str] = Counter()
+        self.warnings: list[str] = []
         self.max_examples = max_examples
 
     def duplicate(self, kept: int, kept_doc: tuple[str, str], kind: str, similarity: float, doc) -> None:
@@ -127,6 +128,7 @@ class CorpusReport:
                 "seconds": round(seconds, 2), "mb_per_second": round(bytes_in / 1e6 / max(seconds, 1e-9), 2),
                 "workers": workers, "peak_rss_mb": peak_rss_mb,
             },
+            "warnings": self.warnings,
             "splits": {name: dict(c) for name, c in self.splits.items()},
             "formats": self._formats(),
             "cleaning": {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("clean.")},
@@ -190,6 +192,7 @@ def render_html(report: dict) -> str:
              "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;padding:2px 6px}"
              "table{border-collapse:collapse;margin:.5em 0}li{margin:.3em 0}</style>",
              "<h1>Corpus report</h1>",
+             "".join(f"<p><b>warning:</b> {html.escape(w)}</p>" for w in report["warnings"]),
              _table([[k, v] for k, v in s.items()], ["", "value"]),
              "<h2>Splits</h2>", _table([[n, c.get("documents", 0), c.get("records", 0), c.get("chars", 0)] for n, c in report["splits"].items()], ["split", "documents", "records", "chars"]),
              "<h2>Formats</h2>", _table([[n] + list(v.values()) for n, v in report["formats"].items()], ["format", "files", "bytes", "documents", "chars", "failures"]),
