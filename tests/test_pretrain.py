@@ -74,11 +74,12 @@ def test_pretrain_writes_the_run_folder_contract(small_text, tmp_path):
     assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step_6", "step_12"]
 
 
-def test_final_round_trips_through_auto_classes(small_text, tmp_path):
+@pytest.mark.parametrize("family,base", [("llama", "LlamaModel"), ("gpt2", "GPT2Model")])
+def test_final_round_trips_through_auto_classes(small_text, tmp_path, family, base):
     out = tmp_path / "run"
-    pretrain(small_text, out, **{"train.max_steps": 2})
+    pretrain(small_text, out, **{"train.max_steps": 2, "model.family": family})
     model = AutoModelForCausalLM.from_pretrained(str(out / "final"))
-    assert type(AutoModel.from_pretrained(str(out / "final"))).__name__ == "LlamaModel"
+    assert type(AutoModel.from_pretrained(str(out / "final"))).__name__ == base
     tok = AutoTokenizer.from_pretrained(str(out / "final"))
     ids = tok("ROMEO:", return_tensors="pt").input_ids
     assert model(ids).logits.shape == (1, ids.shape[1], model.config.vocab_size)
