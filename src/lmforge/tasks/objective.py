@@ -1,0 +1,166 @@
+"""Encoded examples and the loop objective over them: length-grouped batches, dynamic padding.
+
+`Features` holds one row per example (token ids, or cached encoder states in head mode) and
+collates any subset into padded tensors. `TaskObjective` is what `loop.fit` trains on:
+`batch(step)` is a pure function of (seed, step) - an epoch permutation seeded by
+(seed, epoch), sorted by length within chunks of 50 batches so each batch holds similar
+lengths, the batches then shuffled - and `loss` trims a micro-batch's all-padding columns, so
+each forward pass is only as long as its longest row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+IGNORE = -100
+GROUP_CHUNK = 50  # batches per length-sorting chunk: similar lengths together, order still random
+
+
+@dataclass
+class Features:
+    """Columns of per-example values. `sequence` columns are padded (with `pad`) to the batch's longest row."""
+
+    columns: dict[str, list]
+    sequence: dict[str, Any] = field(default_factory=dict)  # column -> pad value
+    meta: dict[str, list] = field(default_factory=dict)      # per-example values that never become tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    @property
+    def lengths(self) -> list[int]:
+        key = "input_ids" if "input_ids" in self.columns else "hidden"
+        return [len(row) for row in self.columns[key]]
+
+    def collate(self, indices) -> dict[str, torch.Tensor]:
+        """Padded tensors of the rows `indices`; `attention_mask` marks real positions."""
+        batch: dict[str, torch.Tensor] = {}
+        lengths = [len(self.columns[next(iter(self.sequence))][i]) for i in indices] if self.sequence else []
+        longest = max(lengths, default=0)
+        for name, values in self.columns.items():
+            rows = [values[i] for i in indices]
+            if name in self.sequence:
+                batch[name] = _pad(rows, longest, self.sequence[name])
+            elif isinstance(rows[0], torch.Tensor):
+                batch[name] = torch.stack(rows)
+            else:
+                batch[name] = torch.tensor(rows)
+        if self.sequence:
+            batch["attention_mask"] = (torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]).long()
+        return batch
+
+    def subset(self, indices) -> "Features":
+        pick = lambda values: [values[i] for i in indices]  # noqa: E731
+        return Features({k: pick(v) for k, v in self.columns.items()}, dict(self.sequence), {k: pick(v) for k, v in self.meta.items()})
+
+
+def _pad(rows: list, longest: int, pad_value) -> torch.Tensor:
+    if isinstance(rows[0], torch.Tensor):  # cached hidden states (L, H)
+        out = torch.zeros((len(rows), longest) + tuple(rows[0].shape[1:]), dtype=rows[0].dtype)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out
+    out = torch.full((len(rows), longest), pad_value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+def trim(batch: dict[str, torch.Tensor], sequence_keys) -> dict[str, torch.Tensor]:
+    """Cut the columns that are padding in every row (dynamic padding per micro-batch)."""
+    mask = batch.get("attention_mask")
+    if mask is None:
+        return batch
+    length = int(mask.sum(1).max())
+    keys = set(sequence_keys) | {"attention_mask"}
+    return {k: v[:, :length] if k in keys else v for k, v in batch.items()}
+
+
+def epoch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Batches of example indices for one epoch: shuffled, length-grouped, every batch full.
+
+    The last batch is filled up with examples from the start of the permutation, so every
+    step has `batch_size` rows (processes and micro-batches then split evenly).
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    while len(order) % batch_size:
+        order += order[: batch_size - len(order) % batch_size]
+    batches = []
+    chunk = batch_size * GROUP_CHUNK
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: -lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
+class TaskObjective:
+    """The loop's objective for a fine-tuning task over `features`.
+
+    `forward(model, batch)` returns the task's logits; `task.loss_sum(logits, batch)` the summed
+    loss and `task.count(batch)` the number of loss-carrying targets.
+    """
+
+    def __init__(self, features: Features, task, batch_size: int, seed: int, forward: Callable):
+        self.features = features
+        self.task = task
+        self.batch_size = batch_size
+        self.seed = seed
+        self.forward = forward
+        self.lengths = features.lengths
+        self.steps_per_epoch = -(-len(features) // batch_size)
+        self._epoch: tuple[int, list] | None = None
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, epoch_order(self.lengths, self.batch_size, self.seed, epoch))
+        return self.features.collate(self._epoch[1][index])
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> int:
+        return self.task.count(batch)
+
+    def tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        mask = batch.get("attention_mask")
+        return int(mask.sum()) if mask is not None else len(next(iter(batch.values())))
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = trim(batch, self.features.sequence)
+        return self.task.loss_sum(self.forward(model, batch), batch)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors a transformers model takes (not labels or offsets)."""
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+
+
+@torch.no_grad()
+def predict_logits(model, features: Features, forward: Callable, task, batch_size: int, autocast) -> tuple[list[torch.Tensor], float]:
+    """Per-example float logits (trimmed to each row's length) and the mean loss per target.
+
+    Rows go through in length order so padding stays small; results come back in input order.
+    """
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: -features.lengths[i])
+    out: list = [None] * len(features)
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        batch = trim(features.collate(indices), features.sequence)
+        with autocast():
+            logits = forward(model, batch)
+        logits = logits.float()
+        if task.has_labels(batch):
+            total += float(task.loss_sum(logits, batch))
+            count += task.count(batch)
+        mask = batch.get("attention_mask")
+        for row, i in enumerate(indices):
+            out[i] = logits[row, : int(mask[row].sum())] if (mask is not None and logits.dim() >= 3) else logits[row]
+    if was_training:
+        model.train()
+    return out, (total / count if count else float("nan"))

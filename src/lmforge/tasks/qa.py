@@ -1,0 +1,163 @@
+"""Extractive question answering (SQuAD style): long contexts cut into overlapping windows,
+answers predicted as token spans and mapped back to character offsets of the context."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lmforge.errors import LmforgeError
+from lmforge.tasks import data, metrics
+from lmforge.tasks.objective import Features
+
+MAX_ANSWER_TOKENS = 30
+N_BEST = 20
+
+
+def answer_span(offsets: list, sequence_ids: list, start_char: int, end_char: int) -> tuple[int, int]:
+    """Token positions (start, end) of the characters [start_char, end_char) in one window,
+    or (0, 0) - the [CLS] position - when the answer is not wholly inside the window."""
+    context = [i for i, s in enumerate(sequence_ids) if s == 1]
+    if not context or offsets[context[0]][0] > start_char or offsets[context[-1]][1] < end_char:
+        return 0, 0
+    start = next(i for i in context if offsets[i][1] > start_char)
+    end = next(i for i in reversed(context) if offsets[i][0] < end_char)
+    return start, end
+
+
+def best_span(start_logits, end_logits, offsets: list, max_tokens: int = MAX_ANSWER_TOKENS) -> tuple[float, int, int] | None:
+    """(score, start_char, end_char) of the best context span in one window, or None."""
+    starts = torch.topk(start_logits, min(N_BEST, len(start_logits))).indices.tolist()
+    ends = torch.topk(end_logits, min(N_BEST, len(end_logits))).indices.tolist()
+    best = None
+    for s in starts:
+        for e in ends:
+            if offsets[s] is None or offsets[e] is None or e < s or e - s + 1 > max_tokens:
+                continue
+            score = float(start_logits[s] + end_logits[e])
+            if best is None or score > best[0]:
+                best = (score, offsets[s][0], offsets[e][1])
+    return best
+
+
+class QaTask:
+    """Windows, loss, post-processing and SQuAD metrics for `AutoModelForQuestionAnswering`."""
+
+    name = "qa"
+    auto_class = "AutoModelForQuestionAnswering"
+    kind = "span"
+    default_metric = "f1"
+    labels: list[str] = []
+    num_labels = 2
+
+    @classmethod
+    def from_train(cls, questions, cfg) -> "QaTask":
+        return cls()
+
+    @classmethod
+    def from_model_config(cls, config) -> "QaTask":
+        return cls()
+
+    def model_kwargs(self) -> dict:
+        return {}
+
+    @staticmethod
+    def read(path, cfg: data.TaskDataConfig, role: str):
+        return data.read_squad(path, role)
+
+    def encode(self, questions: list[data.Question], tokenizer, cfg: data.TaskDataConfig, labelled: bool = True) -> Features:
+        """One row per window; every window of a question keeps its offsets for post-processing."""
+        if not getattr(tokenizer, "is_fast", False):
+            raise LmforgeError("QA needs a fast tokenizer (tokenizer.json) for character offsets")
+        if cfg.doc_stride >= cfg.max_length // 2:
+            raise LmforgeError(f"--data.doc_stride {cfg.doc_stride} must be below half of --data.max_length {cfg.max_length} (e.g. 128 with 384)")
+        encoded = tokenizer([q.question.lstrip() for q in questions], [q.context for q in questions], truncation="only_second",
+                            max_length=cfg.max_length, stride=cfg.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+        columns: dict[str, list] = {"input_ids": encoded["input_ids"], "start_positions": [], "end_positions": []}
+        if "token_type_ids" in encoded:
+            columns["token_type_ids"] = encoded["token_type_ids"]
+        meta: dict[str, list] = {"example": [], "offsets": [], "where": []}
+        for i, example_index in enumerate(encoded["overflow_to_sample_mapping"]):
+            question = questions[example_index]
+            sequence_ids = encoded.sequence_ids(i)
+            offsets = encoded["offset_mapping"][i]
+            start = end = 0
+            if labelled and question.answers:
+                first = question.answers[0]
+                start, end = answer_span(offsets, sequence_ids, first["answer_start"], first["answer_start"] + len(first["text"]))
+            columns["start_positions"].append(start)
+            columns["end_positions"].append(end)
+            meta["example"].append(example_index)
+            meta["offsets"].append([o if s == 1 else None for o, s in zip(offsets, sequence_ids)])
+            meta["where"].append(question.where)
+        meta["questions"] = [questions] * len(meta["example"])  # one shared list, for post-processing
+        sequence = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": 0}
+        return Features(columns, {k: v for k, v in sequence.items() if k in columns}, meta)
+
+    # --- training -----------------------------------------------------------------------------
+
+    @staticmethod
+    def logits(output) -> torch.Tensor:
+        return torch.stack([output.start_logits, output.end_logits], dim=-1)  # (B, T, 2)
+
+    def loss_sum(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        logits = logits.float()
+        mask = batch.get("attention_mask")
+        if mask is not None:  # padding can never be an answer position
+            logits = logits.masked_fill(mask[..., None] == 0, -1e4)
+        start = F.cross_entropy(logits[..., 0], batch["start_positions"], reduction="sum")
+        end = F.cross_entropy(logits[..., 1], batch["end_positions"], reduction="sum")
+        return (start + end) / 2
+
+    @staticmethod
+    def count(batch: dict) -> int:
+        return len(batch["start_positions"])
+
+    @staticmethod
+    def has_labels(batch: dict) -> bool:
+        return "start_positions" in batch
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    def answers(self, logits: list[torch.Tensor], features: Features) -> dict[str, str]:
+        """Question id -> predicted answer text: the best-scoring span over all its windows."""
+        best: dict[int, tuple] = {}
+        for row, example, offsets in zip(logits, features.meta["example"], features.meta["offsets"]):
+            span = best_span(row[:, 0], row[:, 1], offsets[: len(row)])
+            if span is not None and (example not in best or span[0] > best[example][0]):
+                best[example] = span
+        questions = features.meta["questions"][0] if features.meta["questions"] else []
+        out = {}
+        for index in sorted(set(features.meta["example"])):
+            question = questions[index]
+            _, start, end = best.get(index, (0.0, 0, 0))
+            out[question.id] = question.context[start:end]
+        return out
+
+    def metrics(self, logits: list[torch.Tensor], features: Features) -> dict[str, float]:
+        questions = features.meta["questions"][0]
+        references = {questions[i].id: [a["text"] for a in questions[i].answers] for i in sorted(set(features.meta["example"]))}
+        return metrics.squad(self.answers(logits, features), references)
+
+    # --- head mode: cached states of every window token ---------------------------------------
+
+    @staticmethod
+    def cache_row(hidden: torch.Tensor, labels_row) -> tuple[torch.Tensor, object]:
+        return hidden.to(torch.bfloat16).clone(), labels_row  # bf16: (T, H) per window adds up
+
+    @staticmethod
+    def head(model) -> torch.nn.Module:
+        if not hasattr(model, "qa_outputs"):
+            raise LmforgeError(f"--mode head needs a model with a qa_outputs layer; {type(model).__name__} has none; use --mode full or lora")
+        return QaHead(model.qa_outputs)
+
+
+class QaHead(torch.nn.Module):
+    """qa_outputs over cached token states (B, T, H) -> (B, T, 2), in the head's dtype."""
+
+    def __init__(self, qa_outputs: torch.nn.Module):
+        super().__init__()
+        self.qa_outputs = qa_outputs
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.qa_outputs(hidden.to(self.qa_outputs.weight.dtype))
