@@ -10,7 +10,7 @@ with BERT masking at a fixed seed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -24,6 +24,7 @@ from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.runfolder import RunFolder, write_json_atomic
+from lmforge.tasks.data import FormatConfig
 
 
 @dataclass
@@ -40,6 +41,8 @@ class EvaluateConfig:
     seed: int = option(0, "mlm: masking seed")
     device: str = option("auto", "cpu, cuda or auto")
     encoding_errors: Literal["strict", "replace"] = option("strict", "non-UTF-8 bytes: stop (strict) or replace with U+FFFD")
+    task: Literal["lm", "classification", "ner", "qa"] = option("lm", "lm: perplexity of a language model; classification/ner/qa: metrics of a fine-tuned model on one labelled file (report.html, errors.jsonl)")
+    format: FormatConfig = field(default_factory=FormatConfig)
 
 
 def _objective_of(model_dir: Path) -> str:
@@ -126,6 +129,11 @@ def masked_scores(model, tokenizer, tokens: np.ndarray, context: int, batch_size
 
 def run(config: EvaluateConfig) -> Path:
     """Score `config.model` on `config.data`; write report.json and report.html into `out`."""
+    if config.task != "lm":
+        from lmforge.tasks.evaluation import evaluate_file
+
+        evaluate_file(config)
+        return Path(config.out)
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     if not config.model:

@@ -25,9 +25,9 @@ from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.loop import TrainConfig, fit
 from lmforge.runfolder import RunFolder, write_json_atomic
-from lmforge.tasks import backbone
+from lmforge.tasks import backbone, data
 from lmforge.tasks.classification import ClassificationTask
-from lmforge.tasks.data import TaskDataConfig
+from lmforge.tasks.data import FormatConfig
 from lmforge.tasks.ner import NerTask
 from lmforge.tasks.objective import TaskObjective, predict_logits
 from lmforge.tasks.qa import QaTask
@@ -35,7 +35,6 @@ from lmforge.tasks.qa import QaTask
 Task = Literal["classification", "ner", "qa"]
 TASKS = {"classification": ClassificationTask, "ner": NerTask, "qa": QaTask}
 DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "head": 1e-3}
-DEFAULT_MAX_LENGTH = {"classification": 128, "ner": 128, "qa": 384}
 
 
 @dataclass
@@ -75,7 +74,7 @@ class FinetuneConfig:
     epochs: float = option(3.0, "passes over the train split (sets train.max_steps unless a budget is given)")
     seeds: list[int] = option([], "repeat the run for each seed (e.g. 1,2,3) and report mean and std; default: training.seed once")
     reset_head: bool = option(False, "replace a saved task head that does not fit this task's labels")
-    data: TaskDataConfig = field(default_factory=TaskDataConfig)
+    format: FormatConfig = field(default_factory=FormatConfig)
     lora: LoraOptions = field(default_factory=LoraOptions)
     training: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
 
@@ -89,7 +88,7 @@ class Prepared:
     tokenizer: object
     train: object
     valid: object
-    data: TaskDataConfig
+    format: FormatConfig
 
 
 def prepare(config: FinetuneConfig) -> Prepared:
@@ -97,9 +96,7 @@ def prepare(config: FinetuneConfig) -> Prepared:
     if not config.train or not config.valid:
         raise LmforgeError("--train and --valid are required: labelled files for training and for choosing the best checkpoint")
     model_dir = backbone.resolve(config.model)
-    data_cfg = config.data
-    if data_cfg.max_length == TaskDataConfig.max_length:
-        data_cfg = dataclasses.replace(data_cfg, max_length=DEFAULT_MAX_LENGTH[config.task])
+    data_cfg = data.for_task(config.format, config.task)
     task_cls = TASKS[config.task]
     from lmforge import tokenizer as tokenizer_mod
 

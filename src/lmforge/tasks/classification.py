@@ -25,7 +25,7 @@ class ClassificationTask:
         self.label2id = {label: i for i, label in enumerate(labels)}
 
     @classmethod
-    def from_train(cls, records: list[data.Record], cfg: data.TaskDataConfig) -> "ClassificationTask":
+    def from_train(cls, records: list[data.Record], cfg: data.FormatConfig) -> "ClassificationTask":
         kind = data.label_kind(records, cfg)
         if kind == "regression":
             return cls(kind, ["score"])
@@ -58,8 +58,8 @@ class ClassificationTask:
         return kwargs
 
     @staticmethod
-    def read(path, cfg: data.TaskDataConfig, role: str):
-        return data.read_table(path, cfg, role)
+    def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True):
+        return data.read_table(path, cfg, role, labelled)
 
     def target(self, record: data.Record):
         if self.kind == "regression":
@@ -69,7 +69,7 @@ class ClassificationTask:
             return [float(i in ids) for i in range(self.num_labels)]
         return data.label_id(record.label, self.label2id, record.where)
 
-    def encode(self, records: list[data.Record], tokenizer, cfg: data.TaskDataConfig, labelled: bool = True) -> Features:
+    def encode(self, records: list[data.Record], tokenizer, cfg: data.FormatConfig, labelled: bool = True) -> Features:
         texts = [r.text for r in records]
         pairs = [r.text_pair or "" for r in records] if records and records[0].text_pair is not None else None
         encoded = tokenizer(texts, pairs, truncation=True, max_length=cfg.max_length)

@@ -23,7 +23,7 @@ LABEL_NAMES = ("label", "labels")
 
 
 @dataclass
-class TaskDataConfig:
+class FormatConfig:
     text: Optional[str] = option(None, "text column: a name, or a 0-based index when the file has no header (default: sentence/text/sentence1)")
     text_pair: Optional[str] = option(None, "second text column for sentence pairs (default: sentence2/text_pair if present)")
     label: Optional[str] = option(None, "label column (default: label)")
@@ -33,9 +33,19 @@ class TaskDataConfig:
     label_separator: str = option(",", "multi-label labels given as a string are split on this")
     tag_column: int = option(-1, "CoNLL: which column holds the tag (-1: the last)")
     scheme: Literal["iob1", "iob2", "bioes"] = option("iob2", "CoNLL tag scheme of the files; tags are converted to IOB2 (B-/I-) for training and scoring")
-    max_length: int = option(128, "tokens per sequence (longer inputs are truncated; QA contexts are split with doc_stride)")
+    max_length: Optional[int] = option(None, "tokens per sequence (default 128; qa 384); longer inputs are truncated, QA contexts split into windows")
     doc_stride: int = option(128, "QA: tokens of overlap between consecutive windows of a long context")
     limit: Optional[int] = option(None, "use only the first N train examples (a documented subset for quick runs)")
+
+
+DEFAULT_MAX_LENGTH = {"classification": 128, "ner": 128, "qa": 384}
+
+
+def for_task(cfg: FormatConfig, task: str) -> FormatConfig:
+    """`cfg` with the task's defaults filled in (max_length)."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, max_length=cfg.max_length or DEFAULT_MAX_LENGTH[task])
 
 
 @dataclass
@@ -82,7 +92,7 @@ def _empty(path: Path, role: str) -> LmforgeError:
 
 # --- tables -------------------------------------------------------------------------------------
 
-def read_rows(path: Path, cfg: TaskDataConfig) -> tuple[list[str], list[tuple[int, Any]]]:
+def read_rows(path: Path, cfg: FormatConfig) -> tuple[list[str], list[tuple[int, Any]]]:
     """(column names, [(line, row)]) of a CSV/TSV (rows are lists) or JSONL file (rows are dicts)."""
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = []
@@ -116,18 +126,18 @@ def _pick(names: list[str], wanted: Optional[str], candidates: tuple[str, ...], 
     """The column to use: the one asked for, or the single candidate name present."""
     if wanted is not None:
         if wanted not in names:
-            raise LmforgeError(f"{path}: no column '{wanted}' (columns: {', '.join(names) or 'none'}); fix --data.{flag}")
+            raise LmforgeError(f"{path}: no column '{wanted}' (columns: {', '.join(names) or 'none'}); fix --format.{flag}")
         return wanted
     found = [c for c in candidates if c in names]
     if len(found) > 1:
-        raise LmforgeError(f"{path}: columns {', '.join(found)} could each be the {flag} column; choose one with --data.{flag}")
+        raise LmforgeError(f"{path}: columns {', '.join(found)} could each be the {flag} column; choose one with --format.{flag}")
     if not found and required:
-        raise LmforgeError(f"{path}: no {flag} column (looked for {', '.join(candidates)}; columns: {', '.join(names) or 'none'}); name it with --data.{flag}")
+        raise LmforgeError(f"{path}: no {flag} column (looked for {', '.join(candidates)}; columns: {', '.join(names) or 'none'}); name it with --format.{flag}")
     return found[0] if found else None
 
 
-def read_table(path: str | Path, cfg: TaskDataConfig, role: str = "train") -> list[Record]:
-    """Records of a CSV/TSV/JSONL file with the configured (or guessed) columns."""
+def read_table(path: str | Path, cfg: FormatConfig, role: str = "train", labelled: bool = True) -> list[Record]:
+    """Records of a CSV/TSV/JSONL file with the configured (or guessed) columns (`labelled`: a label column is required)."""
     path = _check_file(path, role)
     names, rows = read_rows(path, cfg)
     if not rows:
@@ -136,22 +146,22 @@ def read_table(path: str | Path, cfg: TaskDataConfig, role: str = "train") -> li
     pair = _pick(names, cfg.text_pair, PAIR_NAMES, "text_pair", path, False)
     if pair == text:
         pair = None
-    label = _pick(names, cfg.label, LABEL_NAMES, "label", path, True)
+    label = _pick(names, cfg.label, LABEL_NAMES, "label", path, labelled)
     index = {name: i for i, name in enumerate(names)}
     records = []
     for line, row in rows:
         get = row.get if isinstance(row, dict) else (lambda key, r=row: r[index[key]] if index[key] < len(r) else None)
-        values = [get(text), get(pair) if pair else "", get(label)]
+        values = [get(text), get(pair) if pair else "", get(label) if label else ""]
         if any(v is None for v in values):
             missing = [n for n, v in zip((text, pair, label), values) if v is None]
-            raise LmforgeError(f"{path}:{line}: no value for column '{missing[0]}' (the row has {len(row)} fields); fix the row, or set --data.quoting false if quotes in the text swallow tabs")
-        records.append(Record(str(values[0]), str(values[1]) if pair else None, values[2], f"{path}:{line}"))
+            raise LmforgeError(f"{path}:{line}: no value for column '{missing[0]}' (the row has {len(row)} fields); fix the row, or set --format.quoting false if quotes in the text swallow tabs")
+        records.append(Record(str(values[0]), str(values[1]) if pair else None, values[2] if label else None, f"{path}:{line}"))
     return records
 
 
 # --- label maps ---------------------------------------------------------------------------------
 
-def label_kind(records: list[Record], cfg: TaskDataConfig) -> str:
+def label_kind(records: list[Record], cfg: FormatConfig) -> str:
     """single, multi or regression: as configured, or from the train labels."""
     if cfg.label_kind != "auto":
         return cfg.label_kind
@@ -202,7 +212,7 @@ def regression_value(value: Any, where: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise LmforgeError(f"{where}: label '{value}' is not a number, but this is a regression task; fix the label or set --data.label_kind") from None
+        raise LmforgeError(f"{where}: label '{value}' is not a number, but this is a regression task; fix the label or set --format.label_kind") from None
 
 
 # --- CoNLL --------------------------------------------------------------------------------------
@@ -225,8 +235,11 @@ def to_iob2(tags: list[str], scheme: str) -> list[str]:
     return out
 
 
-def read_conll(path: str | Path, cfg: TaskDataConfig, role: str = "train") -> list[Sentence]:
-    """Sentences of a CoNLL column file (blank lines between sentences, -DOCSTART- skipped)."""
+def read_conll(path: str | Path, cfg: FormatConfig, role: str = "train", labelled: bool = True) -> list[Sentence]:
+    """Sentences of a CoNLL column file (blank lines between sentences, -DOCSTART- skipped).
+
+    Unlabelled files (`labelled=False`, for prediction) may hold the words alone.
+    """
     path = _check_file(path, role)
     sentences: list[Sentence] = []
     words: list[str] = []
@@ -250,14 +263,14 @@ def read_conll(path: str | Path, cfg: TaskDataConfig, role: str = "train") -> li
                 continue
             if width is None:
                 width = len(fields)
-                if width < 2:
+                if width < 2 and labelled:
                     raise LmforgeError(f"{path}:{number}: a CoNLL line needs at least a word and a tag column, got 1 field; use one token per line, 'word ... tag'")
             elif len(fields) != width:
                 raise LmforgeError(f"{path}:{number}: {len(fields)} columns where the file's first line has {width}; every token line needs the same columns")
             if not words:
                 start = number
             words.append(fields[0])
-            tags.append(fields[cfg.tag_column])
+            tags.append(fields[cfg.tag_column] if width > 1 else "O")
     close()
     if not sentences:
         raise _empty(path, role)

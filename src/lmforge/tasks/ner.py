@@ -42,7 +42,7 @@ class NerTask:
         self.label2id = {label: i for i, label in enumerate(labels)}
 
     @classmethod
-    def from_train(cls, sentences: list[data.Sentence], cfg: data.TaskDataConfig) -> "NerTask":
+    def from_train(cls, sentences: list[data.Sentence], cfg: data.FormatConfig) -> "NerTask":
         # "O" first, then entity tags grouped by type (B- before I-)
         tags = {t for s in sentences for t in s.tags}
         ordered = sorted(tags - {"O"}, key=lambda t: (t[2:], t[:1]))
@@ -60,10 +60,10 @@ class NerTask:
         return {"num_labels": self.num_labels, "id2label": dict(enumerate(self.labels)), "label2id": dict(self.label2id)}
 
     @staticmethod
-    def read(path, cfg: data.TaskDataConfig, role: str):
-        return data.read_conll(path, cfg, role)
+    def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True):
+        return data.read_conll(path, cfg, role, labelled)
 
-    def encode(self, sentences: list[data.Sentence], tokenizer, cfg: data.TaskDataConfig, labelled: bool = True) -> Features:
+    def encode(self, sentences: list[data.Sentence], tokenizer, cfg: data.FormatConfig, labelled: bool = True) -> Features:
         if not getattr(tokenizer, "is_fast", False):
             raise LmforgeError("NER needs a fast tokenizer (tokenizer.json) to map words to sub-tokens; save the model's tokenizer with `tokenizers`")
         encoded = tokenizer([s.words for s in sentences], is_split_into_words=True, truncation=True, max_length=cfg.max_length)

@@ -62,15 +62,15 @@ class QaTask:
         return {}
 
     @staticmethod
-    def read(path, cfg: data.TaskDataConfig, role: str):
+    def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True):
         return data.read_squad(path, role)
 
-    def encode(self, questions: list[data.Question], tokenizer, cfg: data.TaskDataConfig, labelled: bool = True) -> Features:
+    def encode(self, questions: list[data.Question], tokenizer, cfg: data.FormatConfig, labelled: bool = True) -> Features:
         """One row per window; every window of a question keeps its offsets for post-processing."""
         if not getattr(tokenizer, "is_fast", False):
             raise LmforgeError("QA needs a fast tokenizer (tokenizer.json) for character offsets")
         if cfg.doc_stride >= cfg.max_length // 2:
-            raise LmforgeError(f"--data.doc_stride {cfg.doc_stride} must be below half of --data.max_length {cfg.max_length} (e.g. 128 with 384)")
+            raise LmforgeError(f"--format.doc_stride {cfg.doc_stride} must be below half of --format.max_length {cfg.max_length} (e.g. 128 with 384)")
         encoded = tokenizer([q.question.lstrip() for q in questions], [q.context for q in questions], truncation="only_second",
                             max_length=cfg.max_length, stride=cfg.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
         columns: dict[str, list] = {"input_ids": encoded["input_ids"], "start_positions": [], "end_positions": []}
