@@ -72,7 +72,7 @@ class FinetuneConfig:
     out: str = option("runs/finetune", "run folder (metrics, best/, final/, reports)")
     mode: Literal["full", "lora", "head"] = option("full", "full: train every weight; lora: peft adapters; head: frozen encoder, cached outputs, head only")
     epochs: float = option(3.0, "passes over the train split (sets train.max_steps unless a budget is given)")
-    seeds: list[int] = option([], "repeat the run for each seed (e.g. 1,2,3) and report mean and std; default: training.seed once")
+    seeds: list[str] = option([], "repeat the run for each seed (1,2,3 or 1 2 3) and report mean and std; default: training.seed once")
     reset_head: bool = option(False, "replace a saved task head that does not fit this task's labels")
     format: FormatConfig = field(default_factory=FormatConfig)
     lora: LoraOptions = field(default_factory=LoraOptions)
@@ -197,7 +197,7 @@ def run(config: FinetuneConfig) -> Path:
     out = Path(config.out)
     prepared = prepare(config)
     folder = RunFolder(out, "finetune").start(config, [config.train, config.valid])
-    seeds = config.seeds or [config.training.seed]
+    seeds = parse_seeds(config.seeds) or [config.training.seed]
     if len(seeds) == 1:
         summary = run_seed(config, prepared, seeds[0], out)
     else:
@@ -209,6 +209,16 @@ def run(config: FinetuneConfig) -> Path:
     shown = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float) and k != "val_loss")
     print(f"done: {shown}; model in {out / 'final'}; report {out / 'report.json'}", flush=True)
     return out
+
+
+def parse_seeds(values: list[str]) -> list[int]:
+    """`--seeds 1,2,3` and `--seeds 1 2 3` alike (the list flag takes space-separated values)."""
+    seeds = [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+    if not all(s.lstrip("-").isdigit() for s in seeds):
+        raise LmforgeError(f"--seeds {','.join(map(str, values))}: seeds must be whole numbers, e.g. --seeds 1,2,3")
+    if len(set(seeds)) != len(seeds):
+        raise LmforgeError(f"--seeds {','.join(seeds)}: each seed once, please (runs go into seed_N/)")
+    return [int(s) for s in seeds]
 
 
 def aggregate(runs: list[dict], out: Path) -> dict:

@@ -1,0 +1,245 @@
+"""`lmforge finetune` / `evaluate --task` / `predict` end to end on tiny models and tiny data."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from lmforge import cli
+from lmforge.tasks.backbone import minilm_folder
+
+SST2 = SHARED_DATA / "glue" / "SST-2"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, width-32 random BERT with MiniLM's WordPiece tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    nouns = ["film", "plot", "cast", "story", "ending", "music"]
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        word = rng.choice(["great", "wonderful", "superb"] if label else ["awful", "boring", "terrible"])
+        rows.append((f"the {rng.choice(nouns)} was {word} and the {rng.choice(nouns)} too", label))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def sentiment(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("sentiment")
+    paths = []
+    for name, n, seed in (("train.tsv", 256, 0), ("dev.tsv", 40, 1)):
+        path = folder / name
+        path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(n, seed)), encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+CONLL_SENTENCES = [
+    ("John lives in Paris", "B-PER O O B-LOC"),
+    ("Mary visited London", "B-PER O B-LOC"),
+    ("Peter Smith works in Berlin", "B-PER I-PER O O B-LOC"),
+    ("Anna moved to Rome", "B-PER O O B-LOC"),
+]
+
+
+@pytest.fixture(scope="session")
+def conll(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ner") / "ner.txt"
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for words, tags in CONLL_SENTENCES * 4:
+        lines += [f"{w} NNP O {t}" for w, t in zip(words.split(), tags.split())] + [""]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def squad(tmp_path_factory) -> Path:
+    contexts = [("Paris is the capital of France.", "What is the capital of France?", "Paris"),
+                ("The Nile flows through Egypt.", "Which river flows through Egypt?", "Nile"),
+                ("Mozart was born in Salzburg.", "Where was Mozart born?", "Salzburg")]
+    paragraphs = [{"context": c, "qas": [{"id": f"q{i}", "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}]}
+                  for i, (c, q, a) in enumerate(contexts)]
+    path = tmp_path_factory.mktemp("qa") / "squad.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return path
+
+
+def finetune(*args: str) -> int:
+    return cli.main(["finetune", "--training.precision", "fp32", "--training.log_every", "5", *args])
+
+
+def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    train, dev = sentiment
+    out = tmp_path / "run"
+    assert finetune("--task", "classification", "--model", str(tiny_bert), "--train", str(train), "--valid", str(dev),
+                    "--out", str(out), "--epochs", "3", "--training.lr", "3e-3", "--training.batch_size", "16") == 0
+    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "report.json", "report.html", "best", "final"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["metrics"]["accuracy"] >= 0.9 and summary["wall_seconds"] > 0
+    assert summary["best"]["metric"] == "accuracy" and summary["metrics"]["accuracy"] == summary["best"]["value"]
+    model = AutoModelForSequenceClassification.from_pretrained(str(out / "final"))
+    assert model.config.id2label == {0: "0", 1: "1"}
+    # evaluate and predict read the same folder; their accuracy is the best checkpoint's
+    assert cli.main(["evaluate", "--task", "classification", "--model", str(out), "--data", str(dev), "--out", str(tmp_path / "ev")]) == 0
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert report["metrics"]["accuracy"] == pytest.approx(summary["metrics"]["accuracy"], abs=0.03)
+    html = (tmp_path / "ev" / "report.html").read_text()
+    assert "Confusion matrix" in html and "<svg" in html and "Per class" in html
+    errors = [json.loads(l) for l in (tmp_path / "ev" / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == report["errors"] and all(e["prediction"] != e["label"] for e in errors)
+    assert cli.main(["predict", "--model", str(out / "final"), "--input", str(dev), "--out", str(tmp_path / "pr")]) == 0
+    rows = [json.loads(l) for l in (tmp_path / "pr" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and rows[0]["prediction"] in ("0", "1") and "label" not in rows[0]
+
+
+def test_seeds_report_mean_and_std(tiny_bert, sentiment, tmp_path):
+    train, dev = sentiment
+    out = tmp_path / "seeds"
+    assert finetune("--model", str(tiny_bert), "--train", str(train), "--valid", str(dev), "--out", str(out),
+                    "--epochs", "1", "--seeds", "1,2", "--training.batch_size", "32") == 0
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["seeds"] == [1, 2] and set(summary["metrics_std"]) == set(summary["metrics"])
+    per_seed = [s["accuracy"] for s in summary["per_seed"]]
+    assert summary["metrics"]["accuracy"] == pytest.approx(sum(per_seed) / 2)
+    assert (out / "seed_1" / "final").is_dir() and (out / "final" / "config.json").is_file()
+
+
+def test_lora_final_is_merged_and_keeps_adapter(tiny_bert, sentiment, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    train, dev = sentiment
+    out = tmp_path / "lora"
+    assert finetune("--model", str(tiny_bert), "--train", str(train), "--valid", str(dev), "--out", str(out), "--mode", "lora",
+                    "--epochs", "1", "--lora.rank", "4") == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(str(out / "final")).eval()
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)
+    adapted = PeftModel.from_pretrained(base, str(out / "final" / "adapter")).eval()
+    ids = torch.tensor([[101, 2307, 3185, 102]])
+    assert torch.allclose(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-5)
+
+
+def test_head_mode_trains_only_the_head(tiny_bert, sentiment, tmp_path):
+    from safetensors.torch import load_file
+
+    train, dev = sentiment
+    out = tmp_path / "head"
+    assert finetune("--model", str(tiny_bert), "--train", str(train), "--valid", str(dev), "--out", str(out), "--mode", "head",
+                    "--epochs", "3") == 0
+    before, after = load_file(str(tiny_bert / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
+    layer = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(before[layer.removeprefix("bert.")], after[layer])
+    assert json.loads((out / "report.json").read_text())["trainable_parameters"] == 32 * 32 + 32 + 32 * 2 + 2  # pooler + classifier
+
+
+def test_ner_and_qa_runs(tiny_bert, conll, squad, tmp_path):
+    assert finetune("--task", "ner", "--model", str(tiny_bert), "--train", str(conll), "--valid", str(conll), "--out", str(tmp_path / "ner"),
+                    "--epochs", "2", "--training.lr", "3e-3", "--training.batch_size", "4") == 0
+    summary = json.loads((tmp_path / "ner" / "report.json").read_text())
+    assert {"f1", "precision", "recall"} <= set(summary["metrics"]) and summary["labels"][0] == "O"
+    assert cli.main(["predict", "--model", str(tmp_path / "ner"), "--input", str(conll), "--out", str(tmp_path / "nerp")]) == 0
+    row = json.loads((tmp_path / "nerp" / "predictions.jsonl").read_text().splitlines()[0])
+    assert row["words"] == ["John", "lives", "in", "Paris"] and len(row["prediction"]) == 4
+    assert finetune("--task", "qa", "--model", str(tiny_bert), "--train", str(squad), "--valid", str(squad), "--out", str(tmp_path / "qa"),
+                    "--epochs", "1", "--format.max_length", "64", "--format.doc_stride", "16") == 0
+    assert {"exact_match", "f1"} <= set(json.loads((tmp_path / "qa" / "report.json").read_text())["metrics"])
+    assert cli.main(["evaluate", "--task", "qa", "--model", str(tmp_path / "qa"), "--data", str(squad), "--out", str(tmp_path / "qae"),
+                     "--format.max_length", "64", "--format.doc_stride", "16"]) == 0
+    assert (tmp_path / "qae" / "errors.jsonl").is_file()
+
+
+# --- bad input: one line, exit 2, no traceback ----------------------------------------------------
+
+def test_model_folder_without_tokenizer(tiny_bert, sentiment, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_bert / name, bare / name)
+    train, dev = sentiment
+    assert finetune("--model", str(bare), "--train", str(train), "--valid", str(dev), "--out", str(tmp_path / "x")) == 2
+    err = capsys.readouterr().err
+    assert f"{bare}: no tokenizer here" in err and "Traceback" not in err
+
+
+def test_task_head_that_does_not_match(tiny_bert, conll, sentiment, tmp_path, capsys):
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    ner_model = tmp_path / "ner-model"
+    AutoModelForTokenClassification.from_pretrained(str(tiny_bert), num_labels=3).save_pretrained(str(ner_model))
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(ner_model))
+    train, dev = sentiment
+    assert finetune("--model", str(ner_model), "--train", str(train), "--valid", str(dev), "--out", str(tmp_path / "x")) == 2
+    assert "has a ner head" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--task", "classification", "--model", str(ner_model), "--data", str(dev), "--out", str(tmp_path / "e")]) == 2
+    assert "has a ner head but --task is classification" in capsys.readouterr().err
+    # a classification head with other labels
+    from transformers import AutoModelForSequenceClassification
+
+    cls_model = tmp_path / "cls-model"
+    AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3, id2label={0: "a", 1: "b", 2: "c"}).save_pretrained(str(cls_model))
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(cls_model))
+    assert finetune("--model", str(cls_model), "--train", str(train), "--valid", str(dev), "--out", str(tmp_path / "y")) == 2
+    err = capsys.readouterr().err
+    assert "head has labels ['a', 'b', 'c'] but the train data has ['0', '1']" in err and "--reset_head" in err
+
+
+def test_bad_data_through_the_cli(tiny_bert, sentiment, tmp_path, capsys):
+    train, _ = sentiment
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("sentence\tlabel\n")
+    assert finetune("--model", str(tiny_bert), "--train", str(train), "--valid", str(empty), "--out", str(tmp_path / "x")) == 2
+    assert f"{empty}: the valid split has no examples" in capsys.readouterr().err
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("sentence\tgold\nfine\t1\n")
+    assert finetune("--model", str(tiny_bert), "--train", str(bad), "--valid", str(bad), "--out", str(tmp_path / "y")) == 2
+    assert "no label column" in capsys.readouterr().err
+
+
+# --- real data: MiniLM on a 300-example SST-2 slice -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def sst2_slice(tmp_path_factory) -> tuple[Path, Path, float]:
+    folder = tmp_path_factory.mktemp("sst2")
+    train_lines = (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()
+    dev_lines = (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    (folder / "train.tsv").write_text("\n".join(train_lines[:301]) + "\n", encoding="utf-8")
+    (folder / "dev.tsv").write_text("\n".join(dev_lines[:201]) + "\n", encoding="utf-8")
+    labels = [line.rsplit("\t", 1)[1] for line in dev_lines[1:201]]
+    majority = max(labels.count("0"), labels.count("1")) / len(labels)
+    return folder / "train.tsv", folder / "dev.tsv", majority
+
+
+@pytest.mark.skipif(not SST2.exists(), reason=f"SST-2 not found at {SST2}")
+@pytest.mark.parametrize("mode, extra", [
+    ("head", ["--epochs", "10"]),
+    ("full", ["--epochs", "2", "--training.batch_size", "16", "--training.lr", "1e-4", "--format.max_length", "64"]),
+])
+def test_minilm_beats_majority_on_sst2_slice(sst2_slice, tmp_path, mode, extra):
+    train, dev, majority = sst2_slice
+    out = tmp_path / mode
+    assert cli.main(["finetune", "--model", "minilm", "--train", str(train), "--valid", str(dev), "--out", str(out), "--mode", mode, *extra]) == 0
+    accuracy = json.loads((out / "report.json").read_text())["metrics"]["accuracy"]
+    assert accuracy > majority + 0.05, (accuracy, majority)
