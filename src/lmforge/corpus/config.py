@@ -18,7 +18,7 @@ class ExtractConfig:
     pdf_repeat_fraction: float = option(0.5, "a PDF line at the top or bottom of more than this fraction of pages is a header/footer and is removed")
     encoding_errors: Literal["replace", "skip"] = option("replace", "bytes that are not UTF-8: replace with U+FFFD (counted per file) or skip the whole file")
     max_document_chars: int = option(100_000, "a plain-text file longer than this is cut at blank lines into documents of at most this size")
-    chunk_bytes: int = option(8_000_000, "work unit size: big .txt/.jsonl files are cut into line-aligned chunks of this many bytes, small files are grouped up to it")
+    chunk_bytes: int = option(8_000_000, "largest work unit: big .txt/.jsonl files are cut into line-aligned chunks of at most this many bytes, small files grouped up to it (smaller when needed to give every worker 4 units)")
 
 
 @dataclass

@@ -278,8 +278,9 @@ def run(config: CorpusConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     prepare_out_folder(out)
     folder = RunFolder(out, "corpus").start(config, inventory.roots)
-    units = plan_units(inventory.files, config.extract.chunk_bytes)
-    workers = max(1, min(config.workers or os.cpu_count() or 1, len(units)))
+    workers = config.workers or os.cpu_count() or 1
+    units = plan_units(inventory.files, config.extract.chunk_bytes, workers)
+    workers = max(1, min(workers, len(units)))
     report = CorpusReport(config.report_examples)
     report.tally.failures.extend(inventory.failures)
     report.skipped.update(inventory.skipped)
