@@ -270,10 +270,11 @@ def test_two_workers_write_the_same_corpus_as_one(tmp_path):
 
 
 def test_big_text_file_is_cut_into_documents_at_paragraphs(tmp_path):
-    paragraphs = [prose(400 + i, sentences=4) for i in range(40)]
+    paragraphs = [prose(400 + i, sentences=4) for i in range(80)]
     (tmp_path / "book.txt").write_text("\n\n".join(paragraphs))
-    _, records, report = run_corpus([tmp_path / "book.txt"], tmp_path / "out", **{
-        "extract.max_document_chars": 2000, "extract.chunk_bytes": 5000, "dedup.near": False})
+    _, records, report = run_corpus([tmp_path / "book.txt"], tmp_path / "out", workers=2, **{
+        "extract.max_document_chars": 2000, "extract.chunk_bytes": 5000, "dedup.near": False, "filter.min_words": 1})
+    assert report["summary"]["workers"] == 2  # ~26 kB: two line-aligned ranges of at least 16 kB
     texts = [r["text"] for r in all_records(records)]
     assert len(texts) == report["summary"]["documents_in"] >= 6
     assert all(len(t) <= 2000 for t in texts)

@@ -27,7 +27,7 @@ FORMATS = {
 # Formats a worker reads as a stream of lines, so a big file can be cut by byte ranges.
 SPLITTABLE = {"text", "jsonl"}
 MAX_PARTS_PER_UNIT = 256
-MIN_UNIT_BYTES = 1 << 16
+MIN_UNIT_BYTES = 1 << 14
 # Seconds of work per byte relative to plain text (measured roughly on this machine's kind:
 # text ~4 MB/s per core, HTML via trafilatura ~1.8, PDF via pypdf ~0.4, DOCX similar).
 FORMAT_COST = {"html": 3, "pdf": 12, "docx": 8}
