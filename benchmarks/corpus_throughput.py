@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -142,6 +143,16 @@ def busy_cpu_percent(seconds: float = 2.0) -> float:
     return psutil.cpu_percent(interval=seconds)
 
 
+def _machine_busy_seconds() -> float:
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def wait_for_quiet(limit_seconds: float = 180.0) -> float:
     """Wait until other work leaves the cores idle (the machine is shared); returns the last reading."""
     deadline = time.time() + limit_seconds
@@ -154,6 +165,8 @@ def wait_for_quiet(limit_seconds: float = 180.0) -> float:
 def run_stage(name: str, data: list[str], workers: int, extra: list[str] = ()) -> dict:
     """Run `lmforge corpus` in a subprocess; wall time, peak tree RSS and the report's numbers."""
     busy_before = wait_for_quiet()
+    busy_cpu_before = _machine_busy_seconds()
+    ours_before = _children_cpu_seconds()
     out = WORK / "out" / f"{name}-w{workers}"
     command = [sys.executable, "-m", "lmforge", "corpus", "--data", *data, "--out", str(out),
                "--workers", str(workers), *extra]
@@ -169,6 +182,9 @@ def run_stage(name: str, data: list[str], workers: int, extra: list[str] = ()) -
             pass
         time.sleep(0.1)
     seconds = time.perf_counter() - started
+    # CPU that other programs took during the run: the machine is shared, so say how much.
+    others = (_machine_busy_seconds() - busy_cpu_before) - (_children_cpu_seconds() - ours_before)
+    other_load = max(0.0, others) / (seconds * (os.cpu_count() or 1)) * 100
     output = process.stdout.read()
     if process.returncode != 0:
         raise SystemExit(f"{name} failed ({process.returncode}):\n{output}")
@@ -182,6 +198,7 @@ def run_stage(name: str, data: list[str], workers: int, extra: list[str] = ()) -
         "peak_rss_mb_tree": round(peak / 2**20, 1), "peak_rss_mb_getrusage": s["peak_rss_mb"],
         "exact_removed": report["dedup"]["exact_removed"], "near_removed": report["dedup"]["near_removed"],
         "failures": s["files_failed"], "machine_busy_percent_before": busy_before,
+        "other_programs_cpu_percent_during": round(other_load, 1),
     }
 
 
@@ -211,11 +228,12 @@ def main() -> None:
     rows.append(run_stage("generated-text-128mb", subset, 1))
     rows.append(run_stage("generated-text-128mb", subset, 2))
     rows.append(run_stage(f"generated-text-{total // 1_000_000}mb", [str(text)], 2))
-    header = f"{'collection':<24}{'workers':>8}{'MB':>9}{'docs in':>10}{'docs out':>10}{'seconds':>9}{'MB/s':>8}{'peak RSS MB':>13}"
+    header = (f"{'collection':<24}{'workers':>8}{'MB':>9}{'docs in':>10}{'docs out':>10}{'seconds':>9}{'MB/s':>8}"
+              f"{'peak RSS MB':>13}{'others CPU %':>14}")
     print(header)
     for r in rows:
         print(f"{r['collection']:<24}{r['workers']:>8}{r['input_mb']:>9}{r['documents_in']:>10}{r['documents_out']:>10}"
-              f"{r['wall_seconds']:>9}{r['mb_per_second']:>8}{r['peak_rss_mb_tree']:>13}")
+              f"{r['wall_seconds']:>9}{r['mb_per_second']:>8}{r['peak_rss_mb_tree']:>13}{r['other_programs_cpu_percent_during']:>14}")
     ratios = {}
     for name in {r["collection"] for r in rows}:
         by_workers = {r["workers"]: r for r in rows if r["collection"] == name}
