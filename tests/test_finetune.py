@@ -171,6 +171,20 @@ def test_ner_and_qa_runs(tiny_bert, conll, squad, tmp_path):
     assert (tmp_path / "qae" / "errors.jsonl").is_file()
 
 
+def test_lmforge_masked_lm_run_folder_as_model(tiny_bert, sentiment, tmp_path):
+    """A pretrain run's final/ (BertForMaskedLM) is a model source; its MLM head is dropped for the task head."""
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    run = tmp_path / "pretrain-run"
+    BertForMaskedLM.from_pretrained(str(tiny_bert)).save_pretrained(str(run / "final"))
+    AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(run / "final"))
+    train, dev = sentiment
+    out = tmp_path / "ft"
+    assert finetune("--model", str(run), "--train", str(train), "--valid", str(dev), "--out", str(out), "--training.max_steps", "2") == 0
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["model"] == str(run / "final") and summary["steps"] == 2
+
+
 # --- bad input: one line, exit 2, no traceback ----------------------------------------------------
 
 def test_model_folder_without_tokenizer(tiny_bert, sentiment, tmp_path, capsys):

@@ -38,21 +38,33 @@ DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "head": 1e-3}
 
 
 @dataclass
-class FinetuneTrainConfig(TrainConfig):
-    """The loop's settings with fine-tuning defaults (BERT paper: small lr, linear decay to 0, short warmup)."""
+class FinetuneTrainConfig:
+    """The loop's settings that matter for fine-tuning, with fine-tuning defaults (BERT paper:
+    small lr, linear decay to 0, short warmup); turned into a `TrainConfig` by `train_config`."""
 
     batch_size: int = option(32, "global batch in examples per optimizer step")
+    micro_batch_size: Optional[int] = option(None, "examples per forward pass (gradient accumulation below batch_size)")
     lr: Optional[float] = option(None, "peak learning rate (default: 5e-5 full, 5e-4 lora, 1e-3 head)")
     min_lr: float = option(0.0, "learning rate at the end of training")
     warmup_steps: Optional[int] = option(None, "linear warmup steps (default: 6% of the training steps)")
     schedule: Literal["cosine", "linear", "constant"] = option("linear", "decay from lr to min_lr over training")
     weight_decay: float = option(0.01, "AdamW weight decay on matrices (not on biases or norms)")
+    beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.999, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 disables)")
+    max_steps: Optional[int] = option(None, "budget: optimizer steps (default: from --epochs)")
+    max_minutes: Optional[float] = option(None, "budget: wall-clock minutes of training (instead of --epochs)")
     eval_every: Optional[int] = option(None, "evaluate on the valid split every N steps (default: once per epoch) and at the end")
-    best_metric: Optional[str] = option(None, "choose the best checkpoint by this valid metric (default: accuracy, pearson, or entity/SQuAD f1)")
+    best_metric: Optional[str] = option(None, "choose the best checkpoint by this valid metric (default: accuracy, pearson, f1_micro, or entity/SQuAD f1)")
     best_mode: Literal["max", "min"] = option("max", "whether a larger (max) or smaller (min) best_metric is better")
+    early_stopping_patience: int = option(0, "stop after this many evaluations without a better best_metric (0: never)")
+    save_every: int = option(0, "write a resumable checkpoint every N steps (0: only at the end)")
+    keep_last: int = option(1, "keep this many newest checkpoints")
     log_every: int = option(20, "append a metrics.jsonl row and print progress every N steps")
     seed: int = option(42, "seed for the new head, dropout and data order")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast where the hardware supports it (auto), or force fp32 / bf16")
+    compile: bool = option(False, "torch.compile the model")
 
 
 @dataclass
@@ -111,9 +123,9 @@ def prepare(config: FinetuneConfig) -> Prepared:
 def train_config(config: FinetuneConfig, steps_per_epoch: int, metric: str) -> TrainConfig:
     """The loop's TrainConfig: epochs -> max_steps, mode's lr, warmup 6%, eval once per epoch."""
     t = config.training
-    budget_given = any((t.max_steps, t.max_tokens, t.max_minutes, t.max_flops))
+    budget_given = any((t.max_steps, t.max_minutes))
     max_steps = t.max_steps if budget_given else max(1, math.ceil(config.epochs * steps_per_epoch))
-    values = {f.name: getattr(t, f.name) for f in dataclasses.fields(TrainConfig)}
+    values = {f.name: getattr(t, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(t, f.name)}
     values.update(
         max_steps=max_steps, lr=t.lr if t.lr is not None else DEFAULT_LR[config.mode],
         warmup_steps=t.warmup_steps if t.warmup_steps is not None else round(0.06 * (max_steps or steps_per_epoch)),
