@@ -34,7 +34,7 @@ from lmforge.tasks.qa import QaTask
 
 Task = Literal["classification", "ner", "qa"]
 TASKS = {"classification": ClassificationTask, "ner": NerTask, "qa": QaTask}
-DEFAULT_LR = {"full": 5e-5, "lora": 5e-4, "head": 1e-3}
+DEFAULT_LR = {"full": 5e-5, "lora": 2e-3, "head": 1e-3}
 
 
 @dataclass
@@ -44,7 +44,7 @@ class FinetuneTrainConfig:
 
     batch_size: int = option(32, "global batch in examples per optimizer step")
     micro_batch_size: Optional[int] = option(None, "examples per forward pass (gradient accumulation below batch_size)")
-    lr: Optional[float] = option(None, "peak learning rate (default: 5e-5 full, 5e-4 lora, 1e-3 head)")
+    lr: Optional[float] = option(None, "peak learning rate (default: 5e-5 full, 2e-3 lora, 1e-3 head)")
     min_lr: float = option(0.0, "learning rate at the end of training")
     warmup_steps: Optional[int] = option(None, "linear warmup steps (default: 6% of the training steps)")
     schedule: Literal["cosine", "linear", "constant"] = option("linear", "decay from lr to min_lr over training")
