@@ -171,6 +171,16 @@ def test_ner_and_qa_runs(tiny_bert, conll, squad, tmp_path):
     assert (tmp_path / "qae" / "errors.jsonl").is_file()
 
 
+def test_early_stopping_on_the_task_metric(tiny_bert, sentiment, tmp_path):
+    train, dev = sentiment
+    out = tmp_path / "early"
+    # lr ~0: accuracy cannot improve after the first evaluation, so patience 1 ends the run at the second
+    assert finetune("--model", str(tiny_bert), "--train", str(train), "--valid", str(dev), "--out", str(out), "--epochs", "3",
+                    "--training.lr", "1e-12", "--training.eval_every", "2", "--training.early_stopping_patience", "1") == 0
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["stopped_by"] == "early_stopping" and summary["steps"] == 4 and summary["best"]["step"] == 2
+
+
 def test_lmforge_masked_lm_run_folder_as_model(tiny_bert, sentiment, tmp_path):
     """A pretrain run's final/ (BertForMaskedLM) is a model source; its MLM head is dropped for the task head."""
     from transformers import AutoTokenizer, BertForMaskedLM
