@@ -35,7 +35,6 @@ from lmforge import finetune, hardware  # noqa: E402
 from lmforge.runfolder import library_versions  # noqa: E402
 from lmforge.tasks import backbone  # noqa: E402
 from lmforge.tasks.data import FormatConfig  # noqa: E402
-from lmforge.tasks.objective import IGNORE  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"

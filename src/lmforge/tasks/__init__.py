@@ -5,5 +5,7 @@
     ner.py             token classification, labels on the first sub-token of each word
     qa.py              extractive QA with doc stride; answers mapped back to character offsets
     metrics.py         accuracy, F1, MCC, Pearson/Spearman, seqeval entity F1, SQuAD EM/F1
-    objective.py       the loop's objective over encoded features (length-grouped batches)
+    objective.py       the loop's objective over encoded features (length-grouped batches, dynamic padding)
+    backbone.py        the pretrained model: --model sources, task heads, full / LoRA / head-only (cached states)
+    evaluation.py      a fine-tuned model over a file: predictions, metrics, report.html, errors.jsonl
 """
