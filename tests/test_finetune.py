@@ -267,3 +267,15 @@ def test_minilm_beats_majority_on_sst2_slice(sst2_slice, tmp_path, mode, extra):
     assert cli.main(["finetune", "--model", "minilm", "--train", str(train), "--valid", str(dev), "--out", str(out), "--mode", mode, *extra]) == 0
     accuracy = json.loads((out / "report.json").read_text())["metrics"]["accuracy"]
     assert accuracy > majority + 0.05, (accuracy, majority)
+
+
+def test_layer_wise_lr_decay_reaches_the_optimizer(tiny_bert, sentiment, tmp_path):
+    train, dev = sentiment
+    out = tmp_path / "llrd"
+    assert finetune("--task", "classification", "--model", str(tiny_bert), "--train", str(train), "--valid", str(dev),
+                    "--out", str(out), "--epochs", "1", "--training.lr", "1e-3", "--training.layer_decay", "0.5",
+                    "--training.log_every", "1") == 0
+    assert json.loads((out / "report.json").read_text())["metrics"]["accuracy"] > 0
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["training"]["layer_decay"] == 0.5

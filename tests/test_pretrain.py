@@ -257,3 +257,29 @@ def test_best_checkpoint_by_metric_and_early_stopping(tmp_path):
     with pytest.raises(LmforgeError, match="train.best_metric 'f1' is not among the evaluation metrics \\(accuracy\\)"):
         fit(tiny_llama(), objective, TrainConfig(max_steps=4, eval_every=2, best_metric="f1"), tmp_path / "x",
             evaluator=lambda module, runtime: {"accuracy": 0.5})
+
+
+def test_layer_wise_lr_decay_scales_groups_by_depth():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from lmforge import optim
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, num_labels=2)
+    model = BertForSequenceClassification(config)
+    groups = optim.param_groups(model, 0.01, layer_decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert scale_of[id(named["bert.embeddings.word_embeddings.weight"])] == 0.5**4
+    assert scale_of[id(named["bert.encoder.layer.0.attention.self.query.weight"])] == 0.5**3
+    assert scale_of[id(named["bert.encoder.layer.2.output.dense.weight"])] == 0.5
+    assert scale_of[id(named["classifier.weight"])] == 1.0
+    assert all(g["weight_decay"] == 0.0 for g in groups if any(p.dim() < 2 for p in g["params"]))
+    assert len(optim.param_groups(model, 0.01)) == 2  # off: just decay / no decay
+
+
+def test_list_flags_split_commas():
+    from lmforge import config as config_mod
+
+    assert config_mod.coerce(list[int], ["1,2,3"], "seeds") == [1, 2, 3]
+    assert config_mod.coerce(list[int], ["1", "2"], "seeds") == [1, 2]
+    assert config_mod.coerce(list[str], ["a,b"], "data") == ["a,b"]  # paths may hold commas

@@ -75,9 +75,11 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise _bad(key, value, tp)
+        if item_tp in (int, float):  # `--seeds 1,2,3` and `--seeds 1 2 3` alike
+            value = [part for v in value for part in (v.split(",") if isinstance(v, str) else [v]) if part != ""]
         return [coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):

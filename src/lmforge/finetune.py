@@ -52,6 +52,7 @@ class FinetuneTrainConfig:
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.999, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0 disables)")
+    layer_decay: float = option(1.0, "layer-wise LR decay: block k below the top trains at lr x layer_decay^k, e.g. 0.8 (1: off)")
     max_steps: Optional[int] = option(None, "budget: optimizer steps (default: from --epochs)")
     max_minutes: Optional[float] = option(None, "budget: wall-clock minutes of training (instead of --epochs)")
     eval_every: Optional[int] = option(None, "evaluate on the valid split every N steps (default: once per epoch) and at the end")

@@ -42,6 +42,7 @@ class TrainConfig:
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.99, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0 disables)")
+    layer_decay: float = option(1.0, "layer-wise LR decay: the block k below the top trains at lr x layer_decay^k (1: off)")
     max_steps: Optional[int] = option(None, "budget: optimizer steps")
     max_tokens: Optional[int] = option(None, "budget: training tokens")
     max_minutes: Optional[float] = option(None, "budget: wall-clock minutes of training")
@@ -231,7 +232,7 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     micro = cfg.micro_batch_size or cfg.batch_size // proc.world
     torch.manual_seed(cfg.seed)
     model.to(device)
-    optimizer = optim.adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    optimizer = optim.adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), layer_decay=cfg.layer_decay)
     if proc.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     log = MetricsLog(run_dir / "metrics.jsonl", proc.main)
@@ -264,7 +265,7 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
         step = state["step"]
         lr = optim.learning_rate(step, progress(), state["warmup_end_progress"], cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.schedule)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         batch = objective.batch(step)
         count = objective.targets(batch)
         tokens_per_step = objective.tokens(batch)

@@ -8,23 +8,46 @@ against the fraction of that budget spent, so the run that the budget stops ends
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (dim >= 2); leave biases and norm gains (dim < 2) undecayed."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def layer_depth(name: str, layers: int) -> int:
+    """0 for embeddings, i + 1 for transformer block i, layers + 1 for everything above (heads, poolers)."""
+    if "embed" in name or ".wte." in name or ".wpe." in name:
+        return 0
+    match = LAYER_INDEX.search(f".{name}")
+    return int(match.group(1)) + 1 if match else layers + 1
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """Decay matrices (dim >= 2); leave biases and norm gains (dim < 2) undecayed.
+
+    With `layer_decay` < 1 (layer-wise LR decay, as in ELECTRA and BEiT fine-tuning), a
+    parameter `k` blocks below the top gets `lr_scale = layer_decay ** k`: the embeddings move
+    least, the new task head at full rate. The loop multiplies each group's lr by `lr_scale`.
+    """
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.dim() >= 2 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = param.dim() >= 2
+        depth = layer_depth(name, layers) if layer_decay != 1.0 else layers + 1
+        group = groups.setdefault((decays, depth), {"params": [], "weight_decay": weight_decay if decays else 0.0,
+                                                    "lr_scale": layer_decay ** (layers + 1 - depth)})
+        group["params"].append(param)
+    return list(groups.values())
 
 
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8) -> torch.optim.AdamW:
-    groups = param_groups(model, weight_decay)
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8,
+          layer_decay: float = 1.0) -> torch.optim.AdamW:
+    groups = param_groups(model, weight_decay, layer_decay)
     try:  # the fused kernel is fastest on CPU and GPU alike (torch >= 2.4)
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     except (RuntimeError, TypeError):
