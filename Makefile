@@ -26,6 +26,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pretrain_throughput.py
 	$(BIN)/python benchmarks/shakespeare_quality.py
+	$(BIN)/python benchmarks/corpus_throughput.py
+	$(BIN)/python benchmarks/finetune_glue.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -172,6 +172,16 @@ def _default_of(f: dataclasses.Field) -> Any:
     return None
 
 
+def _metavar(tp: Any) -> str:
+    """`{a,b,c}` for choices, else the plain type name: INT, FLOAT, STR, BOOL."""
+    inner = _is_optional(tp)[1]
+    if typing.get_origin(inner) is list:
+        inner = typing.get_args(inner)[0]
+    if typing.get_origin(inner) is Literal:
+        return "{" + ",".join(str(a) for a in typing.get_args(inner)) + "}"
+    return getattr(inner, "__name__", "VALUE").upper()
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One `--dotted.key VALUE` option per leaf field, documented from the field's help."""
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -182,7 +192,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
         help_text = f.metadata.get("help", "")
         default = _default_of(f)
-        kwargs: dict[str, Any] = {"dest": f"cfg:{key}", "default": argparse.SUPPRESS, "metavar": type_name(tp).upper().replace(" ", "_")[:24]}
+        kwargs: dict[str, Any] = {"dest": f"cfg:{key}", "default": argparse.SUPPRESS, "metavar": _metavar(tp)}
         if typing.get_origin(_is_optional(tp)[1]) is list:
             kwargs["nargs"] = "+"
         help_text = f"{help_text} [{type_name(tp)}; default: {default}]".replace("%", "%%")
