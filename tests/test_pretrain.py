@@ -283,3 +283,31 @@ def test_list_flags_split_commas():
     assert config_mod.coerce(list[int], ["1,2,3"], "seeds") == [1, 2, 3]
     assert config_mod.coerce(list[int], ["1", "2"], "seeds") == [1, 2]
     assert config_mod.coerce(list[str], ["a,b"], "data") == ["a,b"]  # paths may hold commas
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 40, size=3000).astype(np.uint16)
+    runs = {}
+    for compile_ in (False, True):
+        objective = objectives.CausalLM(tokens, context=16, global_batch=4, seed=0)
+        cfg = TrainConfig(max_steps=4, log_every=1, eval_every=1000, precision="fp32", compile=compile_, warmup_steps=1)
+        fit(tiny_llama(), objective, cfg, tmp_path / str(compile_), flops_per_token=1.0)
+        runs[compile_] = [l for _, l in losses(tmp_path / str(compile_))]
+    np.testing.assert_allclose(runs[True], runs[False], rtol=1e-4)
+
+
+def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, capsys):
+    class Broken(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **batch):
+            raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", lambda module: Broken(module))
+    tokens = np.random.default_rng(0).integers(0, 40, size=3000).astype(np.uint16)
+    objective = objectives.CausalLM(tokens, context=16, global_batch=4, seed=0)
+    summary = fit(tiny_llama(), objective, TrainConfig(max_steps=2, eval_every=1000, compile=True), tmp_path, flops_per_token=1.0)
+    assert summary["steps"] == 2
+    assert "torch.compile failed (RuntimeError: no C++ compiler found); training without it" in capsys.readouterr().out

@@ -212,6 +212,29 @@ class MetricsLog:
                 handle.write(json.dumps(row) + "\n")
 
 
+def compiled_or_eager(module: torch.nn.Module, objective, step: int, parts) -> torch.nn.Module:
+    """`torch.compile(module)`, tried on one micro-batch; eager, with a warning, if compiling fails
+    (no C++ compiler, an unsupported op). The trial leaves no gradients and no RNG draws behind."""
+    device, dtype, proc, micro = parts
+    compiled = torch.compile(module)
+    sample = micro_batches(objective.batch(step), proc.rank, proc.world, micro)[0]
+    started = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            with _autocast(device, dtype):
+                loss = compiled(**_device_batch(sample, device))
+            loss.backward()
+    except Exception as err:  # noqa: BLE001 - any compiler failure means: train eagerly
+        print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:120]}); training without it", flush=True)
+        compiled = module
+    finally:
+        for param in module.parameters():
+            param.grad = None
+    if proc.main and compiled is not module:
+        print(f"compiled the model in {time.perf_counter() - started:.0f} s", flush=True)
+    return compiled
+
+
 def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None, *, evaluator: Evaluator | None = None,
         flops_per_token: float = 0.0, resume: bool = False) -> dict:
     """Train `model` on `objective` until the budget in `cfg` is spent; return the run summary.
@@ -249,7 +272,7 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     module: torch.nn.Module = LossModule(model, objective)
     if proc.world > 1:
         module = torch.nn.parallel.DistributedDataParallel(module)
-    forward = torch.compile(module) if cfg.compile else module
+    forward = compiled_or_eager(module, objective, state["step"], (device, dtype, proc, micro)) if cfg.compile else module
     peak = hardware.matmul_peak_flops(device, dtype) * proc.world
     runtime = Runtime(device, dtype, proc, micro)
     recent = collections.deque(maxlen=50)
