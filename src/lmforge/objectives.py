@@ -142,9 +142,9 @@ class MaskedLM:
             logits = model(input_ids=batch["input_ids"]).logits  # (B, T, V)
             return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
         hidden = model.base_model(input_ids=batch["input_ids"]).last_hidden_state  # (B, T, C)
-        selected = labels != IGNORE
-        logits = mlm_head(model)(hidden[selected])  # (M, V), M ~ 15% of B*T
-        return F.cross_entropy(logits.float(), labels[selected], reduction="sum")
+        rows, targets = padded_selection(labels.flatten())
+        logits = mlm_head(model)(hidden.flatten(0, 1)[rows])  # (M, V), M ~ 15% of B*T, rounded up
+        return F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
 
     def predictions(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted ids, true ids) at the masked positions, for masked-token accuracy."""
@@ -152,6 +152,21 @@ class MaskedLM:
         hidden = model.base_model(input_ids=batch["input_ids"]).last_hidden_state
         selected = labels != IGNORE
         return mlm_head(model)(hidden[selected]).argmax(-1), labels[selected]
+
+
+def padded_selection(labels: torch.Tensor, multiple: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row indices of the masked positions and their labels, padded to a multiple of `multiple`.
+
+    The masked count changes every step; rounding it up keeps the head's matmul shapes few, so
+    kernel caches (oneDNN, torch.compile) stop growing. Padding rows carry IGNORE and add no loss.
+    """
+    rows = (labels != IGNORE).nonzero().squeeze(1)
+    pad = -rows.numel() % multiple
+    targets = labels[rows]
+    if pad:
+        rows = torch.cat([rows, rows.new_zeros(pad)])
+        targets = torch.cat([targets, targets.new_full((pad,), IGNORE)])
+    return rows, targets
 
 
 def mlm_head(model):
