@@ -181,10 +181,10 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
 
 
 def _autocast_for(cfg: TrainConfig, device):
-    from lmforge.loop import _autocast
+    from lmforge.loop import autocast
 
     dtype = hardware.resolve_precision(cfg.precision, device)
-    return lambda: _autocast(device, dtype)
+    return lambda: autocast(device, dtype)
 
 
 def metrics_at(out: Path, step: int | None) -> dict | None:

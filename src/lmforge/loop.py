@@ -120,7 +120,7 @@ class Runtime:
     micro: int
 
     def autocast(self):
-        return _autocast(self.device, self.dtype)
+        return autocast(self.device, self.dtype)
 
 
 Evaluator = Callable[[torch.nn.Module, Runtime], dict]
@@ -146,7 +146,8 @@ def _device_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast on `device`, or nothing for fp32 (the one place this choice is made)."""
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -221,7 +222,7 @@ def compiled_or_eager(module: torch.nn.Module, objective, step: int, parts) -> t
     started = time.perf_counter()
     try:
         with torch.random.fork_rng(devices=[]):
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 loss = compiled(**_device_batch(sample, device))
             loss.backward()
     except Exception as err:  # noqa: BLE001 - any compiler failure means: train eagerly
@@ -298,7 +299,7 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
             last_part = i == len(parts) - 1
             sync = nullcontext() if (proc.world == 1 or last_part) else module.no_sync()
             with sync:
-                with _autocast(device, dtype):
+                with autocast(device, dtype):
                     loss_sum = forward(**_device_batch(part, device))
                 # / global count: every target weighs the same whatever the split; x world undoes DDP's mean
                 (loss_sum * (proc.world / count)).backward()

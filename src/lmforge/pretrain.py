@@ -65,7 +65,7 @@ def prepare_tokenizer(config: PretrainConfig, sources: list[documents.Source]) -
     return folder
 
 
-def prepare_data(config: PretrainConfig, proc: Process) -> tuple[Path, Path]:
+def prepare_data(config: PretrainConfig, proc: Process, sources: list[documents.Source]) -> tuple[Path, Path]:
     """(tokenizer folder, shards folder); the main process builds caches, the others wait."""
     if config.shards:
         token_shards = shards.TokenShards.open(config.shards)
@@ -73,7 +73,6 @@ def prepare_data(config: PretrainConfig, proc: Process) -> tuple[Path, Path]:
         if shards.tokenizer_hash(tok_dir) != token_shards.meta["tokenizer_hash"]:
             raise LmforgeError(f"{config.shards}: these shards were made with another tokenizer than {tok_dir}; rebuild them with `lmforge shards --tokenizer {tok_dir}`")
         return tok_dir, token_shards.folder
-    sources = documents.resolve_sources(config.data)
     if proc.main:
         tok_dir = prepare_tokenizer(config, sources)
         shard_dir = shards.cached(sources, tok_dir, config.split)
@@ -129,7 +128,8 @@ def run(config: PretrainConfig) -> Path:
         raise LmforgeError(f"{out} already holds checkpoints; pass --resume to continue that run, or choose a new --out")
     device = hardware.resolve_device(config.train.device)
     proc = Process.from_env(device)
-    tok_dir, shard_dir = prepare_data(config, proc)
+    sources = [] if config.shards else documents.resolve_sources(config.data)
+    tok_dir, shard_dir = prepare_data(config, proc, sources)
     tokenizer = tokenizer_mod.load(tok_dir)
     token_shards = shards.TokenShards.open(shard_dir)
     torch.manual_seed(config.train.seed)
@@ -141,8 +141,7 @@ def run(config: PretrainConfig) -> Path:
     valid = objectives.gather(token_shards.valid, objectives.eval_offsets(len(token_shards.valid), objective.window, config.train.eval_windows), objective.window)
     folder = RunFolder(out, "pretrain")
     if proc.main:
-        sources = [] if config.shards else [s.path for s in documents.resolve_sources(config.data)]
-        folder.start(config, sources)
+        folder.start(config, [s.path for s in sources])
     fraction = config.train.mlm_probability if (config.train.objective == "mlm" and config.train.sparse_prediction) else 1.0
     flops_per_token = model_mod.flops_per_token(model, config.model.context, fraction)
     params = model_mod.count_parameters(model)

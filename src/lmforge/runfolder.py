@@ -26,12 +26,21 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+_SHA256_SEEN: dict[tuple[str, int, int], str] = {}
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """Content hash, remembered per (path, size, mtime): cache keys and the manifest of one run
+    ask for the same files, and a 1 GB corpus takes seconds to hash."""
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_SEEN:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+        _SHA256_SEEN[key] = digest.hexdigest()
+    return _SHA256_SEEN[key]
 
 
 def library_versions() -> dict[str, str]:

@@ -59,9 +59,9 @@ def score_file(task, model, tokenizer, path: str, fmt: data.FormatConfig, labell
     target = hardware.resolve_device(device)
     model.to(target)
     dtype = hardware.resolve_precision("auto", target)
-    from lmforge.loop import _autocast
+    from lmforge.loop import autocast
 
-    logits, loss = predict_logits(model, features, backbone.full_forward(task), task, batch_size, lambda: _autocast(target, dtype))
+    logits, loss = predict_logits(model, features, backbone.full_forward(task), task, batch_size, lambda: autocast(target, dtype))
     return Scored(task, features, examples, logits, loss)
 
 
