@@ -24,6 +24,7 @@ from typing import Callable, Literal, Optional
 import torch
 import torch.distributed as dist
 
+from lmforge import attention as attention_mod
 from lmforge import checkpoint, hardware, optim
 from lmforge.config import option
 from lmforge.errors import LmforgeError
@@ -48,18 +49,19 @@ class TrainConfig:
     max_minutes: Optional[float] = option(None, "budget: wall-clock minutes of training")
     max_flops: Optional[float] = option(None, "budget: training FLOPs (6N + attention per token)")
     stop_at_step: Optional[int] = option(None, "stop after this step as if interrupted, keeping the full budget's schedule (resume later)")
-    eval_every: int = option(250, "evaluate on the validation split every N steps (and at the end)")
+    eval_every: int = option(250, "evaluate on the validation split every N steps and at the end (0: only at the end)")
     eval_windows: Optional[int] = option(None, "at most this many validation windows per evaluation (default: the whole split)")
     best_metric: Optional[str] = option(None, "keep a best/ model folder chosen by this evaluation metric (e.g. val_loss, accuracy)")
     best_mode: Literal["max", "min"] = option("min", "whether a larger (max) or smaller (min) best_metric is better")
     early_stopping_patience: int = option(0, "stop after this many evaluations without a better best_metric (0: never)")
     save_every: int = option(0, "write a resumable checkpoint every N steps (0: only at the end)")
     keep_last: int = option(2, "keep this many newest checkpoints")
-    log_every: int = option(10, "append a metrics.jsonl row and print progress every N steps")
+    log_every: int = option(10, "append a metrics.jsonl row and print progress every N steps (0: first and last step only)")
     seed: int = option(1337, "seed for initialisation, data order and masking")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast where the hardware supports it (auto), or force fp32 / bf16")
     compile: bool = option(False, "torch.compile the model (first step compiles for seconds; pays off on larger models)")
+    attention: attention_mod.Kernel = option("auto", "attention kernel; auto: under bf16 on CPU, time sdpa, sdpa in fp32 and eager on the first micro-batch and keep the fastest (else the model's default)")
     mlm_probability: float = option(0.15, "mlm: fraction of tokens masked")
     sparse_prediction: bool = option(True, "mlm: send only masked rows through the vocabulary projection (Cramming)")
 
@@ -98,6 +100,14 @@ class Process:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def from_main(self, value: int) -> int:
+        """Rank 0's `value` on every process (so all ranks make rank 0's choice)."""
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value])
+        dist.broadcast(tensor, src=0)
+        return int(tensor)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
@@ -213,25 +223,49 @@ class MetricsLog:
                 handle.write(json.dumps(row) + "\n")
 
 
-def compiled_or_eager(module: torch.nn.Module, objective, step: int, parts) -> torch.nn.Module:
-    """`torch.compile(module)`, tried on one micro-batch; eager, with a warning, if compiling fails
-    (no C++ compiler, an unsupported op). The trial leaves no gradients and no RNG draws behind."""
-    device, dtype, proc, micro = parts
-    compiled = torch.compile(module)
-    sample = micro_batches(objective.batch(step), proc.rank, proc.world, micro)[0]
-    started = time.perf_counter()
+def trial_step(module: torch.nn.Module, sample: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> None:
+    """One forward+backward of `sample` that leaves no gradients and no RNG draws behind."""
     try:
         with torch.random.fork_rng(devices=[]):
             with autocast(device, dtype):
-                loss = compiled(**_device_batch(sample, device))
+                loss = module(**_device_batch(sample, device))
             loss.backward()
-    except Exception as err:  # noqa: BLE001 - any compiler failure means: train eagerly
-        print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:120]}); training without it", flush=True)
-        compiled = module
     finally:
         for param in module.parameters():
             param.grad = None
-    if proc.main and compiled is not module:
+
+
+def choose_attention(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg: "TrainConfig", runtime: Runtime,
+                     resumed: str | None = None) -> dict:
+    """Set the attention kernel `cfg.attention` names, or with `auto` the fastest on `sample`
+    (rank 0 times, every rank follows); a resumed run keeps the kernel it chose (`resumed`), so its
+    numbers match an uninterrupted run. Returns {"kernel": name or None, "ms": {kernel: ms}}."""
+    fixed = cfg.attention if cfg.attention != "auto" else resumed
+    if fixed is not None:
+        attention_mod.use(module, fixed)
+        return {"kernel": fixed, "ms": {}}
+    kernel, times = attention_mod.choose(module, lambda: trial_step(module, sample, runtime.device, runtime.dtype), runtime.dtype, runtime.device)
+    if kernel is None:
+        return {"kernel": None, "ms": {}}
+    names = list(attention_mod.KERNELS)
+    kernel = names[runtime.proc.from_main(names.index(kernel))]
+    attention_mod.use(module, kernel)
+    if runtime.proc.main:
+        print(f"attention: {kernel} (forward+backward of one micro-batch: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()) + ")", flush=True)
+    return {"kernel": kernel, "ms": times}
+
+
+def compiled_or_eager(module: torch.nn.Module, sample: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype, main: bool) -> torch.nn.Module:
+    """`torch.compile(module)`, tried on one micro-batch; eager, with a warning, if compiling fails
+    (no C++ compiler, an unsupported op). The trial leaves no gradients and no RNG draws behind."""
+    compiled = torch.compile(module)
+    started = time.perf_counter()
+    try:
+        trial_step(compiled, sample, device, dtype)
+    except Exception as err:  # noqa: BLE001 - any compiler failure means: train eagerly
+        print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:120]}); training without it", flush=True)
+        compiled = module
+    if main and compiled is not module:
         print(f"compiled the model in {time.perf_counter() - started:.0f} s", flush=True)
     return compiled
 
@@ -270,17 +304,20 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
             print(f"resuming from {last} (step {state['step']}, {state['tokens']:,} tokens)", flush=True)
     elif not resume and proc.main:
         log.path.unlink(missing_ok=True)
+    runtime = Runtime(device, dtype, proc, micro)
+    model.train()
     module: torch.nn.Module = LossModule(model, objective)
+    sample = micro_batches(objective.batch(state["step"]), proc.rank, proc.world, micro)[0]
+    attention = choose_attention(module, sample, cfg, runtime, state.get("attention"))
+    state["attention"] = attention["kernel"]
     if proc.world > 1:
         module = torch.nn.parallel.DistributedDataParallel(module)
-    forward = compiled_or_eager(module, objective, state["step"], (device, dtype, proc, micro)) if cfg.compile else module
+    forward = compiled_or_eager(module, sample, device, dtype, proc.main) if cfg.compile else module
     peak = hardware.matmul_peak_flops(device, dtype) * proc.world
-    runtime = Runtime(device, dtype, proc, micro)
     recent = collections.deque(maxlen=50)
     metrics: dict = {}
     started = time.perf_counter() - state["seconds"]
     window_started, window_tokens = time.perf_counter(), 0
-    model.train()
 
     def progress() -> float:
         return budget.progress(state["step"], state["tokens"], state["seconds"], state["flops"])
@@ -324,13 +361,13 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
         recent.append(step_loss)
         done = progress() >= 1.0 or state["step"] == cfg.stop_at_step
         row = None
-        if state["step"] % cfg.log_every == 0 or state["step"] == 1 or done:
+        if (cfg.log_every and state["step"] % cfg.log_every == 0) or state["step"] == 1 or done:
             now = time.perf_counter()
             rate = window_tokens / max(now - window_started, 1e-9)
             window_started, window_tokens = now, 0
             row = {"step": state["step"], "tokens": state["tokens"], "loss": step_loss, "lr": lr,
                    "tokens_per_second": round(rate, 1), "elapsed_seconds": round(state["seconds"], 2)}
-        if evaluator is not None and (state["step"] % cfg.eval_every == 0 or done):
+        if evaluator is not None and ((cfg.eval_every and state["step"] % cfg.eval_every == 0) or done):
             metrics = evaluator(module, runtime)
             row = row or {"step": state["step"], "tokens": state["tokens"], "loss": step_loss, "lr": lr,
                           "tokens_per_second": None, "elapsed_seconds": round(state["seconds"], 2)}
@@ -374,6 +411,8 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
         "mfu": flops_per_token * tokens_per_second / peak,
         "peak_flops": peak,
         "precision": str(dtype).replace("torch.", ""),
+        "attention": attention["kernel"],
+        "attention_ms": attention["ms"],
         "device": str(device),
         "processes": proc.world,
         "stopped_by": stopped_by,
