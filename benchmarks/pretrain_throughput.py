@@ -127,7 +127,7 @@ def prepare(task: Task, workdir: Path) -> dict[str, str]:
     this cache and the Trainer reads the same token ids.
     """
     from lmforge import config as config_mod
-    from lmforge import hardware
+    from lmforge import documents, hardware
     from lmforge.loop import Process
     from lmforge.pretrain import PretrainConfig, prepare_data
 
@@ -135,7 +135,7 @@ def prepare(task: Task, workdir: Path) -> dict[str, str]:
     overrides["data"] = [overrides["data"]]
     cfg = config_mod.resolve(PretrainConfig, None, overrides)
     started = time.perf_counter()
-    tok_dir, shard_dir = prepare_data(cfg, Process.from_env(hardware.resolve_device("cpu")))
+    tok_dir, shard_dir = prepare_data(cfg, Process.from_env(hardware.resolve_device("cpu")), documents.resolve_sources(cfg.data))
     return {"tokenizer": str(tok_dir), "shards": str(shard_dir), "prepare_seconds": round(time.perf_counter() - started, 2)}
 
 
@@ -300,7 +300,7 @@ def trainer_child(args: argparse.Namespace) -> None:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
     from lmforge import config as config_mod
-    from lmforge import hardware
+    from lmforge import documents, hardware
     from lmforge import model as model_mod
     from lmforge import tokenizer as tokenizer_mod
     from lmforge.pretrain import PretrainConfig
@@ -506,9 +506,9 @@ def markdown(summary: dict) -> str:
     lines += ["", "Tasks:"]
     for name, task in summary["tasks"].items():
         lines.append(f"- **{name}**: {task['title']}; {task['steps']} steps per run, first {task['warmup_steps_excluded']} excluded, "
-                     f"{task['tokens_per_step']:,} tokens/step; ratios per repeat (steady tokens/s): "
-                     f"vs trainer {task['ratios']['lmforge/trainer:tokens_per_second']['per_repeat']}, "
-                     f"vs trainer-bf16 {task['ratios']['lmforge/trainer-bf16:tokens_per_second']['per_repeat']}.")
+                     f"{task['tokens_per_step']:,} tokens/step; ratios per repeat of {task['headline_side']} (steady tokens/s): "
+                     f"vs trainer {task['ratios'][task['headline_side'] + '/trainer:tokens_per_second']['per_repeat']}, "
+                     f"vs trainer-bf16 {task['ratios'][task['headline_side'] + '/trainer-bf16:tokens_per_second']['per_repeat']}.")
     lines += [
         "",
         "Notes:",

@@ -171,6 +171,21 @@ def test_ner_and_qa_runs(tiny_bert, conll, squad, tmp_path):
     assert (tmp_path / "qae" / "errors.jsonl").is_file()
 
 
+def test_squad_v2_trains_and_saves_the_no_answer_rule(tiny_bert, squad, tmp_path):
+    data = json.loads(squad.read_text())
+    data["data"][0]["paragraphs"][0]["qas"].append({"id": "none", "question": "Who painted the Mona Lisa?", "answers": [], "is_impossible": True})
+    v2 = tmp_path / "squad_v2.json"
+    v2.write_text(json.dumps(data))
+    assert finetune("--task", "qa", "--model", str(tiny_bert), "--train", str(v2), "--valid", str(v2), "--out", str(tmp_path / "qa"),
+                    "--epochs", "1", "--format.max_length", "64", "--format.doc_stride", "16") == 0
+    metrics = json.loads((tmp_path / "qa" / "report.json").read_text())["metrics"]
+    assert {"has_answer_f1", "no_answer_accuracy"} <= set(metrics)
+    assert json.loads((tmp_path / "qa" / "final" / "config.json").read_text())["qa_no_answer"] is True
+    assert cli.main(["evaluate", "--task", "qa", "--model", str(tmp_path / "qa"), "--data", str(v2), "--out", str(tmp_path / "qae"),
+                     "--format.max_length", "64", "--format.doc_stride", "16"]) == 0
+    assert "no_answer_accuracy" in json.loads((tmp_path / "qae" / "report.json").read_text())["metrics"]
+
+
 def test_early_stopping_on_the_task_metric(tiny_bert, sentiment, tmp_path):
     train, dev = sentiment
     out = tmp_path / "early"
@@ -279,3 +294,31 @@ def test_layer_wise_lr_decay_reaches_the_optimizer(tiny_bert, sentiment, tmp_pat
     import yaml
 
     assert yaml.safe_load((out / "config.yaml").read_text())["training"]["layer_decay"] == 0.5
+
+
+def test_resumed_finetune_equals_an_uninterrupted_one(tiny_bert, sentiment, tmp_path, capsys):
+    train, dev = sentiment
+    common = ["--model", str(tiny_bert), "--train", str(train), "--valid", str(dev), "--epochs", "2",
+              "--training.batch_size", "32", "--training.eval_every", "4", "--training.lr", "1e-3"]
+    assert finetune(*common, "--out", str(tmp_path / "whole")) == 0
+    assert finetune(*common, "--out", str(tmp_path / "parts"), "--training.stop_at_step", "6", "--training.save_every", "3") == 0
+    assert not (tmp_path / "parts" / "final").exists() and (tmp_path / "parts" / "checkpoints" / "step_6").is_dir()
+    # a fresh run into a folder with checkpoints is refused; --resume continues it (config.yaml reused)
+    capsys.readouterr()
+    assert finetune(*common, "--out", str(tmp_path / "parts")) == 2
+    assert "already holds checkpoints; pass --resume true" in capsys.readouterr().err
+    assert cli.main(["finetune", "--out", str(tmp_path / "parts"), "--resume", "true", "--training.stop_at_step", "null"]) == 0
+    rows = lambda name: [(r["step"], r.get("loss"), r.get("accuracy")) for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    assert rows("parts") == rows("whole")
+    assert json.loads((tmp_path / "parts" / "report.json").read_text())["metrics"] == json.loads((tmp_path / "whole" / "report.json").read_text())["metrics"]
+
+
+def test_resume_keeps_finished_seeds(tiny_bert, sentiment, tmp_path, capsys):
+    train, dev = sentiment
+    args = ["--model", str(tiny_bert), "--train", str(train), "--valid", str(dev), "--epochs", "1", "--seeds", "1,2", "--out", str(tmp_path / "s")]
+    assert finetune(*args) == 0
+    first = json.loads((tmp_path / "s" / "report.json").read_text())
+    capsys.readouterr()
+    assert finetune(*args, "--resume", "true") == 0
+    assert capsys.readouterr().out.count("finished already") == 2
+    assert json.loads((tmp_path / "s" / "report.json").read_text())["metrics"] == first["metrics"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmforge.tasks import data
-from lmforge.tasks.ner import NerTask, align_labels
+from lmforge.tasks.ner import NerTask, align_labels, word_pieces
 from lmforge.tasks.objective import IGNORE, Features, epoch_order, trim
 from lmforge.tasks.qa import QaTask, answer_span, best_span
 
@@ -43,12 +43,32 @@ def test_ner_encoding_on_real_wordpieces(tokenizer):
     assert task.word_tags([logits], features) == [["B-PER", "O", "B-LOC"]]
 
 
-def test_ner_truncated_words_are_tagged_o(tokenizer):
-    sentence = data.Sentence(["a"] * 20, ["O"] * 20, "x:1")
-    task = NerTask(["O", "B-X"])
-    features = task.encode([sentence], tokenizer, data.FormatConfig(max_length=8))
-    logits = torch.zeros(8, 2)
-    assert task.word_tags([logits], features)[0] == ["O"] * 20
+def test_long_ner_sentences_are_split_between_words_and_joined_back(tokenizer):
+    words = [f"Wolfsburg{i}" if i % 7 == 0 else "visited" for i in range(40)]  # some words take several pieces
+    tags = ["B-LOC" if i % 7 == 0 else "O" for i in range(40)]
+    short = data.Sentence(["Paris"], ["B-LOC"], "x:50")
+    task = NerTask(["O", "B-LOC"])
+    features = task.encode([data.Sentence(words, tags, "x:1"), short], tokenizer, data.FormatConfig(max_length=16))
+    assert len(features) > 3 and features.meta["sentence"][-1] == 1
+    assert all(len(ids) <= 16 for ids in features.columns["input_ids"])
+    assert [w for i, piece in enumerate(features.meta["words"]) if features.meta["sentence"][i] == 0 for w in piece] == words
+    # logits that favour each word's gold tag give back every word's tag, per sentence
+    logits = []
+    for labels in features.columns["labels"]:
+        row = torch.full((len(labels), 2), -5.0)
+        for position, label in enumerate(labels):
+            if label != IGNORE:
+                row[position, label] = 5.0
+        logits.append(row)
+    assert task.word_tags(logits, features) == [tags, ["B-LOC"]]
+    assert task.sentence_tags(features) == [tags, ["B-LOC"]]
+    assert task.metrics(logits, features)["f1"] == 1.0
+
+
+def test_word_pieces_never_split_a_word():
+    assert word_pieces([None, 0, 0, 1, 2, 2, 2, None], 3, 3) == [(0, 2), (2, 3)]
+    assert word_pieces([0, 0, 0, 0, 0, 1], 2, 3) == [(0, 1), (1, 2)]  # a word over budget stands alone
+    assert word_pieces([0, 1, 2], 3, 10) == [(0, 3)]
 
 
 def test_answer_span_by_hand():
@@ -114,3 +134,41 @@ def test_dynamic_padding_trims_all_pad_columns():
     batch = features.collate([0, 1])
     trimmed = trim({k: v[1:] for k, v in batch.items()}, features.sequence)
     assert trimmed["input_ids"].tolist() == [[5, 6]] and trimmed["attention_mask"].tolist() == [[1, 1]]
+
+
+def test_unanswerable_questions_decode_to_empty_by_the_null_score(tokenizer):
+    context = "The Eiffel Tower stands in Paris, France."
+    answerable = qa_question(context, "Paris, France")
+    impossible = data.Question("q2", "Who painted it?", context, [], "x")
+    fmt = data.FormatConfig(max_length=64, doc_stride=16)
+    task = QaTask.from_train([answerable, impossible], fmt)
+    assert task.no_answer and task.config_fields() == {"qa_no_answer": True, "qa_no_answer_threshold": 0.0}
+    features = task.encode([answerable, impossible], tokenizer, fmt)
+    assert features.columns["start_positions"][1] == 0 and features.columns["end_positions"][1] == 0  # trains towards [CLS]
+    logits = [torch.zeros(len(ids), 2) for ids in features.columns["input_ids"]]
+    gold = features.columns["start_positions"][0], features.columns["end_positions"][0]
+    logits[0][gold[0], 0] = logits[0][gold[1], 1] = 5.0  # span score 10 vs null 0: answered
+    logits[1][0, :] = 4.0                                  # null score 8 vs any span <= 0: no answer
+    assert task.answers(logits, features) == {"q1": "Paris, France", "q2": ""}
+    assert task.metrics(logits, features) == {"exact_match": 100.0, "f1": 100.0, "has_answer_exact_match": 100.0,
+                                              "has_answer_f1": 100.0, "no_answer_accuracy": 100.0}
+    # a v1 model (trained without unanswerable questions) always answers
+    assert QaTask(no_answer=False).answers(logits, features)["q2"] != ""
+    # the threshold moves the decision: a null score must beat the span by more than it
+    logits[0][0, :] = 5.5  # null 11 > span 10
+    assert task.answers(logits, features)["q1"] == ""
+    assert QaTask(True, no_answer_threshold=2.0).answers(logits, features)["q1"] == "Paris, France"
+
+
+def test_squad_json_with_a_missing_field_names_the_record(tmp_path):
+    import json
+
+    from lmforge.errors import LmforgeError
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"context": "abc", "qas": [{"id": "q7", "answers": []}]}]}]}))
+    with pytest.raises(LmforgeError, match=r"bad.json: question q7: field 'question' is missing"):
+        data.read_squad(path)
+    path.write_text(json.dumps({"data": [{"paragraphs": [{"qas": []}]}]}))
+    with pytest.raises(LmforgeError, match=r"data\[0\]\.paragraphs\[0\]: field 'context' is missing"):
+        data.read_squad(path)

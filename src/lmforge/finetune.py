@@ -12,6 +12,7 @@ With `--seeds 1,2,3` each seed runs in seed_N/ and report.json gives the mean an
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import statistics
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from lmforge import hardware, report
+from lmforge import checkpoint, hardware, report
 from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.loop import TrainConfig, fit
@@ -66,6 +67,8 @@ class FinetuneTrainConfig:
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast where the hardware supports it (auto), or force fp32 / bf16")
     compile: bool = option(False, "torch.compile the model")
+    attention: Literal["auto", "sdpa", "sdpa_fp32", "eager"] = option("auto", "attention kernel; auto: under bf16 on CPU, the fastest of the three on the first micro-batch")
+    stop_at_step: Optional[int] = option(None, "stop after this step with a resumable checkpoint, as if interrupted (continue with --resume)")
 
 
 @dataclass
@@ -87,6 +90,7 @@ class FinetuneConfig:
     epochs: float = option(3.0, "passes over the train split (sets train.max_steps unless a budget is given)")
     seeds: list[str] = option([], "repeat the run for each seed (1,2,3 or 1 2 3) and report mean and std; default: training.seed once")
     reset_head: bool = option(False, "replace a saved task head that does not fit this task's labels")
+    resume: bool = option(False, "continue an interrupted run in --out from its newest checkpoint (finished seeds are kept; its config.yaml is reused unless --config is given)")
     format: FormatConfig = field(default_factory=FormatConfig)
     lora: LoraOptions = field(default_factory=LoraOptions)
     training: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
@@ -168,7 +172,10 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
     params = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     print(f"{task.name} ({config.mode}): {len(train_features):,} train / {len(valid_features):,} valid rows, "
           f"{params / 1e6:.3f}M trainable parameters, {cfg.max_steps} steps, lr {cfg.lr:g}", flush=True)
-    summary = fit(trainable, objective, cfg, out, tokenizer, evaluator=evaluator)
+    summary = fit(trainable, objective, cfg, out, tokenizer, evaluator=evaluator, resume=config.resume)
+    if not summary["finished"]:  # stopped at --training.stop_at_step: resumable, nothing to publish yet
+        print(f"stopped at step {summary['steps']}; continue with --resume true --out {config.out}", flush=True)
+        return summary
     publish_final(config, prepared, out, tokenizer)
     best_metrics = metrics_at(out, summary["best"]["step"]) or summary["metrics"]
     summary.update(task=task.name, mode=config.mode, seed=seed, model=str(prepared.model_dir), labels=list(task.labels),
@@ -204,18 +211,44 @@ def publish_final(config: FinetuneConfig, prepared: Prepared, out: Path, tokeniz
         shutil.copytree(best, final)
 
 
+def finished_report(out: Path) -> dict | None:
+    """A seed folder's report.json if that run finished (resume skips it), else None."""
+    path = out / "report.json"
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        if summary.get("finished") and "metrics" in summary:
+            return summary
+    return None
+
+
+def check_out_folder(config: FinetuneConfig, seed_dirs: list[Path]) -> None:
+    """A fresh run refuses a folder holding another run's checkpoints (resume continues it instead)."""
+    if config.resume:
+        return
+    for seed_dir in seed_dirs:
+        if checkpoint.latest(seed_dir) is not None:
+            raise LmforgeError(f"{seed_dir} already holds checkpoints; pass --resume true to continue that run, or choose a new --out")
+
+
 def run(config: FinetuneConfig) -> Path:
-    """Fine-tune as `config` says (once, or once per seed); returns the run folder."""
+    """Fine-tune as `config` says (once, or once per seed); returns the run folder.
+    With `resume`, seeds that finished are read back and the others continue from their newest checkpoint."""
     started = time.time()
     out = Path(config.out)
+    seeds = parse_seeds(config.seeds) or [config.training.seed]
+    seed_dirs = [out] if len(seeds) == 1 else [out / f"seed_{seed}" for seed in seeds]
+    check_out_folder(config, seed_dirs)
     prepared = prepare(config)
     folder = RunFolder(out, "finetune").start(config, [config.train, config.valid])
-    seeds = parse_seeds(config.seeds) or [config.training.seed]
-    if len(seeds) == 1:
-        summary = run_seed(config, prepared, seeds[0], out)
-    else:
-        runs = [run_seed(config, prepared, seed, out / f"seed_{seed}") for seed in seeds]
-        summary = aggregate(runs, out)
+    runs = []
+    for seed, seed_dir in zip(seeds, seed_dirs):
+        done = finished_report(seed_dir) if config.resume else None
+        if done is not None:
+            print(f"{seed_dir}: finished already (seed {seed}); kept", flush=True)
+        runs.append(done or run_seed(config, prepared, seed, seed_dir))
+        if not runs[-1]["finished"]:
+            return out
+    summary = runs[0] if len(seeds) == 1 else aggregate(runs, out)
     summary["wall_seconds"] = round(time.time() - started, 2)
     write_json_atomic(out / "report.json", summary)
     folder.finish(report=str(out / "report.json"))

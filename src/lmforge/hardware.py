@@ -36,9 +36,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 0.4) -> float:
-    """Best measured FLOP/s of a square matmul in `dtype`: the denominator of MFU."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    """Best measured FLOP/s of a square matmul in `dtype`: the denominator of MFU.
+    Draws from its own generator: the global RNG (dropout) must not move, or resume would drift."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     torch.matmul(a, b)  # warm-up: thread pools, kernels
     best = 0.0
     deadline = time.perf_counter() + seconds

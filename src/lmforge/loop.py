@@ -302,7 +302,7 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
         log.truncate_after(state["step"])
         if proc.main:
             print(f"resuming from {last} (step {state['step']}, {state['tokens']:,} tokens)", flush=True)
-    elif not resume and proc.main:
+    elif proc.main:  # a fresh start (or a resume with nothing saved yet): no rows of an earlier attempt
         log.path.unlink(missing_ok=True)
     runtime = Runtime(device, dtype, proc, micro)
     model.train()
@@ -359,7 +359,8 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
         if state["warmup_end_progress"] is None and state["step"] >= cfg.warmup_steps:
             state["warmup_end_progress"] = progress()
         recent.append(step_loss)
-        done = progress() >= 1.0 or state["step"] == cfg.stop_at_step
+        done = progress() >= 1.0
+        interrupted = state["step"] == cfg.stop_at_step  # as if killed here: a checkpoint, no extra log or eval row
         row = None
         if (cfg.log_every and state["step"] % cfg.log_every == 0) or state["step"] == 1 or done:
             now = time.perf_counter()
@@ -385,7 +386,7 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
                 print(f"step {state['step']:>6} | loss {step_loss:.4f}{val_text} | lr {lr:.2e} | {rate_text} | "
                       f"{_format_seconds(state['seconds'])} elapsed | ETA {_format_seconds(eta)}", flush=True)
         state["finished"] = progress() >= 1.0 or state["stopped_early"]
-        if (cfg.save_every and state["step"] % cfg.save_every == 0) or done:
+        if (cfg.save_every and state["step"] % cfg.save_every == 0) or done or interrupted:
             if proc.main:
                 checkpoint.save(run_dir / "checkpoints" / f"step_{state['step']}", model, tokenizer, optimizer, state)
                 checkpoint.prune(run_dir, cfg.keep_last)

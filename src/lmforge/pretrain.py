@@ -160,6 +160,10 @@ def run(config: PretrainConfig) -> Path:
         html = report.write_training_report(out, summary)
         folder.finish(report=str(out / "report.json"))
         where = out / "final" if summary["finished"] else checkpoint.latest(out)
-        print(f"done: val loss {summary['val_loss']:.4f}, {summary['tokens_per_second']:,.0f} tokens/s, MFU {summary['mfu']:.1%}; "
-              f"model in {where}; report {html}", flush=True)
+        if summary["finished"]:
+            print(f"done: val loss {summary['val_loss']:.4f}, {summary['tokens_per_second']:,.0f} tokens/s, MFU {summary['mfu']:.1%}; "
+                  f"model in {where}; report {html}", flush=True)
+        else:
+            print(f"stopped at step {summary['steps']} ({summary['tokens_per_second']:,.0f} tokens/s); checkpoint {where}; "
+                  f"continue with --resume true --out {out}", flush=True)
     return out

@@ -97,6 +97,8 @@ def load(path: Path, task, reset_head: bool = False):
     finally:
         hf_logging.set_verbosity(verbosity)
     model_mod.check_vocab(model, tokenizer, str(path))
+    for name, value in getattr(task, "config_fields", dict)().items():  # saved with the model, read back by evaluate
+        setattr(model.config, name, value)
     return model, tokenizer
 
 

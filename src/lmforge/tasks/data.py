@@ -35,6 +35,7 @@ class FormatConfig:
     scheme: Literal["iob1", "iob2", "bioes"] = option("iob2", "CoNLL tag scheme of the files; tags are converted to IOB2 (B-/I-) for training and scoring")
     max_length: Optional[int] = option(None, "tokens per sequence (default 128; qa 384); longer inputs are truncated, QA contexts split into windows")
     doc_stride: int = option(128, "QA: tokens of overlap between consecutive windows of a long context")
+    no_answer_threshold: Optional[float] = option(None, "QA with unanswerable questions (SQuAD v2): answer \"\" when the null score beats the best span by more than this (default 0, or the value saved with the model)")
     limit: Optional[int] = option(None, "use only the first N train examples (a documented subset for quick runs)")
 
 
@@ -279,6 +280,15 @@ def read_conll(path: str | Path, cfg: FormatConfig, role: str = "train", labelle
 
 # --- SQuAD --------------------------------------------------------------------------------------
 
+def _field(record, name: str, kind, where: str):
+    """`record[name]`, or an error naming the record and the missing or mistyped field."""
+    value = record.get(name) if isinstance(record, dict) else None
+    if value is None or isinstance(value, bool) or not isinstance(value, kind):
+        found = "missing" if value is None else f"a {type(value).__name__}"
+        raise LmforgeError(f"{where}: field '{name}' is {found}; SQuAD JSON needs it (see the SQuAD v1.1/v2 format)")
+    return value
+
+
 def read_squad(path: str | Path, role: str = "train") -> list[Question]:
     """Questions of a SQuAD v1.1/v2 JSON file; every answer's text must sit at its offset."""
     path = _check_file(path, role)
@@ -289,14 +299,16 @@ def read_squad(path: str | Path, role: str = "train") -> list[Question]:
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise LmforgeError(f"{path}: not SQuAD JSON (expected {{\"data\": [{{\"paragraphs\": ...}}]}})")
     questions = []
-    for article in data["data"]:
-        for paragraph in article.get("paragraphs", []):
-            context = paragraph["context"]
+    for a, article in enumerate(data["data"]):
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            context = _field(paragraph, "context", str, f"{path}: data[{a}].paragraphs[{p}]")
             for qa in paragraph.get("qas", []):
                 where = f"{path}: question {qa.get('id')}"
+                _field(qa, "id", (str, int), f"{path}: data[{a}].paragraphs[{p}] question")
+                _field(qa, "question", str, where)
                 answers = [] if qa.get("is_impossible") else qa.get("answers", [])
                 for answer in answers:
-                    start, text = answer["answer_start"], answer["text"]
+                    start, text = _field(answer, "answer_start", int, f"{where} answer"), _field(answer, "text", str, f"{where} answer")
                     if context[start : start + len(text)] != text:
                         raise LmforgeError(f"{where}: answer '{text}' is not at character {start} of its context (found '{context[start:start + len(text)]}'); fix answer_start")
                 questions.append(Question(str(qa["id"]), qa["question"], context, answers, where, article.get("title", "")))

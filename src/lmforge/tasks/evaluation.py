@@ -54,6 +54,8 @@ def load_task_model(model: str, task_name: str | None):
 def score_file(task, model, tokenizer, path: str, fmt: data.FormatConfig, labelled: bool, device: str, batch_size: int) -> Scored:
     """Read, encode and run `model` over `path` (labels checked against the model's label map)."""
     fmt = data.for_task(fmt, task.name)
+    if getattr(fmt, "no_answer_threshold", None) is not None and hasattr(task, "no_answer_threshold"):
+        task.no_answer_threshold = fmt.no_answer_threshold  # the flag overrides the value saved with the model
     examples = task.read(path, fmt, "data", labelled)
     features = task.encode(examples, tokenizer, fmt, labelled=labelled)
     target = hardware.resolve_device(device)
@@ -151,7 +153,7 @@ def per_class(task, scored: Scored) -> dict[str, dict]:
 def task_entity_report(task, scored: Scored) -> dict[str, dict]:
     from lmforge.tasks.metrics import entity_report
 
-    return entity_report(scored.features.meta["tags"], task.word_tags(scored.logits, scored.features))
+    return entity_report(task.sentence_tags(scored.features), task.word_tags(scored.logits, scored.features))
 
 
 def sections(task, scored: Scored, results: dict) -> list[tuple[str, str]]:

@@ -106,12 +106,22 @@ def answer_exact(prediction: str, truth: str) -> float:
 
 
 def squad(predictions: dict[str, str], references: dict[str, list[str]]) -> dict[str, float]:
-    """Exact match and F1 in percent, each question scored against its best-matching reference."""
-    exact = f1 = 0.0
+    """Exact match and F1 in percent, each question scored against its best-matching reference.
+    With unanswerable questions (SQuAD v2: no references, the right answer is ""), also the
+    scores over the answerable ones and the share of unanswerable ones left unanswered."""
+    scores = {}
     for qid, truths in references.items():
-        truths = truths or [""]  # unanswerable (v2)
         prediction = predictions.get(qid, "")
-        exact += max(answer_exact(prediction, t) for t in truths)
-        f1 += max(answer_f1(prediction, t) for t in truths)
-    count = max(len(references), 1)
-    return {"exact_match": 100.0 * exact / count, "f1": 100.0 * f1 / count}
+        truths = truths or [""]  # unanswerable (v2)
+        scores[qid] = (max(answer_exact(prediction, t) for t in truths), max(answer_f1(prediction, t) for t in truths))
+
+    def mean(ids, column):
+        return 100.0 * sum(scores[i][column] for i in ids) / max(len(ids), 1)
+
+    result = {"exact_match": mean(list(scores), 0), "f1": mean(list(scores), 1)}
+    unanswerable = [qid for qid, truths in references.items() if not truths]
+    if unanswerable:
+        answerable = [qid for qid, truths in references.items() if truths]
+        result.update(has_answer_exact_match=mean(answerable, 0), has_answer_f1=mean(answerable, 1),
+                      no_answer_accuracy=mean(unanswerable, 0))
+    return result

@@ -1,6 +1,13 @@
-"""Token classification (NER): one tag per word, learned and predicted on the word's first sub-token."""
+"""Token classification (NER): one tag per word, learned and predicted on the word's first sub-token.
+
+A sentence longer than `max_length` sub-tokens is cut, between words, into consecutive pieces
+that each fit; every piece is a row, and predictions are joined back per sentence, so no word
+goes untagged and entities are scored over whole sentences.
+"""
 
 from __future__ import annotations
+
+import collections
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +34,24 @@ def word_line(sentence_where: str, index: int) -> str:
     """`file:line` of a sentence's `index`-th word (one word per line, no blank lines inside)."""
     path, _, line = sentence_where.rpartition(":")
     return f"{path}:{int(line) + index}" if line.isdigit() else sentence_where
+
+
+def word_pieces(word_ids: list, words: int, budget: int) -> list[tuple[int, int]]:
+    """Word ranges [a, b) of one sentence whose sub-tokens fit `budget` each (a word longer than
+    the budget on its own gets a range to itself and is truncated there).
+
+    >>> word_pieces([None, 0, 0, 1, 2, 2, 2, None], 3, 3)
+    [(0, 2), (2, 3)]
+    """
+    counts = collections.Counter(w for w in word_ids if w is not None)
+    pieces, start, used = [], 0, 0
+    for word in range(words):
+        if used + counts[word] > budget and word > start:
+            pieces.append((start, word))
+            start, used = word, 0
+        used += counts[word]
+    pieces.append((start, words))
+    return pieces
 
 
 class NerTask:
@@ -66,20 +91,22 @@ class NerTask:
     def encode(self, sentences: list[data.Sentence], tokenizer, cfg: data.FormatConfig, labelled: bool = True) -> Features:
         if not getattr(tokenizer, "is_fast", False):
             raise LmforgeError("NER needs a fast tokenizer (tokenizer.json) to map words to sub-tokens; save the model's tokenizer with `tokenizers`")
-        encoded = tokenizer([s.words for s in sentences], is_split_into_words=True, truncation=True, max_length=cfg.max_length)
+        full = tokenizer([s.words for s in sentences], is_split_into_words=True, add_special_tokens=False)
+        budget = max(1, cfg.max_length - tokenizer.num_special_tokens_to_add())
+        rows = [(i, a, b) for i, s in enumerate(sentences) if s.words
+                for a, b in word_pieces(full.word_ids(i), len(s.words), budget)]
+        encoded = tokenizer([sentences[i].words[a:b] for i, a, b in rows], is_split_into_words=True, truncation=True, max_length=cfg.max_length)
         columns = {"input_ids": encoded["input_ids"], "labels": []}
         if "token_type_ids" in encoded:
             columns["token_type_ids"] = encoded["token_type_ids"]
-        kept = []
-        for i, sentence in enumerate(sentences):
+        for r, (i, a, b) in enumerate(rows):
+            sentence = sentences[i]
             # unlabelled (predict): tag 0 marks the positions to predict; the loss is then ignored
-            tag_ids = [data.label_id(t, self.label2id, word_line(sentence.where, j)) for j, t in enumerate(sentence.tags)] if labelled else [0] * len(sentence.words)
-            word_ids = encoded.word_ids(i)
-            columns["labels"].append(align_labels(word_ids, tag_ids))
-            kept.append(len({w for w in word_ids if w is not None}))
+            tag_ids = [data.label_id(t, self.label2id, word_line(sentence.where, a + j)) for j, t in enumerate(sentence.tags[a:b])] if labelled else [0] * (b - a)
+            columns["labels"].append(align_labels(encoded.word_ids(r), tag_ids))
         sequence = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": 0, "labels": IGNORE}
-        meta = {"where": [s.where for s in sentences], "words": [s.words for s in sentences],
-                "tags": [s.tags for s in sentences], "kept_words": kept}
+        meta = {"sentence": [i for i, _, _ in rows], "where": [sentences[i].where for i, _, _ in rows],
+                "words": [sentences[i].words[a:b] for i, a, b in rows], "tags": [sentences[i].tags[a:b] for i, a, b in rows]}
         return Features(columns, {k: v for k, v in sequence.items() if k in columns}, meta)
 
     # --- training -----------------------------------------------------------------------------
@@ -102,16 +129,35 @@ class NerTask:
     # --- evaluation ---------------------------------------------------------------------------
 
     def word_tags(self, logits: list[torch.Tensor], features: Features) -> list[list[str]]:
-        """Predicted IOB2 tag per word; words cut off by max_length are tagged O."""
-        out = []
-        for row, labels, words in zip(logits, features.columns["labels"], features.meta["words"]):
+        """Predicted IOB2 tag per word, one list per sentence (its pieces joined in order)."""
+        out: list[list[str]] = []
+        previous = None
+        for row, labels, words, sentence in zip(logits, features.columns["labels"], features.meta["words"], features.meta["sentence"]):
             positions = torch.as_tensor(labels[: len(row)]) != IGNORE
             ids = row[positions].argmax(-1).tolist()
-            out.append([self.labels[i] for i in ids] + ["O"] * (len(words) - len(ids)))
+            tags = [self.labels[i] for i in ids] + ["O"] * (len(words) - len(ids))  # only a word past max_length on its own
+            if sentence == previous:
+                out[-1].extend(tags)
+            else:
+                out.append(tags)
+            previous = sentence
+        return out
+
+    @staticmethod
+    def sentence_tags(features: Features) -> list[list[str]]:
+        """Gold tags per sentence, pieces joined (the same grouping as `word_tags`)."""
+        out: list[list[str]] = []
+        previous = None
+        for tags, sentence in zip(features.meta["tags"], features.meta["sentence"]):
+            if sentence == previous:
+                out[-1].extend(tags)
+            else:
+                out.append(list(tags))
+            previous = sentence
         return out
 
     def metrics(self, logits: list[torch.Tensor], features: Features) -> dict[str, float]:
-        return metrics.entities(features.meta["tags"], self.word_tags(logits, features))
+        return metrics.entities(self.sentence_tags(features), self.word_tags(logits, features))
 
     # --- head mode: cached states of first sub-tokens -----------------------------------------
 

@@ -1,5 +1,11 @@
 """Extractive question answering (SQuAD style): long contexts cut into overlapping windows,
-answers predicted as token spans and mapped back to character offsets of the context."""
+answers predicted as token spans and mapped back to character offsets of the context.
+
+SQuAD v2 (questions without an answer, `is_impossible`): such questions train towards the
+first position ([CLS]) of every window; at prediction time a question gets no answer ("") when
+its null score, start[0] + end[0] minimised over its windows, beats the best span's score by
+more than `no_answer_threshold` (the official v2 evaluation's null-score rule). Whether the model
+was trained for this is saved in its config.json (`qa_no_answer`)."""
 
 from __future__ import annotations
 
@@ -50,16 +56,24 @@ class QaTask:
     labels: list[str] = []
     num_labels = 2
 
+    def __init__(self, no_answer: bool = False, no_answer_threshold: float = 0.0):
+        self.no_answer = no_answer  # SQuAD v2: questions may have no answer in their context
+        self.no_answer_threshold = no_answer_threshold
+
     @classmethod
     def from_train(cls, questions, cfg) -> "QaTask":
-        return cls()
+        return cls(any(not q.answers for q in questions), cfg.no_answer_threshold or 0.0)
 
     @classmethod
     def from_model_config(cls, config) -> "QaTask":
-        return cls()
+        return cls(bool(getattr(config, "qa_no_answer", False)), float(getattr(config, "qa_no_answer_threshold", 0.0)))
 
     def model_kwargs(self) -> dict:
         return {}
+
+    def config_fields(self) -> dict:
+        """Extra config.json fields, so `evaluate` and `predict` post-process as training did."""
+        return {"qa_no_answer": self.no_answer, "qa_no_answer_threshold": self.no_answer_threshold}
 
     @staticmethod
     def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True):
@@ -120,18 +134,24 @@ class QaTask:
     # --- evaluation ---------------------------------------------------------------------------
 
     def answers(self, logits: list[torch.Tensor], features: Features) -> dict[str, str]:
-        """Question id -> predicted answer text: the best-scoring span over all its windows."""
+        """Question id -> predicted answer text: the best-scoring span over all its windows,
+        or "" when the model was trained with unanswerable questions and its null score wins."""
         best: dict[int, tuple] = {}
+        null: dict[int, float] = {}
         for row, example, offsets in zip(logits, features.meta["example"], features.meta["offsets"]):
             span = best_span(row[:, 0], row[:, 1], offsets[: len(row)])
             if span is not None and (example not in best or span[0] > best[example][0]):
                 best[example] = span
+            null[example] = min(null.get(example, float("inf")), float(row[0, 0] + row[0, 1]))
         questions = features.meta["questions"][0] if features.meta["questions"] else []
         out = {}
         for index in sorted(set(features.meta["example"])):
             question = questions[index]
-            _, start, end = best.get(index, (0.0, 0, 0))
-            out[question.id] = question.context[start:end]
+            span = best.get(index)
+            if span is None or (self.no_answer and null[index] > span[0] + self.no_answer_threshold):
+                out[question.id] = ""
+            else:
+                out[question.id] = question.context[span[1]:span[2]]
         return out
 
     def metrics(self, logits: list[torch.Tensor], features: Features) -> dict[str, float]:
