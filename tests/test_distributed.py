@@ -36,3 +36,37 @@ def test_torchrun_two_processes_match_one_process(small_text, tmp_path):
     np.testing.assert_allclose(val("two"), val("one"), rtol=2e-4)
     report = json.loads((double / "report.json").read_text())
     assert report["processes"] == 2 and (double / "final" / "model.safetensors").is_file()
+
+
+def test_torchrun_finetune_matches_one_process(tmp_path):
+    """Fine-tuning on the same loop: 2 processes, same global batch, same losses and metrics (dropout off)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from lmforge import cli
+    from lmforge.tasks.backbone import minilm_folder
+    from test_finetune import sentiment_rows
+
+    model = tmp_path / "bert"
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)).save_pretrained(str(model))
+    tokenizer.save_pretrained(str(model))
+    for name, n, seed in (("train.tsv", 96, 0), ("dev.tsv", 30, 1)):
+        (tmp_path / name).write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(n, seed)))
+    args = ["finetune", "--model", str(model), "--train", str(tmp_path / "train.tsv"), "--valid", str(tmp_path / "dev.tsv"), "--epochs", "2",
+            "--training.batch_size", "16", "--training.lr", "1e-3", "--training.log_every", "1", "--training.precision", "fp32"]
+    assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lmforge", *args, "--out", str(tmp_path / "two")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {name: [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()] for name in ("one", "two")}
+    assert [r["step"] for r in rows["one"]] == [r["step"] for r in rows["two"]]
+    np.testing.assert_allclose([r["loss"] for r in rows["two"]], [r["loss"] for r in rows["one"]], rtol=2e-4)
+    reports = {name: json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two")}
+    assert reports["two"]["processes"] == 2
+    np.testing.assert_allclose(reports["two"]["metrics"]["val_loss"], reports["one"]["metrics"]["val_loss"], rtol=2e-4)
+    assert reports["two"]["metrics"]["accuracy"] == reports["one"]["metrics"]["accuracy"]
+    assert (tmp_path / "two" / "final" / "model.safetensors").is_file()

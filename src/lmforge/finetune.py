@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import statistics
 import time
@@ -173,6 +174,8 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
     print(f"{task.name} ({config.mode}): {len(train_features):,} train / {len(valid_features):,} valid rows, "
           f"{params / 1e6:.3f}M trainable parameters, {cfg.max_steps} steps, lr {cfg.lr:g}", flush=True)
     summary = fit(trainable, objective, cfg, out, tokenizer, evaluator=evaluator, resume=config.resume)
+    if not is_main_process():  # under torchrun, rank 0 alone publishes final/ and the reports
+        return summary
     if not summary["finished"]:  # stopped at --training.stop_at_step: resumable, nothing to publish yet
         print(f"stopped at step {summary['steps']}; continue with --resume true --out {config.out}", flush=True)
         return summary
@@ -185,6 +188,11 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
     write_json_atomic(out / "report.json", summary)
     report.write_training_report(out, summary)
     return summary
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (RANK is set there), or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _autocast_for(cfg: TrainConfig, device):
@@ -239,7 +247,8 @@ def run(config: FinetuneConfig) -> Path:
     seed_dirs = [out] if len(seeds) == 1 else [out / f"seed_{seed}" for seed in seeds]
     check_out_folder(config, seed_dirs)
     prepared = prepare(config)
-    folder = RunFolder(out, "finetune").start(config, [config.train, config.valid])
+    main = is_main_process()
+    folder = RunFolder(out, "finetune").start(config, [config.train, config.valid]) if main else None
     runs = []
     for seed, seed_dir in zip(seeds, seed_dirs):
         done = finished_report(seed_dir) if config.resume else None
@@ -248,6 +257,8 @@ def run(config: FinetuneConfig) -> Path:
         runs.append(done or run_seed(config, prepared, seed, seed_dir))
         if not runs[-1]["finished"]:
             return out
+    if not main:
+        return out
     summary = runs[0] if len(seeds) == 1 else aggregate(runs, out)
     summary["wall_seconds"] = round(time.time() - started, 2)
     write_json_atomic(out / "report.json", summary)
