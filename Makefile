@@ -27,7 +27,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pretrain_throughput.py
 	$(BIN)/python benchmarks/shakespeare_quality.py
 	$(BIN)/python benchmarks/corpus_throughput.py
-	$(BIN)/python benchmarks/finetune_glue.py
+	$(BIN)/python benchmarks/finetune_glue.py --threads 2
+	$(BIN)/python benchmarks/finetune_seeds.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

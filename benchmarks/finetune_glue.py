@@ -191,7 +191,7 @@ def headline(task: Task, metrics: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 train / 200 eval examples per task")
-    parser.add_argument("--train-size", type=int, default=2000, help="train examples per task (a fixed random subset; default 2000)")
+    parser.add_argument("--train-size", type=int, default=2000, help="train examples per task (a fixed random subset, or the whole set when it is smaller; default 2000)")
     parser.add_argument("--squad-size", type=int, default=1200, help="SQuAD training questions (default 1200)")
     parser.add_argument("--epochs", type=float, default=2.0, help="epochs, both sides (default 2)")
     parser.add_argument("--stem", help="results file name under benchmarks/results/ (default finetune_glue), e.g. for a run on other sizes")
