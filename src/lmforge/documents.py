@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.runfolder import stage_of
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
 JSONL_SUFFIXES = {".jsonl"}
@@ -42,16 +43,6 @@ class DecodeStats:
     @property
     def total(self) -> int:
         return sum(self.replaced.values())
-
-
-def _is_corpus_folder(folder: Path) -> bool:
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        return False
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8")).get("stage") == "corpus"
-    except (OSError, ValueError):
-        return False
 
 
 def _corpus_sources(folder: Path) -> list[Source]:
@@ -96,7 +87,7 @@ def resolve_sources(paths: list[str | Path]) -> list[Source]:
         if not path.exists():
             raise LmforgeError(f"--data {path}: no such file or folder; check the path")
         if path.is_dir():
-            if _is_corpus_folder(path):
+            if stage_of(path) == "corpus":
                 found = _corpus_sources(path)
             else:
                 found = [Source(p, k) for p in sorted(path.rglob("*")) if p.is_file() and (k := _kind(p))]

@@ -103,6 +103,18 @@ class RunFolder:
         write_json_atomic(self.path / "manifest.json", self.manifest)
 
 
+def stage_of(folder: str | Path) -> str | None:
+    """The stage that wrote `folder` (its manifest.json's "stage"), or None for any other folder."""
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        stage = json.loads(manifest.read_text(encoding="utf-8")).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stage if isinstance(stage, str) else None
+
+
 def describe_input(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():

@@ -6,10 +6,10 @@ a folder that `lmforge tokenizer` or `lmforge shards` would take for a finished 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.runfolder import stage_of
 
 SPLITS = ("train", "valid", "test")
 PARTIAL = ".partial"
@@ -20,12 +20,7 @@ def prepare_out_folder(out: Path) -> None:
     stale = [p for split in SPLITS for p in out.glob(f"{split}-*.jsonl*")]
     if not stale:
         return
-    manifest = out / "manifest.json"
-    try:
-        ours = json.loads(manifest.read_text(encoding="utf-8")).get("stage") == "corpus"
-    except (OSError, ValueError):
-        ours = False
-    if not ours:
+    if stage_of(out) != "corpus":
         raise LmforgeError(f"--out {out}: the folder holds {stale[0].name} but was not written by `lmforge corpus`; choose an empty or new --out folder")
     for path in stale:
         path.unlink()

@@ -9,13 +9,13 @@ about `chunk_bytes` of input, which keeps the memory in flight bounded.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
+from lmforge.runfolder import stage_of
 
 FORMATS = {
     ".txt": "text", ".text": "text", ".rst": "text",
@@ -77,17 +77,6 @@ def detect_format(path: Path) -> tuple[str | None, bool]:
     return FORMATS.get(Path(name).suffix), gzipped
 
 
-def _is_run_folder(folder: Path) -> bool:
-    """A folder written by an lmforge stage (its manifest.json names the stage)."""
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        return False
-    try:
-        return "stage" in json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return False
-
-
 def _walk(folder: Path, out: Path, inventory: Inventory) -> list[Path]:
     """Supported files under `folder`, sorted; hidden entries and lmforge run folders (our own
     output among them: report.html is not a document) are left out."""
@@ -97,7 +86,7 @@ def _walk(folder: Path, out: Path, inventory: Inventory) -> list[Path]:
         kept_dirs = []
         for name in sorted(dirs):
             sub = here / name
-            if name.startswith(".") or sub.resolve() == out or _is_run_folder(sub):
+            if name.startswith(".") or sub.resolve() == out or stage_of(sub) is not None:
                 inventory.skipped["(hidden or lmforge run folder)"] += 1
                 continue
             kept_dirs.append(name)
