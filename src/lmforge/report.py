@@ -19,7 +19,18 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), for the report figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def svg_figure(fig) -> str:
+    """`fig` as inline SVG markup (closes nothing; the caller closes the figure)."""
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight")
     text = buffer.getvalue()
@@ -28,11 +39,7 @@ def svg_figure(fig) -> str:
 
 def loss_curve_svg(rows: list[dict]) -> str:
     """Train loss against tokens, with validation loss where it was measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train = [(r["tokens"], r["loss"]) for r in rows if "loss" in r]
     valid = [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7.5, 4))

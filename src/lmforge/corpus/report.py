@@ -8,7 +8,6 @@ the documents written.
 from __future__ import annotations
 
 import html
-import io
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge import report as pages
 from lmforge.runfolder import write_json_atomic
 
 EXCERPT_CHARS = 240
@@ -155,11 +155,7 @@ class CorpusReport:
 
 def histogram_svg(histogram: dict) -> str:
     """The words-per-document histogram as an inline SVG (log-spaced bins)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pages.pyplot()
     figure, axes = plt.subplots(figsize=(7, 3))
     edges, counts = histogram.get("edges", []), histogram.get("counts", [])
     if counts:
@@ -168,11 +164,9 @@ def histogram_svg(histogram: dict) -> str:
     axes.set_xlabel("words per document (written)")
     axes.set_ylabel("documents")
     figure.tight_layout()
-    buffer = io.StringIO()
-    figure.savefig(buffer, format="svg")
+    svg = pages.svg_figure(figure)
     plt.close(figure)
-    svg = buffer.getvalue()
-    return svg[svg.find("<svg"):]
+    return svg
 
 
 def _table(rows: list[list], header: list[str]) -> str:

@@ -116,12 +116,9 @@ def mistakes(task, rows: list[dict]) -> list[dict]:
 
 def confusion_svg(task, scored: Scored) -> str:
     """Confusion matrix (rows: true, columns: predicted) as inline SVG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import confusion_matrix
 
+    plt = report.pyplot()
     labels = list(range(task.num_labels))
     matrix = confusion_matrix(scored.features.columns["labels"], task.predicted_ids(scored.logits), labels=labels)
     size = min(2 + 0.5 * len(labels), 12)
