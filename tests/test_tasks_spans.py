@@ -172,3 +172,11 @@ def test_squad_json_with_a_missing_field_names_the_record(tmp_path):
     path.write_text(json.dumps({"data": [{"paragraphs": [{"qas": []}]}]}))
     with pytest.raises(LmforgeError, match=r"data\[0\]\.paragraphs\[0\]: field 'context' is missing"):
         data.read_squad(path)
+
+
+def test_a_wrong_answer_to_an_unanswerable_question_is_a_mistake():
+    from lmforge.tasks.evaluation import mistakes
+
+    rows = [{"prediction": "Paris", "answers": []}, {"prediction": "", "answers": []},
+            {"prediction": "Paris", "answers": ["Paris"]}, {"prediction": "", "answers": ["Paris"]}]
+    assert mistakes(QaTask(no_answer=True), rows) == [rows[0], rows[3]]

@@ -6,6 +6,7 @@ Used by `lmforge predict` (predictions.jsonl) and `lmforge evaluate --task ...`
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,8 @@ def mistakes(task, rows: list[dict]) -> list[dict]:
     if task.name == "qa":
         from lmforge.tasks.metrics import answer_exact
 
-        return [r for r in rows if r["answers"] and not any(answer_exact(r["prediction"], a) for a in r["answers"])]
+        # an unanswerable question (SQuAD v2, no answers) is right only when left unanswered
+        return [r for r in rows if not any(answer_exact(r["prediction"], a) for a in r["answers"] or [""])]
     if task.name == "ner":
         return [r for r in rows if r["prediction"] != r["label"]]
     if task.kind == "regression":
@@ -153,15 +155,12 @@ def task_entity_report(task, scored: Scored) -> dict[str, dict]:
     return entity_report(task.sentence_tags(scored.features), task.word_tags(scored.logits, scored.features))
 
 
-def sections(task, scored: Scored, results: dict) -> list[tuple[str, str]]:
-    """report.html sections: metrics, per-class table, confusion matrix."""
+def sections(task, scored: Scored, results: dict, table: dict | None) -> list[tuple[str, str]]:
+    """report.html sections: metrics, the per-class `table` (from `per_class`), confusion matrix."""
     out = [("Metrics", report.table_html(results))]
-    if task.name == "qa" or getattr(task, "kind", "") == "regression":
-        return out
-    if task.name == "ner" or task.kind == "single":
-        table = per_class(task, scored)
-        rows = "".join(f"<tr><th>{name}</th>" + "".join(f"<td>{v:.4g}</td>" for v in m.values()) + "</tr>" for name, m in table.items())
-        head = "".join(f"<th>{k}</th>" for k in next(iter(table.values()), {}))
+    if table:
+        rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{v:.4g}</td>" for v in m.values()) + "</tr>" for name, m in table.items())
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in next(iter(table.values()), {}))
         out.append(("Per class", f"<table><tr><th></th>{head}</tr>{rows}</table>"))
     if task.name == "classification" and task.kind == "single":
         out.append(("Confusion matrix", confusion_svg(task, scored)))
@@ -198,7 +197,7 @@ def evaluate_file(config) -> dict:
     write_json_atomic(out / "report.json", results)
     write_jsonl(out / "errors.jsonl", wrong)
     flat = {k: v for k, v in results.items() if k not in ("metrics", "per_class")} | results["metrics"]
-    report.write_html(out / "report.html", f"{task.name} evaluation of {folder}", sections(task, scored, flat))
+    report.write_html(out / "report.html", f"{task.name} evaluation of {folder}", sections(task, scored, flat, results.get("per_class")))
     run_folder.finish(report=str(out / "report.json"))
     shown = ", ".join(f"{k} {v:.4f}" for k, v in results["metrics"].items())
     print(f"{folder} on {path}: {shown}; {len(wrong):,} errors in {out / 'errors.jsonl'}", flush=True)
