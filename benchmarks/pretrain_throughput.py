@@ -300,7 +300,7 @@ def trainer_child(args: argparse.Namespace) -> None:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
     from lmforge import config as config_mod
-    from lmforge import documents, hardware
+    from lmforge import hardware
     from lmforge import model as model_mod
     from lmforge import tokenizer as tokenizer_mod
     from lmforge.pretrain import PretrainConfig

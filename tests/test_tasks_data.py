@@ -148,3 +148,11 @@ def test_squad_reader_and_bad_offset(tmp_path):
     bad = write(tmp_path / "bad.json", json.dumps(squad_json(3)))
     with pytest.raises(LmforgeError, match=r"bad\.json: question q1: answer 'Paris' is not at character 3 .*found 'is is'"):
         data.read_squad(bad)
+
+
+@pytest.mark.parametrize("column", [4, 0, -4])
+def test_tag_column_outside_the_file_is_named(tmp_path, column):
+    path = tmp_path / "x.conll"
+    path.write_text("EU NNP B-ORG\nrejects VBZ O\n")
+    with pytest.raises(LmforgeError, match=r"x.conll:1: --format.tag_column -?\d is not a tag column of this 3-column file"):
+        data.read_conll(path, data.FormatConfig(tag_column=column))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+from lmforge import attention as attention_mod
 from lmforge import checkpoint, hardware, report
 from lmforge.config import option
 from lmforge.errors import LmforgeError
@@ -68,7 +69,7 @@ class FinetuneTrainConfig:
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast where the hardware supports it (auto), or force fp32 / bf16")
     compile: bool = option(False, "torch.compile the model")
-    attention: Literal["auto", "sdpa", "sdpa_fp32", "eager"] = option("auto", "attention kernel; auto: under bf16 on CPU, the fastest of the three on the first micro-batch")
+    attention: attention_mod.Kernel = option("auto", "attention kernel; auto: under bf16 on CPU, the fastest of the three on the first micro-batch")
     stop_at_step: Optional[int] = option(None, "stop after this step with a resumable checkpoint, as if interrupted (continue with --resume)")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import resource
 import time
 from pathlib import Path
@@ -56,6 +58,13 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048
             return best
 
 
+@functools.cache
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """`matmul_peak_flops`, measured once per process (each fine-tuning seed, each run of a
+    benchmark in one process would otherwise spend 0.4 s re-measuring the same machine)."""
+    return matmul_peak_flops(device, dtype)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -71,8 +80,6 @@ def describe() -> str:
                 break
     except OSError:
         pass
-    import os
-
     text = f"{name}, {os.cpu_count()} cores, torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name()}"

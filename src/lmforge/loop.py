@@ -136,12 +136,6 @@ class Runtime:
 Evaluator = Callable[[torch.nn.Module, Runtime], dict]
 
 
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The HF model inside a LossModule, DDP wrapper or not."""
-    module = getattr(module, "module", module)
-    return module.model if isinstance(module, LossModule) else module
-
-
 def micro_batches(batch: dict[str, torch.Tensor], rank: int, world: int, micro: int) -> list[dict[str, torch.Tensor]]:
     """This process's share of the global batch, cut into micro-batches of `micro` rows."""
     rows = next(iter(batch.values())).shape[0]
@@ -313,7 +307,7 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     if proc.world > 1:
         module = torch.nn.parallel.DistributedDataParallel(module)
     forward = compiled_or_eager(module, sample, device, dtype, proc.main) if cfg.compile else module
-    peak = hardware.matmul_peak_flops(device, dtype) * proc.world
+    peak = hardware.peak_flops(device, dtype) * proc.world
     recent = collections.deque(maxlen=50)
     metrics: dict = {}
     started = time.perf_counter() - state["seconds"]

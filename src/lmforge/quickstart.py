@@ -43,10 +43,12 @@ def run(config: QuickstartConfig) -> Path:
     print(f"lmforge quickstart: a character-level Llama-style model on tinyshakespeare, budget {config.minutes:g} minutes\n", flush=True)
     out = pretrain(pretrain_config)
     summary = json.loads((out / "report.json").read_text())
+    from transformers import AutoModelForCausalLM
+
     from lmforge import model as model_mod
     from lmforge import tokenizer as tokenizer_mod
 
-    model = model_mod.load(out / "final", __import__("transformers").AutoModelForCausalLM).eval()
+    model = model_mod.load(out / "final", AutoModelForCausalLM).eval()
     tokenizer = tokenizer_mod.load(out / "final")
     sample = generate(model, tokenizer, "ROMEO:\n", config.sample_tokens, temperature=0.8, top_k=None, top_p=None)[0]
     print(f"\nvalidation loss: {summary['val_loss']:.4f} nats/char after {summary['steps']} steps "

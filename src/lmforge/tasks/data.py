@@ -266,6 +266,10 @@ def read_conll(path: str | Path, cfg: FormatConfig, role: str = "train", labelle
                 width = len(fields)
                 if width < 2 and labelled:
                     raise LmforgeError(f"{path}:{number}: a CoNLL line needs at least a word and a tag column, got 1 field; use one token per line, 'word ... tag'")
+                tag_index = cfg.tag_column if cfg.tag_column >= 0 else width + cfg.tag_column
+                if width > 1 and not 1 <= tag_index < width:  # column 0 is the word
+                    raise LmforgeError(f"{path}:{number}: --format.tag_column {cfg.tag_column} is not a tag column of this {width}-column file; "
+                                       f"pick 1..{width - 1}, or -1 for the last")
             elif len(fields) != width:
                 raise LmforgeError(f"{path}:{number}: {len(fields)} columns where the file's first line has {width}; every token line needs the same columns")
             if not words:
