@@ -89,3 +89,24 @@ def test_fill_mask_top_k(mlm_model):
     assert sum(p for _, p in results[0]) <= 1.0 and results[0][0][1] >= results[0][1][1]
     with pytest.raises(LmforgeError, match=r"must contain the mask token '\[MASK\]'"):
         run_fill_mask(config_mod.resolve(FillMaskConfig, None, {"model": str(mlm_model), "text": "no mask"}))
+
+
+def test_cached_generation_equals_recomputing_every_window(clm_model):
+    """Greedy decoding with the KV cache (within the context) and the sliding window past it gives
+    the tokens a full re-read of the last `context` tokens at every step gives."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmforge.generate import generate
+
+    model = AutoModelForCausalLM.from_pretrained(str(clm_model)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(clm_model))
+    context = model.config.max_position_embeddings
+    steps = context + 10  # crosses from the cached part into the sliding part
+    text = generate(model, tokenizer, "ROMEO:", steps, temperature=0, top_k=None, top_p=None)[0]
+    ids = torch.tensor([tokenizer.backend_tokenizer.encode("ROMEO:", add_special_tokens=False).ids])
+    with torch.no_grad():
+        for _ in range(steps):
+            next_id = model(input_ids=ids[:, -context:], use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_id], dim=1)
+    assert text == tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)

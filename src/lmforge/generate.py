@@ -48,7 +48,11 @@ def _load(path: str, auto):
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
              top_p: float | None, samples: int = 1, seed: int = 0) -> list[str]:
     """Continuations of `prompt` (prompt included). Each step sees the last `context` tokens,
-    so generation can run past the trained context length."""
+    so generation can run past the trained context length.
+
+    Within the context, keys and values are cached (one new token per forward pass); past it,
+    the window slides, which a cache cannot follow, so each step re-reads the last `context` tokens.
+    """
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     generator = torch.Generator(device=model.device).manual_seed(seed)
@@ -62,8 +66,14 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
             warpers.append(TopKLogitsWarper(top_k))
         if top_p is not None and top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p))
+    cache = None
     for _ in range(max_new_tokens):
-        logits = model(input_ids=out[:, -context:]).logits[:, -1, :].float()  # (S, V)
+        if out.shape[1] <= context:
+            result = model(input_ids=out if cache is None else out[:, -1:], past_key_values=cache, use_cache=True)
+            cache = result.past_key_values
+        else:
+            result = model(input_ids=out[:, -context:], use_cache=False)
+        logits = result.logits[:, -1, :].float()  # (S, V)
         if temperature > 0:
             probs = warpers(out, logits).softmax(-1)
             next_ids = torch.multinomial(probs, 1, generator=generator)
