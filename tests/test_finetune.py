@@ -294,6 +294,12 @@ def test_layer_wise_lr_decay_reaches_the_optimizer(tiny_bert, sentiment, tmp_pat
     import yaml
 
     assert yaml.safe_load((out / "config.yaml").read_text())["training"]["layer_decay"] == 0.5
+    # the saved optimizer state: the 2-layer encoder's groups train at 0.5^k of the head's rate
+    from lmforge import checkpoint
+
+    state = torch.load(checkpoint.latest(out) / checkpoint.STATE_DIR / "optimizer.pt", weights_only=True)
+    scales = {round(group["lr_scale"], 6) for group in state["param_groups"]}
+    assert scales == {1.0, 0.5, 0.25, 0.125}, scales
 
 
 def test_resumed_finetune_equals_an_uninterrupted_one(tiny_bert, sentiment, tmp_path, capsys):
