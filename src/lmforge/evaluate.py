@@ -4,12 +4,17 @@ Causal LM: perplexity and bits per byte over the whole text, scored with a slidi
 (each token is predicted once, with up to `context - stride` tokens of left context carried
 over). Bits per byte divide the summed negative log-likelihood by the UTF-8 byte count, so
 models with different tokenizers can be compared. Masked LM: masked-token loss and accuracy
-with BERT masking at a fixed seed.
+with BERT masking at a fixed seed, and pseudo-perplexity (each token masked in turn).
+
+The text is tokenized as the shards tokenize it (`tokenizer.encode_text`, a boundary token after
+each document). A corpus folder is scored on its valid split unless `split` says otherwise;
+report.json records the files, the split, the tokens and bytes scored and whether `max_tokens` cut.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -36,44 +41,88 @@ class EvaluateConfig:
     context: Optional[int] = option(None, "window length (default: the model's max positions)")
     stride: Optional[int] = option(None, "clm: tokens advanced per window (default: context / 2)")
     batch_size: int = option(16, "windows per forward pass")
-    max_tokens: Optional[int] = option(None, "score at most this many tokens of the text")
+    split: Optional[Literal["valid", "test", "train", "all"]] = option(None, "a corpus folder (from `lmforge corpus`): which split to score (default valid; all: train, valid, test in that order); plain files are scored whole")
+    max_tokens: Optional[int] = option(None, "score at most this many tokens of the text (the report says whether it cut)")
     mlm_probability: float = option(0.15, "mlm: fraction of tokens masked")
     seed: int = option(0, "mlm: masking seed")
+    pseudo_perplexity_tokens: Optional[int] = option(20_000, "mlm: pseudo-perplexity scores the first this many tokens, each masked in turn (one forward row of `context` tokens each); 0: skip, null: all")
     device: str = option("auto", "cpu, cuda or auto")
     encoding_errors: Literal["strict", "replace"] = option("strict", "non-UTF-8 bytes: stop (strict) or replace with U+FFFD")
     task: Literal["lm", "classification", "ner", "qa"] = option("lm", "lm: perplexity of a language model; classification/ner/qa: metrics of a fine-tuned model on one labelled file (report.html, errors.jsonl)")
     format: FormatConfig = field(default_factory=FormatConfig)
 
 
-def _objective_of(model_dir: Path) -> str:
-    import json
+@dataclass
+class ScoredText:
+    """The token stream that is scored, with what the report needs to say about it."""
 
-    archs = json.loads((model_dir / "config.json").read_text()).get("architectures") or [""]
-    return "mlm" if archs[0].endswith("ForMaskedLM") else "clm"
+    tokens: np.ndarray  # (N,) int64, documents joined by the boundary token
+    bytes: int  # UTF-8 bytes of the text behind `tokens`
+    cut: bool  # max_tokens stopped reading before the end of the text
 
 
-def read_tokens(sources, tokenizer, encoding_errors: str, max_tokens: int | None) -> tuple[np.ndarray, int]:
-    """Token ids of all the text (documents joined by the boundary token) and its UTF-8 byte count."""
+def select_split(sources: list[documents.Source], split: str | None) -> tuple[list[documents.Source], str]:
+    """The sources to score and the split they are: a corpus folder gives one split (valid unless
+    told), plain files are scored whole ("whole"). Raises LmforgeError for a split that cannot apply."""
+    if not any(s.split for s in sources):
+        if split is not None:
+            raise LmforgeError(f"--split {split}: only a corpus folder (written by `lmforge corpus`) has splits, and --data names plain files, "
+                               "which are scored whole; drop --split or point --data at a corpus folder")
+        return sources, "whole"
+    split = split or "valid"
+    if split == "all":
+        return sources, split
+    if not any(s.split == split for s in sources):
+        folders = ", ".join(sorted({str(s.path.parent) for s in sources if s.split}))
+        raise LmforgeError(f"--data {folders}: the corpus has no {split} split (no {split}-*.jsonl files); pick another --split (valid, test, train or all)")
+    return [s for s in sources if s.split in (None, split)], split
+
+
+def _documents(sources: list[documents.Source], encoding_errors: str) -> Iterator[tuple[str, bool]]:
+    """(text block, ends_document) over whole sources: a text file is one document, a JSONL line is one."""
+    for source in sources:
+        if source.kind == "jsonl":
+            for _, text in documents.read_jsonl_documents(source.path):
+                yield text, True
+            continue
+        blocks = documents.read_text_blocks(source.path, encoding_errors=encoding_errors)
+        previous = next(blocks, None)
+        for block in blocks:
+            yield previous, False
+            previous = block
+        if previous is not None:
+            yield previous, True
+
+
+def _covered_text(tokenizer, block: str, keep: int) -> str:
+    """The start of `block` that its first `keep` tokens (as `encode_text` gives them) cover."""
+    consumed = 0
+    for line, encoding in tokenizer_mod.encode_lines(tokenizer, block):
+        if keep < len(encoding.ids):
+            return block[: consumed + max((end for _, end in encoding.offsets[:keep]), default=0)]
+        keep -= len(encoding.ids)
+        consumed += len(line)
+    return block[:consumed]
+
+
+def read_tokens(sources, tokenizer, encoding_errors: str, max_tokens: int | None) -> ScoredText:
+    """The text as the shards hold it: `tokenizer.encode_text` of each document, then the boundary
+    token. Stops after `max_tokens` tokens; the byte count then covers only the scored part."""
     from lmforge.shards import boundary_token_id
 
     boundary = boundary_token_id(tokenizer)
-    pieces, total_bytes, count = [], 0, 0
-    for source in sources:
-        blocks = documents.read_text_blocks(source.path, encoding_errors=encoding_errors) if source.kind == "text" else (t for _, t in documents.read_jsonl_documents(source.path))
-        for block in blocks:
-            encoding = tokenizer.backend_tokenizer.encode(block, add_special_tokens=False)
-            ids = encoding.ids
-            if max_tokens and count + len(ids) >= max_tokens:
-                ids = ids[: max_tokens - count]
-                block = block[: encoding.offsets[len(ids) - 1][1]] if ids else ""  # bytes of the scored part only
-            pieces.append(np.asarray(ids, dtype=np.int64))
-            total_bytes += len(block.encode("utf-8"))
-            count += len(ids)
-            if max_tokens and count >= max_tokens:
-                return np.concatenate(pieces), total_bytes
-        pieces.append(np.asarray([boundary], dtype=np.int64))
-        count += 1
-    return np.concatenate(pieces), total_bytes
+    pieces, n_bytes, count = [], 0, 0
+    for block, ends_document in _documents(sources, encoding_errors):
+        ids = tokenizer_mod.encode_text(tokenizer, block) + ([boundary] if ends_document else [])
+        if max_tokens and count + len(ids) > max_tokens:
+            keep = max_tokens - count
+            pieces.append(np.asarray(ids[:keep], dtype=np.int64))
+            n_bytes += len(_covered_text(tokenizer, block, keep).encode("utf-8"))
+            return ScoredText(np.concatenate(pieces), n_bytes, cut=True)
+        pieces.append(np.asarray(ids, dtype=np.int64))
+        n_bytes += len(block.encode("utf-8"))
+        count += len(ids)
+    return ScoredText(np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64), n_bytes, cut=False)
 
 
 @torch.no_grad()
@@ -127,6 +176,58 @@ def masked_scores(model, tokenizer, tokens: np.ndarray, context: int, batch_size
     return {"masked_loss": loss_sum / count, "masked_accuracy": correct / count, "masked_tokens": int(count)}
 
 
+@torch.no_grad()
+def pseudo_log_likelihood(model, tokenizer, tokens: np.ndarray, context: int, batch_size: int, device) -> tuple[float, int]:
+    """Summed NLL (nats) and count of the tokens scored by masking each in turn (Salazar et al. 2020,
+    "Masked Language Model Scoring"); pseudo-perplexity is exp(NLL / count).
+
+    The text is cut into `[CLS] window [SEP]` rows of up to `context` tokens as in training (the
+    last row shorter). Each non-special token gets its own copy of its row with that token
+    replaced by [MASK]; copies go `batch_size` per forward pass, and only the masked position
+    reaches the vocabulary projection (one head row per copy instead of `context`).
+    """
+    window = context - 2
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    head = objectives.mlm_head(model)
+    full = len(tokens) // window * window
+    groups = [tokens[:full].reshape(-1, window), tokens[full:].reshape(1, -1)]  # (N, window) and (1, tail)
+    total, scored = 0.0, 0
+    for windows in groups:
+        if windows.size == 0:
+            continue
+        windows = torch.from_numpy(np.asarray(windows, dtype=np.int64))
+        cls = torch.full((len(windows), 1), tokenizer.cls_token_id)
+        sep = torch.full((len(windows), 1), tokenizer.sep_token_id)
+        rows = torch.cat([cls, windows, sep], dim=1)  # (N, T)
+        positions = (~torch.isin(rows, special)).nonzero()  # (P, 2): row, column of each token to score
+        for chunk in positions.split(batch_size):
+            index = torch.arange(len(chunk))
+            copies = rows[chunk[:, 0]]  # (b, T)
+            truth = copies[index, chunk[:, 1]].clone()
+            copies[index, chunk[:, 1]] = tokenizer.mask_token_id
+            hidden = model.base_model(input_ids=copies.to(device)).last_hidden_state  # (b, T, C)
+            logits = head(hidden[index.to(device), chunk[:, 1].to(device)])  # (b, V)
+            total += float(F.cross_entropy(logits.float(), truth.to(device), reduction="sum"))
+            scored += len(chunk)
+    return total, scored
+
+
+def score(model, tokenizer, text: ScoredText, objective: str, context: int, config: EvaluateConfig, device) -> dict:
+    """The metrics of a causal LM (loss, perplexity, bits per byte) or a masked LM (masked-token
+    loss and accuracy, pseudo-perplexity) on `text`."""
+    if objective == "clm":
+        stride = config.stride or max(context // 2, 1)
+        nll, predicted = causal_scores(model, text.tokens, context, stride, config.batch_size, device)
+        return {"loss": nll / predicted, "perplexity": math.exp(nll / predicted), "bits_per_byte": nll / math.log(2) / text.bytes,
+                "predicted_tokens": predicted, "stride": stride}
+    results = masked_scores(model, tokenizer, text.tokens, context, config.batch_size, config.mlm_probability, config.seed, device)
+    if config.pseudo_perplexity_tokens != 0:
+        nll, count = pseudo_log_likelihood(model, tokenizer, text.tokens[: config.pseudo_perplexity_tokens], context, config.batch_size, device)
+        if count:
+            results.update(pseudo_loss=nll / count, pseudo_perplexity=math.exp(nll / count), pseudo_scored_tokens=count)
+    return results
+
+
 def run(config: EvaluateConfig) -> Path:
     """Score `config.model` on `config.data`; write report.json and report.html into `out`."""
     if config.task != "lm":
@@ -141,30 +242,34 @@ def run(config: EvaluateConfig) -> Path:
     model_dir = Path(config.model)
     if not (model_dir / "config.json").is_file():
         raise LmforgeError(f"{model_dir}: not a model folder (no config.json); point at a run's final/ folder")
-    objective = _objective_of(model_dir) if config.objective == "auto" else config.objective
+    if config.pseudo_perplexity_tokens is not None and config.pseudo_perplexity_tokens < 0:
+        raise LmforgeError(f"--pseudo_perplexity_tokens {config.pseudo_perplexity_tokens}: must be 0 (skip), a positive count, or null (all)")
+    objective = model_mod.objective_of(model_dir) if config.objective == "auto" else config.objective
+    sources, split = select_split(documents.resolve_sources(config.data), config.split)
     tokenizer = tokenizer_mod.load(model_dir)
     model = model_mod.load(model_dir, AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM)
     model_mod.check_vocab(model, tokenizer, str(model_dir))
     device = hardware.resolve_device(config.device)
     model.to(device).eval()
-    sources = documents.resolve_sources(config.data)
     folder = RunFolder(config.out, "evaluate").start(config, [s.path for s in sources] + [model_dir])
-    tokens, n_bytes = read_tokens(sources, tokenizer, config.encoding_errors, config.max_tokens)
+    text = read_tokens(sources, tokenizer, config.encoding_errors, config.max_tokens)
+    tokens = text.tokens
+    if len(tokens) < 2:
+        raise LmforgeError(f"--data: {', '.join(str(s.path) for s in sources[:3])}: no text to score ({len(tokens)} token(s) after tokenizing); give files with text in them")
     if tokens.max() >= model.config.vocab_size:
         raise LmforgeError(f"token id {int(tokens.max())} is outside {model_dir}'s vocabulary of {model.config.vocab_size}; the tokenizer does not belong to this model")
     context = config.context or int(getattr(model.config, "max_position_embeddings", 512))
-    results: dict = {"model": str(model_dir), "objective": objective, "tokens": int(len(tokens)), "bytes": n_bytes, "context": context}
-    if objective == "clm":
-        stride = config.stride or max(context // 2, 1)
-        nll, predicted = causal_scores(model, tokens, context, stride, config.batch_size, device)
-        results.update(loss=nll / predicted, perplexity=math.exp(nll / predicted), bits_per_byte=nll / math.log(2) / n_bytes,
-                       predicted_tokens=predicted, stride=stride)
-    else:
-        results.update(masked_scores(model, tokenizer, tokens, context, config.batch_size, config.mlm_probability, config.seed, device))
+    scored = {"data": [str(s.path) for s in sources], "split": split, "tokens": int(len(tokens)), "bytes": text.bytes,
+              "max_tokens": config.max_tokens, "cut_by_max_tokens": text.cut}
+    results = {"model": str(model_dir), "objective": objective, "context": context,
+               **score(model, tokenizer, text, objective, context, config, device)}
     out = Path(config.out)
-    write_json_atomic(out / "report.json", results)
-    report.write_html(out / "report.html", f"Evaluation of {model_dir}", [("Results", report.table_html(results))])
+    write_json_atomic(out / "report.json", {**results, **scored})
+    report.write_html(out / "report.html", f"Evaluation of {model_dir}",
+                      [("What was scored", report.table_html(scored)), ("Results", report.table_html(results))])
     folder.finish()
-    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results.items() if k in ("loss", "perplexity", "bits_per_byte", "masked_loss", "masked_accuracy")}
-    print(f"{model_dir}: " + ", ".join(f"{k} {v}" for k, v in shown.items()) + f" ({len(tokens):,} tokens); report in {out / 'report.json'}")
+    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()
+             if k in ("loss", "perplexity", "bits_per_byte", "masked_loss", "masked_accuracy", "pseudo_perplexity")}
+    what = f"{len(tokens):,} tokens" + ("" if split == "whole" else f" of the {split} split") + (", cut at --max_tokens" if text.cut else "")
+    print(f"{model_dir}: " + ", ".join(f"{k} {v}" for k, v in shown.items()) + f" ({what}); report in {out / 'report.json'}")
     return out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -44,6 +46,12 @@ def _load(path: str, auto):
     return model.eval(), tokenizer
 
 
+def _cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: `cache` since transformers renamed it (5.x),
+    `past_key_values` before; the old name prints a deprecation warning on every call."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
              top_p: float | None, samples: int = 1, seed: int = 0) -> list[str]:
@@ -53,10 +61,12 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
     Within the context, keys and values are cached (one new token per forward pass); past it,
     the window slides, which a cache cannot follow, so each step re-reads the last `context` tokens.
     """
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    ids = tokenizer.backend_tokenizer.encode(prompt, add_special_tokens=False).ids or [tokenizer.eos_token_id]
+    ids = tokenizer_mod.encode_text(tokenizer, prompt) or [tokenizer.eos_token_id]
+    if ids[0] is None:
+        raise LmforgeError("--prompt is empty and the tokenizer has no EOS token to start from; give a prompt")
     out = torch.tensor([ids], device=model.device).repeat(samples, 1)  # (S, T)
     context = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
     warpers = LogitsProcessorList()
@@ -66,11 +76,12 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
             warpers.append(TopKLogitsWarper(top_k))
         if top_p is not None and top_p < 1.0:
             warpers.append(TopPLogitsWarper(top_p))
-    cache = None
+    cache = DynamicCache(config=model.config)  # filled in place by each forward pass
+    cache_kwarg = _cache_argument(model)
     for _ in range(max_new_tokens):
         if out.shape[1] <= context:
-            result = model(input_ids=out if cache is None else out[:, -1:], past_key_values=cache, use_cache=True)
-            cache = result.past_key_values
+            cached = cache.get_seq_length()
+            result = model(input_ids=out[:, cached:], use_cache=True, **{cache_kwarg: cache})
         else:
             result = model(input_ids=out[:, -context:], use_cache=False)
         logits = result.logits[:, -1, :].float()  # (S, V)
@@ -86,6 +97,10 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
 def run_generate(config: GenerateConfig) -> list[str]:
     from transformers import AutoModelForCausalLM
 
+
+    if config.model and (Path(config.model) / "config.json").is_file() and model_mod.objective_of(config.model) == "mlm":
+        raise LmforgeError(f"--model {config.model}: this is a masked LM, which predicts masked tokens and cannot write text left to right; "
+                           f"use `lmforge fill-mask --model {config.model} --text '... [MASK] ...'`, or give a causal LM folder")
     model, tokenizer = _load(config.model, AutoModelForCausalLM)
     model.to(hardware.resolve_device(config.device))
     texts = generate(model, tokenizer, config.prompt, config.max_new_tokens, config.temperature, config.top_k, config.top_p, config.samples, config.seed)
@@ -100,10 +115,12 @@ def fill_mask(model, tokenizer, text: str, top_k: int) -> list[list[tuple[str, f
     """For each mask token in `text`: the top-k (token, probability) predictions."""
     if tokenizer.mask_token is None or tokenizer.mask_token not in text:
         raise LmforgeError(f"--text must contain the mask token {tokenizer.mask_token!r}, e.g. 'To be or not to {tokenizer.mask_token}'")
-    encoded = tokenizer(text, return_tensors="pt").to(model.device)
+    # [CLS] text [SEP], the text encoded line by line: the rows the model was trained on
+    cls, sep = [[i] if i is not None else [] for i in (tokenizer.cls_token_id, tokenizer.sep_token_id)]
+    input_ids = torch.tensor([cls + tokenizer_mod.encode_text(tokenizer, text) + sep], device=model.device)
     with torch.no_grad():
-        logits = model(**encoded).logits[0]  # (T, V)
-    positions = (encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero().flatten()
+        logits = model(input_ids=input_ids).logits[0]  # (T, V)
+    positions = (input_ids[0] == tokenizer.mask_token_id).nonzero().flatten()
     results = []
     for position in positions:
         probs = logits[position].float().softmax(-1)

@@ -105,13 +105,47 @@ def check_family(cfg: ModelConfig, objective: str) -> None:
         raise LmforgeError(f"model.family {cfg.family} cannot train objective {objective}; use one of {', '.join(allowed)} (or change train.objective)")
 
 
+# model_type values of encoder-only architectures, which continue pretraining with masked LM
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "modernbert", "distilbert", "electra", "deberta", "deberta-v2", "camembert")
+
+
+def resolve_init(init_from: str) -> Path:
+    """The model folder `model.init_from` names: a folder, a run folder holding final/, or `minilm`."""
+    from lmforge.tasks.backbone import resolve
+
+    return resolve(init_from)
+
+
+def objective_of(folder: str | Path) -> Literal["clm", "mlm"]:
+    """The pretraining objective a saved model belongs to: mlm for a masked-LM head or an
+    encoder-only architecture (a bare BertModel too), else clm."""
+    import json
+
+    config = json.loads((Path(folder) / "config.json").read_text())
+    architecture = (config.get("architectures") or [""])[0]
+    return "mlm" if architecture.endswith("ForMaskedLM") or config.get("model_type") in ENCODER_TYPES else "clm"
+
+
+def check_init_objective(folder: Path, objective: str, init_from: str) -> None:
+    """An encoder continues with masked LM, a decoder with causal LM; the other objective is an error."""
+    import json
+
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
+    wanted = objective_of(folder)
+    if objective != wanted:
+        kind = "an encoder (masked LM)" if wanted == "mlm" else "a decoder (causal LM)"
+        raise LmforgeError(f"model.init_from {init_from} is {kind} ({model_type}); continue its pretraining with --train.objective {wanted}")
+
+
 def build(cfg: ModelConfig, tokenizer, objective: str):
     """A fresh (or `init_from`) model for the objective, checked against the tokenizer's vocabulary."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     auto = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
     if cfg.init_from:
-        model = load(cfg.init_from, auto)
+        folder = resolve_init(cfg.init_from)
+        check_init_objective(folder, objective, cfg.init_from)
+        model = load(folder, auto)
     else:
         check_family(cfg, objective)
         cfg = dataclasses.replace(cfg, family=family_for(cfg, objective))

@@ -30,6 +30,8 @@ from lmforge.runfolder import RunFolder, file_sha256, write_json_atomic
 from lmforge.tokenizer import DataConfig
 
 SPLITS = ("train", "valid")
+# Part of the cache key: shards encoded under older rules (whole blocks; saved padding/truncation on) are not reused.
+ENCODING_RULES = "v2: line by line, no padding or truncation"
 
 
 @dataclass
@@ -62,14 +64,12 @@ def boundary_token_id(tokenizer) -> int:
     raise LmforgeError("the tokenizer has neither an EOS nor a SEP token to mark document boundaries; train it with `lmforge tokenizer`")
 
 
-def _encode_split(backend, blocks, handle, dtype, boundary: int) -> tuple[int, list[int]]:
+def _encode_split(tokenizer, blocks, handle, dtype, boundary: int) -> tuple[int, list[int]]:
     """Append one split's tokens to `handle`; return (token count, document start offsets)."""
     written = 0
     starts = [0]
     for block, ends_document in blocks:
-        lines = block.splitlines(keepends=True)
-        encodings = backend.encode_batch(lines, add_special_tokens=False)
-        ids = np.fromiter((i for enc in encodings for i in enc.ids), dtype=np.int64)
+        ids = np.asarray(tokenizer_mod.encode_text(tokenizer, block), dtype=np.int64)
         if ends_document:
             ids = np.append(ids, boundary)
         ids.astype(dtype).tofile(handle)
@@ -85,7 +85,6 @@ def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: Dat
     vocab = len(tokenizer)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
     boundary = boundary_token_id(tokenizer)
-    backend = tokenizer.backend_tokenizer
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     stats = documents.DecodeStats()
@@ -96,7 +95,7 @@ def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: Dat
         for name in SPLITS:
             blocks = documents.iter_split(sources, name, split.valid_fraction, split.split, split.encoding_errors, stats, split.text_field)
             with open(tmp / f"{name}.bin", "wb") as handle:
-                count, starts = _encode_split(backend, blocks, handle, dtype, boundary)
+                count, starts = _encode_split(tokenizer, blocks, handle, dtype, boundary)
             np.save(tmp / f"{name}.docs.npy", np.asarray(starts, dtype=np.int64))
             meta["splits"][name] = {"tokens": count, "documents": len(starts) if count else 0}
         seconds = max(time.time() - started, 1e-9)
@@ -113,7 +112,8 @@ def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: Dat
 
 
 def cache_key(tokenizer_dir: str | Path, split: DataConfig, fingerprint: list[str]) -> str:
-    payload = json.dumps({"tokenizer": tokenizer_hash(tokenizer_dir), "split": split.__dict__, "inputs": fingerprint}, sort_keys=True)
+    payload = json.dumps({"tokenizer": tokenizer_hash(tokenizer_dir), "split": split.__dict__, "inputs": fingerprint,
+                          "encoding": ENCODING_RULES}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

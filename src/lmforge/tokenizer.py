@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Encoding, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from lmforge import documents
 from lmforge.config import option
@@ -131,18 +131,38 @@ def train(blocks: Iterable[tuple[str, bool]], cfg: TokenizerConfig, objective: O
     return fast
 
 
+def encode_lines(tokenizer, text: str) -> list[tuple[str, Encoding]]:
+    """The lines of `text` (line ends kept) with their encodings, no special tokens added.
+
+    This is how lmforge turns raw text into tokens everywhere (tokenizer statistics, shards,
+    evaluation, generation prompts): line by line, as the tokenizer was trained. Whole-block
+    encoding differs for Unigram/Metaspace, which marks the start of every encoded sequence
+    (a line) with '▁'. Lines are encoded in one batch, so the tokenizers library runs them in parallel.
+    `tokenizer` is a transformers fast tokenizer or a `tokenizers.Tokenizer`.
+    """
+    lines = text.splitlines(keepends=True)
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    return list(zip(lines, backend.encode_batch(lines, add_special_tokens=False)))
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of `text`, encoded line by line (see `encode_lines`)."""
+    return [i for _, encoding in encode_lines(tokenizer, text) for i in encoding.ids]
+
+
 def statistics(tokenizer, blocks: Iterable[tuple[str, bool]], limit_chars: int = 5_000_000) -> dict:
-    """Fertility (tokens per whitespace word) and unknown-token rate on held-out text."""
+    """Fertility (tokens per whitespace word) and unknown-token rate on held-out text.
+
+    Tokens are counted as the shards will hold them (`encode_text`), newline tokens included.
+    """
     words = tokens = unknown = chars = 0
     unk_id = tokenizer.unk_token_id
-    backend = tokenizer.backend_tokenizer
     for block, _ in blocks:
-        lines = [line for line in block.splitlines() if line.strip()]
-        for encoding in backend.encode_batch(lines, add_special_tokens=False):
-            tokens += len(encoding.ids)
-            if unk_id is not None:
-                unknown += sum(1 for i in encoding.ids if i == unk_id)
-        words += sum(len(line.split()) for line in lines)
+        ids = encode_text(tokenizer, block)
+        tokens += len(ids)
+        if unk_id is not None:
+            unknown += ids.count(unk_id)
+        words += len(block.split())
         chars += len(block)
         if chars >= limit_chars:
             break
@@ -158,13 +178,22 @@ def statistics(tokenizer, blocks: Iterable[tuple[str, bool]], limit_chars: int =
 
 
 def load(path: str | Path):
-    """Load a tokenizer folder, with a clear error when it is not one."""
+    """Load a tokenizer folder, with a clear error when it is not one.
+
+    Padding and truncation saved in tokenizer.json are switched off: MiniLM's pads every encoding
+    to 128 tokens and cuts it there, which would fill shards with [PAD] and silently drop text.
+    (Calls with explicit `padding=` / `truncation=` arguments set their own.)"""
     from transformers import AutoTokenizer
 
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "vocab.txt").is_file():
         raise LmforgeError(f"{path}: no tokenizer here (tokenizer.json or vocab.txt); train one with `lmforge tokenizer` or point at a model folder that has one")
-    return AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_padding()
+        backend.no_truncation()
+    return tokenizer
 
 
 def cache_key(cfg: TokenizerConfig, split: DataConfig, objective: str, fingerprint: list[str]) -> str:
