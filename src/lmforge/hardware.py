@@ -12,8 +12,12 @@ import torch
 
 
 def resolve_device(device: str) -> torch.device:
+    """`auto`: CUDA when available, else the CPU. Under torchrun (LOCAL_RANK set), `auto` and a
+    bare `cuda` mean this process's own GPU, cuda:LOCAL_RANK (every rank on cuda:0 would collide)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(device)
 
 

@@ -89,15 +89,25 @@ class Budget:
         return max(spent, key=spent.get)
 
 
-def learning_rate(step: int, progress: float, warmup_end_progress: float | None, lr: float, min_lr: float,
-                  warmup_steps: int, schedule: str) -> float:
-    """Linear warmup over `warmup_steps`, then decay from `lr` to `min_lr` as progress goes to 1.
+def warmup_done(step: int, progress: float, warmup_steps: int, warmup_fraction: float) -> bool:
+    """Warm-up ends after `warmup_steps` steps or at `warmup_fraction` of the budget, whichever
+    comes first: a 3-minute budget that fits 90 steps must not spend them all warming up."""
+    return step >= warmup_steps or (warmup_fraction < 1.0 and progress >= warmup_fraction)
 
-    The decay runs over the part of the budget left after warmup: `warmup_end_progress` is the
-    progress at which warmup ended (known only once reached under a time budget).
+
+def learning_rate(step: int, progress: float, warmup_end_progress: float | None, lr: float, min_lr: float,
+                  warmup_steps: int, schedule: str, warmup_fraction: float = 1.0) -> float:
+    """Linear warm-up, then decay from `lr` to `min_lr` as progress goes to 1.
+
+    Warm-up rises with whichever is further along, steps over `warmup_steps` or progress over
+    `warmup_fraction` (see `warmup_done`). The decay runs over the part of the budget left after
+    warm-up: `warmup_end_progress` is the progress at which warm-up ended (known only once
+    reached under a time budget).
     """
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
+    if warmup_end_progress is None and not warmup_done(step, progress, warmup_steps, warmup_fraction):
+        by_steps = (step + 1) / warmup_steps
+        by_budget = progress / warmup_fraction if warmup_fraction < 1.0 else 0.0
+        return lr * min(1.0, max(by_steps, by_budget))
     if schedule == "constant":
         return lr
     start = warmup_end_progress or 0.0

@@ -9,6 +9,7 @@ report.json, report.html.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -49,8 +50,24 @@ def _publish_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def init_tokenizer(config: PretrainConfig) -> Path:
+    """Continued pretraining (`model.init_from`) keeps the model's own tokenizer: a new one would put
+    other ids in front of the trained embeddings. Another tokenizer is accepted only with the
+    very same vocabulary."""
+    folder = model_mod.resolve_init(config.model.init_from)
+    own = tokenizer_mod.load(folder)
+    if config.tokenizer.path and Path(config.tokenizer.path).resolve() != folder.resolve():
+        other = tokenizer_mod.load(config.tokenizer.path)
+        if other.get_vocab() != own.get_vocab():
+            raise LmforgeError(f"--tokenizer.path {config.tokenizer.path}: its vocabulary differs from that of --model.init_from {config.model.init_from} "
+                               f"({len(other)} vs {len(own)} tokens, or other ids); continued pretraining must use the model's own tokenizer: drop --tokenizer.path")
+    return folder
+
+
 def prepare_tokenizer(config: PretrainConfig, sources: list[documents.Source]) -> Path:
-    """The tokenizer folder: the one given, or one trained on the train split and cached by hash."""
+    """The tokenizer folder: the init model's own, the one given, or one trained on the train split and cached by hash."""
+    if config.model.init_from:
+        return init_tokenizer(config)
     if config.tokenizer.path:
         tokenizer_mod.load(config.tokenizer.path)  # fails early with a clear message
         return Path(config.tokenizer.path)
@@ -104,28 +121,32 @@ def check_lengths(token_shards: shards.TokenShards, window: int, where: str) -> 
             )
 
 
-def finished_already(config: PretrainConfig) -> dict | None:
-    """The last checkpoint's state if it already spent this config's budget, else None."""
-    last = checkpoint.latest(Path(config.out))
+def check_resume(config: PretrainConfig) -> None:
+    """`--resume true` needs a checkpoint to continue from and a budget left to spend (or a run whose
+    final/ and reports a kill kept from being written); a fresh run needs a folder without checkpoints."""
+    out = Path(config.out)
+    last = checkpoint.latest(out)
+    if not config.resume:
+        if last is not None:
+            raise LmforgeError(f"{out} already holds checkpoints; pass --resume true to continue that run, or choose a new --out")
+        return
     if last is None:
-        return None
-    import json
-
-    state = json.loads((last / checkpoint.STATE_DIR / "state.json").read_text())
+        if (out / "config.yaml").is_file():
+            raise LmforgeError(f"--resume true: {out} holds no checkpoint to continue from (the run stopped before its first one); "
+                               f"start it anew without --resume, e.g. --config {out / 'config.yaml'} --out NEW_DIR")
+        raise LmforgeError(f"--resume true: there is no run to resume in {out}; check --out, or start a new run without --resume")
+    state = checkpoint.read_state(last)
     spent = config.train.budget().progress(state["step"], state["tokens"], state["seconds"], state["flops"])
-    return state if spent >= 1.0 else None
+    if spent >= 1.0 and (out / "final" / "config.json").is_file() and (out / "report.json").is_file():
+        raise LmforgeError(f"{out}: this run already finished at step {state['step']} ({state['tokens']:,} tokens); nothing to resume. "
+                           "Raise the budget (e.g. --train.max_steps) to train further, or choose a new --out")
 
 
 def run(config: PretrainConfig) -> Path:
     """Pretrain a model as `config` says; returns the run folder."""
     out = Path(config.out)
     wall_started = time.time()
-    if config.resume and (state := finished_already(config)) is not None:
-        print(f"{out}: this run already finished at step {state['step']} ({state['tokens']:,} tokens); nothing to resume. "
-              "Raise the budget (e.g. --train.max_steps) to train further, or choose a new --out.")
-        return out
-    if not config.resume and checkpoint.latest(out) is not None:
-        raise LmforgeError(f"{out} already holds checkpoints; pass --resume to continue that run, or choose a new --out")
+    check_resume(config)
     device = hardware.resolve_device(config.train.device)
     proc = Process.from_env(device)
     sources = [] if config.shards else documents.resolve_sources(config.data)
@@ -138,16 +159,17 @@ def run(config: PretrainConfig) -> Path:
         raise LmforgeError(f"shards {shard_dir} use a vocabulary of {token_shards.meta['vocab_size']} but the model has {model.config.vocab_size}; use matching tokenizer and model")
     objective = make_objective(config, token_shards.train, tokenizer, model)
     check_lengths(token_shards, objective.window, ", ".join(config.data) or str(shard_dir))
-    valid = objectives.gather(token_shards.valid, objectives.eval_offsets(len(token_shards.valid), objective.window, config.train.eval_windows), objective.window)
+    windows = objectives.gather(token_shards.valid, objectives.eval_offsets(len(token_shards.valid), objective.window, config.train.eval_windows), objective.window)
+    valid = objective.eval_batch(windows)  # built once: MLM masks fixed per window, whatever the micro-batching
     folder = RunFolder(out, "pretrain")
-    if proc.main:
-        folder.start(config, [s.path for s in sources])
+    if proc.main:  # stop_at_step controls one invocation; saved, it would stop every resume at the same step
+        folder.start(dataclasses.replace(config, train=dataclasses.replace(config.train, stop_at_step=None)), [s.path for s in sources])
     fraction = config.train.mlm_probability if (config.train.objective == "mlm" and config.train.sparse_prediction) else 1.0
     flops_per_token = model_mod.flops_per_token(model, config.model.context, fraction)
     params = model_mod.count_parameters(model)
     if proc.main:
         print(f"model: {type(model).__name__}, {params / 1e6:.2f}M parameters; train {len(token_shards.train):,} tokens, "
-              f"valid {len(token_shards.valid):,} tokens ({len(valid)} windows)", flush=True)
+              f"valid {len(token_shards.valid):,} tokens ({len(windows)} windows per evaluation)", flush=True)
     summary = fit(model, objective, config.train, out, tokenizer, evaluator=lambda module, runtime: {"val_loss": validation_loss(module, objective, valid, runtime)},
                   flops_per_token=flops_per_token, resume=config.resume)
     if proc.main and summary["finished"]:
@@ -155,6 +177,7 @@ def run(config: PretrainConfig) -> Path:
     if proc.main:
         summary.update(params=params, peak_rss_mb=round(hardware.peak_rss_mb(), 1), wall_seconds=round(time.time() - wall_started, 2),
                        flops_per_token=flops_per_token, tokenizer=str(tok_dir), shards=str(shard_dir),
+                       valid_windows=len(windows), valid_tokens=int(windows.numel()),
                        tokenize_tokens_per_second=token_shards.meta.get("tokens_per_second"))
         write_json_atomic(out / "report.json", summary)
         html = report.write_training_report(out, summary)

@@ -14,8 +14,10 @@ def read_metrics(path: str | Path) -> list[dict]:
         return []
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
+        try:
             rows.append(json.loads(line))
+        except ValueError:  # blank, or a row cut short by a kill mid-append
+            continue
     return rows
 
 
@@ -82,11 +84,12 @@ def write_html(path: str | Path, title: str, sections: list[tuple[str, str]]) ->
     Path(path).write_text(PAGE.format(title=html.escape(title), sections=body), encoding="utf-8")
 
 
-def write_training_report(run_dir: str | Path, summary: dict) -> Path:
-    """report.html of a training run: loss curve from metrics.jsonl plus the summary table."""
+def write_training_report(run_dir: str | Path, summary: dict, first: list[tuple[str, str]] = ()) -> Path:
+    """report.html of a training run: `first` sections (e.g. the result), the loss curve from
+    metrics.jsonl, then the summary table."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl")
-    sections = [("Loss", loss_curve_svg(rows)), ("Summary", table_html(summary))]
+    sections = [*first, ("Loss", loss_curve_svg(rows)), ("Summary", table_html(summary))]
     path = run_dir / "report.html"
     write_html(path, f"lmforge run: {run_dir.name}", sections)
     return path
