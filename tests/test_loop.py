@@ -209,3 +209,14 @@ def test_ctrl_c_checkpoints_the_step_and_resume_matches(small_text, tmp_path):
     run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, out, resume=True, **common)))
     assert [r["loss"] for r in rows_of(out)] == [r["loss"] for r in rows_of(whole)]
     assert rows_of(out)[-1]["step"] == step + 5
+
+
+def test_ctrl_c_before_any_checkpoint_says_nothing_was_kept(tmp_path, monkeypatch, capsys):
+    from lmforge import pretrain
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "run", interrupted)
+    assert cli.main(["pretrain", "--out", str(tmp_path / "run"), "--data", "builtin:tinyshakespeare"]) == 130
+    assert "interrupted; no checkpoint was written" in capsys.readouterr().err

@@ -281,7 +281,7 @@ def test_best_checkpoint_by_metric_and_early_stopping(tmp_path):
                       early_stopping_patience=2)
     summary = fit(tiny_llama(), objective, cfg, tmp_path, evaluator=lambda module, runtime: {"accuracy": next(scores)}, flops_per_token=1.0)
     assert summary["stopped_by"] == "early_stopping" and summary["steps"] == 8
-    assert summary["best"] == {"metric": "accuracy", "value": 0.7, "step": 4}
+    assert summary["best"] == {"metric": "accuracy", "value": 0.7, "step": 4, "mode": "max"}
     assert (tmp_path / "best" / "model.safetensors").is_file() and (tmp_path / "best" / "config.json").is_file()
     with pytest.raises(LmforgeError, match="train.best_metric 'f1' is not among the evaluation metrics \\(accuracy\\)"):
         fit(tiny_llama(), objective, TrainConfig(max_steps=4, eval_every=2, best_metric="f1"), tmp_path / "x",

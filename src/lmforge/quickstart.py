@@ -21,7 +21,7 @@ DEMO = {
     "split": {"valid_fraction": 0.1, "split": "tail"},
     "model": {"family": "llama", "layers": 4, "heads": 4, "width": 128, "context": 64},
     "train": {"batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100, "beta2": 0.99,
-              "eval_every": 500, "log_every": 100, "save_every": 1000, "compile": True},
+              "eval_every": 500, "eval_windows": None, "log_every": 100, "save_every": 1000, "compile": "auto"},
 }
 
 
