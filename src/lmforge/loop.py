@@ -356,10 +356,13 @@ def choose_compile(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg
     step = lambda m: lambda: trial_step(m, sample, runtime.device, runtime.dtype)  # noqa: E731
     compiled = torch.compile(module)
     started = time.perf_counter()
+    failed = False
     try:
         step(compiled)()
     except Exception as err:  # noqa: BLE001 - any compiler failure means: train eagerly
         print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:120]}); training without it", flush=True)
+        failed = True
+    if runtime.proc.any(failed)[0]:  # one rank's failure makes every rank train eagerly
         return module, info
     compile_seconds = time.perf_counter() - started
     if setting == "auto" and resumed is None:
@@ -461,14 +464,15 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     runtime = Runtime(device, dtype, proc, micro)
     model.train()
     loss_module = LossModule(model, objective)
-    module: torch.nn.Module = loss_module
     sample = micro_batches(objective.batch(state.step), proc.rank, proc.world, micro)[0]
     attention = choose_attention(loss_module, sample, cfg, runtime, state.attention)
     state.attention = attention["kernel"]
-    if proc.world > 1:
-        module = torch.nn.parallel.DistributedDataParallel(loss_module)
-    forward, compiled = choose_compile(module, sample, cfg, runtime, state.compile)
+    # compile (and its trials) before DDP wraps the module: a trial that fails inside DDP would leave
+    # a reduction half done; DDP over a compiled module is supported and syncs the same gradients
+    module, compiled = choose_compile(loss_module, sample, cfg, runtime, state.compile)
     state.compile = compiled["choice"]
+    if proc.world > 1:
+        module = torch.nn.parallel.DistributedDataParallel(module)
     peak = hardware.peak_flops(device, dtype) * proc.world
     recent = collections.deque(maxlen=50)
     metrics: dict = {}
@@ -513,7 +517,7 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
                 sync = nullcontext() if (proc.world == 1 or last_part) else module.no_sync()
                 with sync:
                     with autocast(device, dtype):
-                        loss_sum = forward(**_device_batch(part, device))
+                        loss_sum = module(**_device_batch(part, device))
                     # / global count: every target weighs the same whatever the split; x world undoes DDP's mean
                     (loss_sum * (proc.world / count)).backward()
                 step_loss += loss_sum.detach().double().cpu()
