@@ -1,10 +1,14 @@
 """Fixtures for the corpus tests, built on the spot: English-like prose, HTML pages with
-navigation and boilerplate, PDFs with running headers and hyphenated line ends (fpdf2)."""
+navigation and boilerplate, Sphinx-style pages with highlighted code and permalinks, PDFs with
+running headers and hyphenated line ends (fpdf2)."""
 
 from __future__ import annotations
 
+import html
 import json
 import random
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 from lmforge import config as config_mod
@@ -43,9 +47,35 @@ def html_page(title: str, body: str) -> str:
 </body></html>"""
 
 
-def write_pdf(path: Path, pages: list[list[str]], header: str | None = None, footer: bool = True,
+def _highlighted(code: str) -> str:
+    """`code` marked up the way Pygments does in Sphinx: one span per token, spaces and newlines between."""
+    def token(match: re.Match) -> str:
+        text = match.group(0)
+        kind = "gp" if text in (">>> ", "... ") else "k" if text in ("def", "for", "if", "return", "in", "not") else "n"
+        return f'<span class="{kind}">{html.escape(text)}</span>'
+
+    return re.sub(r"^(?:>>> |\.\.\. )|[^\s]+", token, code, flags=re.MULTILINE)
+
+
+def sphinx_page(title: str, paragraphs: list[str], code: str) -> str:
+    """A page as Sphinx writes it: `¶` permalinks after headings and terms, code in a highlight block."""
+    link = '<a class="headerlink" href="#{0}" title="Permalink to this headline">¶</a>'
+    body = "".join(f"<p>{p}</p>" for p in paragraphs)
+    return f"""<!doctype html><html><head><title>{title} &#8212; Docs</title></head>
+<body><div class="related"><ul><li><a href="index.html">index</a></li><li><a href="modules.html">modules NAVLINK</a></li></ul></div>
+<div class="document"><div class="body" role="main"><section id="top">
+<h1>{title}{link.format("top")}</h1>{body}
+<dl class="py function"><dt class="sig sig-object py" id="all"><span class="sig-name descname">all</span>(iterable){link.format("all")}</dt>
+<dd><p>Return True if all elements of the iterable are true. Equivalent to:</p>
+<div class="highlight-python3 notranslate"><div class="highlight"><pre><span></span>{_highlighted(code)}
+</pre></div></div></dd></dl></section></div></div>
+<div class="footer">&#169; Copyright 2001-2023 BOILERPLATE Foundation.</div></body></html>"""
+
+
+def write_pdf(path: Path, pages: list[list[str]], header: str | Callable[[int], str | None] | None = None, footer: bool = True,
               encrypt_password: str | None = None) -> Path:
-    """A PDF whose pages have the given lines, a running header and a 'Page N of M' footer."""
+    """A PDF whose pages have the given lines, a running header (a text, or one per page number)
+    and a 'Page N of M' footer."""
     from fpdf import FPDF
 
     pdf = FPDF()
@@ -55,9 +85,10 @@ def write_pdf(path: Path, pages: list[list[str]], header: str | None = None, foo
     for number, lines in enumerate(pages, start=1):
         pdf.add_page()
         pdf.set_font("Helvetica", size=11)
-        if header:
+        text = header(number) if callable(header) else header
+        if text:
             pdf.set_xy(10, 8)
-            pdf.cell(text=header)
+            pdf.cell(text=text)
         pdf.set_xy(10, 25)
         for line in lines:
             pdf.cell(text=line, new_x="LMARGIN", new_y="NEXT")

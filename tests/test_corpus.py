@@ -20,17 +20,20 @@ from lmforge.corpus.snippets import Snipper, sentences
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def test_html_keeps_main_text_and_drops_navigation_scripts_styles_boilerplate(tmp_path):
+def test_html_keeps_main_text_and_drops_navigation_scripts_styles_boilerplate(tmp_path, monkeypatch):
     body = prose(1) + "\n\n" + prose(2)
     (tmp_path / "page.html").write_text(html_page("Valley farms", body), encoding="utf-8")
-    _, records, report = run_corpus([tmp_path / "page.html"], tmp_path / "out")
+    # A relative path makes the doc id, and so the split, the same in every run: "page.html" hashes to train.
+    monkeypatch.chdir(tmp_path)
+    _, records, report = run_corpus(["page.html"], tmp_path / "out")
     (record,) = all_records(records)
     text = record["text"]
     assert prose(1)[:80] in text and prose(2)[-80:] in text
     for noise in ("NAVLINK", "SCRIPTCODE", "NAVSTYLE", "trackingCode", "BOILERPLATE", "SIDEBAR"):
         assert noise not in text
     assert record["meta"]["title"] == "Valley farms" and record["meta"]["format"] == "html"
-    assert any("the valid split is empty" in w for w in report["warnings"]) or record in records["valid"]
+    assert record["source"] == "page.html" and records["train"] == [record]
+    assert [w.split(":")[0] for w in report["warnings"]] == ["the valid split is empty", "the test split is empty"]
     assert report["formats"]["html"]["files"] == 1
 
 
@@ -233,7 +236,9 @@ def test_output_folder_manifest_report_and_later_stages_read_it(tmp_path):
         (tmp_path / f"doc{i}.txt").write_text(prose(200 + i))
     folder, records, report = run_corpus([tmp_path], tmp_path / "out", workers=2, **{"extract.chunk_bytes": 3000})
     assert sorted(p.name for p in folder.iterdir()) == [
-        "config.yaml", "manifest.json", "report.html", "report.json", "test-00000.jsonl", "train-00000.jsonl", "valid-00000.jsonl"]
+        "config.yaml", "dropped.jsonl", "manifest.json", "report.html", "report.json", "test-00000.jsonl", "train-00000.jsonl",
+        "valid-00000.jsonl"]
+    assert (folder / "dropped.jsonl").read_text() == ""  # nothing was dropped
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["stage"] == "corpus" and manifest["status"] == "complete"
     assert manifest["shards"]["train"] == ["train-00000.jsonl"]
@@ -279,6 +284,19 @@ def test_big_text_file_is_cut_into_documents_at_paragraphs(tmp_path):
     assert len(texts) == report["summary"]["documents_in"] >= 6
     assert all(len(t) <= 2000 for t in texts)
     assert sorted(p for t in texts for p in t.split("\n\n")) == sorted(paragraphs)
+
+
+def test_split_group_file_keeps_a_long_files_pieces_together(tmp_path):
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(prose(900 + i + 100 * ord(name), sentences=4) for i in range(30)))
+    settings = {"extract.max_document_chars": 2000, "dedup.near": False, "filter.min_words": 1,
+                "split.valid_fraction": 0.3, "split.test_fraction": 0.3}
+    _, by_document, _ = run_corpus(sorted(tmp_path.glob("*.txt")), tmp_path / "docs", **settings)
+    _, by_file, _ = run_corpus(sorted(tmp_path.glob("*.txt")), tmp_path / "files", **settings, **{"split.group": "file"})
+    spread = lambda records: {Path(r["source"]).name: {s for s in records if any(x["source"] == r["source"] for x in records[s])}  # noqa: E731
+                              for s in records for r in records[s]}
+    assert any(len(splits) > 1 for splits in spread(by_document).values())  # pieces of one file scattered
+    assert all(len(splits) == 1 for splits in spread(by_file).values())  # each file whole in one split
 
 
 def test_cli_runs_the_stage(tmp_path, capsys):

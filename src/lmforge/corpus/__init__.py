@@ -4,7 +4,8 @@
         -> deduplicate (exact + MinHash LSH) -> documents or snippets -> train/valid/test shards
 
 The output folder holds `train-00000.jsonl`, `valid-00000.jsonl`, `test-00000.jsonl` (one JSON
-object per line: text, source, doc_id, meta), `manifest.json`, `report.json` and `report.html`.
+object per line: text, source, doc_id, meta), `dropped.jsonl` (one line per document left out:
+source, position, reason), `manifest.json`, `report.json` and `report.html`.
 """
 
 from lmforge.corpus.config import CorpusConfig

@@ -15,10 +15,11 @@ class ExtractConfig:
     metadata_fields: list[str] = option([], "fields (jsonl) or columns (csv) copied into each record's meta")
     html_focus: Literal["precision", "balanced", "recall"] = option("balanced", "trafilatura main-text extraction: precision drops more boilerplate, recall keeps more text")
     html_fallback: bool = option(False, "also run readability and jusText and keep the better extraction (trafilatura's default; about 1.5x slower)")
-    pdf_repeat_fraction: float = option(0.5, "a PDF line at the top or bottom of more than this fraction of pages is a header/footer and is removed")
+    pdf_repeat_fraction: float = option(0.5, "a PDF line at the top or bottom of more than this fraction of pages (or of the odd or even pages) is a header/footer and is removed; digits count as equal, and so does a line that starts or ends with the page number")
+    skip_source_copies: bool = option(True, "leave out Sphinx's `_sources/PAGE.rst.txt` copies whose rendered PAGE.html is also an input (the same text with reST markup); each is listed in dropped.jsonl")
     encoding_errors: Literal["replace", "skip"] = option("replace", "bytes that are not UTF-8: replace with U+FFFD (counted per file) or skip the whole file")
     max_document_chars: int = option(100_000, "a plain-text file longer than this is cut at blank lines into documents of at most this size")
-    chunk_bytes: int = option(8_000_000, "largest work unit: big .txt/.jsonl files are cut into line-aligned chunks of at most this many bytes, small files grouped up to it (smaller when needed to give every worker 4 units)")
+    chunk_bytes: int = option(8_000_000, "largest work unit: big .txt/.jsonl files are cut into line-aligned chunks of at most this many bytes, big .csv/.tsv/.gz files are read by the main process and handed out in batches of about as many characters, small files grouped up to it (smaller when needed to give every worker 4 units)")
 
 
 @dataclass
@@ -26,7 +27,7 @@ class CleanConfig:
     unicode_normalization: Literal["NFC", "NFKC", "none"] = option("NFC", "Unicode normal form applied to every document")
     fix_mojibake: bool = option(True, "repair mis-decoded text such as 'cafÃ©' -> 'café' with ftfy")
     control_chars: bool = option(True, "remove control characters other than newline and tab")
-    whitespace: bool = option(True, "spaces: runs inside a line collapse to one (indentation kept), line ends are stripped, at most one blank line in a row")
+    whitespace: bool = option(True, "spaces: runs inside a line collapse to one (indentation kept, also after a doctest prompt `>>> `, `... `), line ends are stripped, at most one blank line in a row")
     lowercase: bool = option(False, "lowercase every document")
     redact_emails: bool = option(False, "replace e-mail addresses with [EMAIL]")
     redact_phones: bool = option(False, "replace phone numbers with [PHONE]")
@@ -68,6 +69,7 @@ class SplitConfig:
     valid_fraction: float = option(0.05, "fraction of documents (after deduplication) in valid")
     test_fraction: float = option(0.05, "fraction of documents (after deduplication) in test")
     seed: int = option(0, "salt of the document-id hash that assigns splits; change it for a different split")
+    group: Literal["document", "file"] = option("document", "what is assigned to a split as a whole: each document (the pieces of a text file longer than extract.max_document_chars too, so one long file lands in every split, its pieces meeting at blank lines), or each input file with all its documents (held-out files: needs many files)")
 
 
 @dataclass

@@ -1,13 +1,17 @@
 """Read one input file (or a byte range of one) as documents, per format, streaming.
 
 Formats: plain text, Markdown (markdown-it tokens to plain text), HTML (trafilatura main text:
-no navigation, scripts, styles or boilerplate), PDF (see pdf.py), JSONL (one document per line,
+no navigation, scripts, styles or boilerplate; `<pre>` blocks keep their lines and indentation,
+header permalinks such as Sphinx's `¶` are dropped), PDF (see pdf.py), JSONL (one document per line,
 text in `extract.text_field`), CSV/TSV (one document per row, text in `extract.text_column`),
 DOCX (python-docx paragraphs and tables, in order), and gzip of any of them.
 
 A broken file raises ExtractionError; a broken record (a JSONL line that is not JSON) is
-appended to `problems` as "file:line: why" and the rest of the file is still read, so nothing
-read before a failure is lost.
+appended to `problems` as (position, "file:line: why") and the rest of the file is still read, so
+nothing read before a failure is lost.
+
+A big CSV/TSV or .gz file is read here by the main process (`read_in_batches`), which hands its
+documents to the workers in batches of about one work unit, in file order.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from lmforge.corpus.config import ExtractConfig
 from lmforge.corpus.errors import ExtractionError
@@ -33,6 +39,10 @@ SNIFF_BYTES = 8192
 # Above this share of U+FFFD after decoding, a "text" file is really binary.
 MAX_REPLACED_FRACTION = 0.1
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+# Permalinks next to headings and definitions: Sphinx and MkDocs `<a class="headerlink">¶</a>`,
+# and other generators' anchors whose only text is a mark.
+_PERMALINKS = ("//a[contains(concat(' ', normalize-space(@class), ' '), ' headerlink ')]"
+               " | //a[starts-with(@href, '#') and (normalize-space(.) = '¶' or normalize-space(.) = '§' or normalize-space(.) = '#')]")
 _PARAGRAPH_BREAK = "\n\n"
 
 
@@ -47,16 +57,36 @@ class RawDocument:
 
 @dataclass
 class ReadLog:
-    """What reading one file noticed besides documents."""
+    """What reading one file noticed besides documents; `raw` is the open file under any gzip
+    layer, whose position says how much of the input has been read."""
 
-    problems: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (position, "file:line: why")
     replaced_chars: int = 0
+    raw: BinaryIO | None = None
 
 
-def _open(part: FilePart):
-    if part.file.gzip:
-        return gzip.open(part.file.path, "rb")
-    return open(part.file.path, "rb")
+@dataclass
+class DocumentBatch:
+    """Documents of a streamed file, read in file order by the main process, for one worker."""
+
+    documents: list[RawDocument]
+    bytes: int  # input consumed for them (compressed bytes for .gz)
+    first: bool  # the file's first batch, which counts the file
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    replaced_chars: int = 0
+    failure: str | None = None
+
+
+@contextmanager
+def _open(part: FilePart, log: ReadLog | None = None) -> Iterator[BinaryIO]:
+    with open(part.file.path, "rb") as raw:
+        if log is not None:
+            log.raw = raw
+        if part.file.gzip:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+                yield handle
+        else:
+            yield raw
 
 
 def _read_all(part: FilePart) -> bytes:
@@ -88,8 +118,8 @@ def decode(data: bytes, errors: str, log: ReadLog) -> str:
     return text
 
 
-def _byte_blocks(part: FilePart) -> Iterator[bytes]:
-    with _open(part) as handle:
+def _byte_blocks(part: FilePart, log: ReadLog) -> Iterator[bytes]:
+    with _open(part, log) as handle:
         if part.start:
             handle.seek(part.start)
         remaining = None if part.end is None else part.end - part.start
@@ -108,7 +138,7 @@ def _byte_blocks(part: FilePart) -> Iterator[bytes]:
 def _text_blocks(part: FilePart, errors: str, log: ReadLog) -> Iterator[str]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict" if errors == "skip" else "replace")
     offset = part.start
-    for number, block in enumerate(_byte_blocks(part)):
+    for number, block in enumerate(_byte_blocks(part, log)):
         if number == 0:
             _check_not_binary(block)
             if part.start == 0 and block.startswith(codecs.BOM_UTF8):
@@ -158,7 +188,7 @@ def read_jsonl(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[Raw
     errors = "strict" if cfg.encoding_errors == "skip" else "replace"
     pending = b""
     line = part.first_line
-    for number, block in enumerate(_byte_blocks(part)):
+    for number, block in enumerate(_byte_blocks(part, log)):
         if number == 0:
             _check_not_binary(block)
         lines = (pending + block).split(b"\n")
@@ -176,13 +206,13 @@ def _jsonl_record(raw: bytes, path: str, line: int, cfg: ExtractConfig, errors: 
     try:
         record = json.loads(raw.decode("utf-8", errors=errors))
     except UnicodeDecodeError as err:
-        log.problems.append(f"{path}:{line}: bytes are not UTF-8 ({err.reason}); convert the file or set extract.encoding_errors: replace")
+        log.problems.append((f"line{line}", f"{path}:{line}: bytes are not UTF-8 ({err.reason}); convert the file or set extract.encoding_errors: replace"))
         return
     except ValueError as err:
-        log.problems.append(f"{path}:{line}: not valid JSON ({err}); fix or remove that line")
+        log.problems.append((f"line{line}", f"{path}:{line}: not valid JSON ({err}); fix or remove that line"))
         return
     if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
-        log.problems.append(f"{path}:{line}: no string field '{cfg.text_field}'; fix the line or set extract.text_field")
+        log.problems.append((f"line{line}", f"{path}:{line}: no string field '{cfg.text_field}'; fix the line or set extract.text_field"))
         return
     yield RawDocument(record[cfg.text_field], f"line{line}", {"line": line, **_copy_fields(record, cfg.metadata_fields)})
 
@@ -191,7 +221,7 @@ def read_table(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[Raw
     """One document per row of a .csv (RFC 4180 quoting) or .tsv (tabs, no quoting)."""
     csv.field_size_limit(1 << 30)
     tsv = part.file.format == "tsv"
-    with _open(part) as raw:
+    with _open(part, log) as raw:
         _check_not_binary(raw.peek(SNIFF_BYTES)[:SNIFF_BYTES] if hasattr(raw, "peek") else b"")
         errors = "strict" if cfg.encoding_errors == "skip" else "replace"
         handle = io.TextIOWrapper(raw, encoding="utf-8-sig", errors=errors, newline="")
@@ -203,7 +233,7 @@ def read_table(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[Raw
         for row in reader:
             text = row.get(cfg.text_column)
             if text is None:
-                log.problems.append(f"{part.file.path}:{reader.line_num}: the row has no '{cfg.text_column}' value; fix the row")
+                log.problems.append((f"row{reader.line_num}", f"{part.file.path}:{reader.line_num}: the row has no '{cfg.text_column}' value; fix the row"))
                 continue
             yield RawDocument(text, f"row{reader.line_num}", {"line": reader.line_num, **_copy_fields(row, cfg.metadata_fields)})
 
@@ -229,12 +259,37 @@ def markdown_to_text(source: str) -> str:
     return "\n\n".join(block for block in blocks if block.strip())
 
 
+def _prepared_tree(data: bytes):
+    """The page as an lxml tree without permalink marks, each `<pre>` reduced to one text span.
+
+    trafilatura keeps a `<pre>` verbatim only when it holds a single span (or highlight.js spans);
+    Sphinx and Pygments write one span per token, and such a block came out on one line
+    ("def all(iterable): for element in ..."). The newlines around the code put it on lines of its
+    own, also where trafilatura joins it to the paragraph before.
+    """
+    import trafilatura
+    from lxml import etree
+
+    tree = trafilatura.load_html(data)
+    if tree is None:
+        return data  # not HTML that lxml can parse; trafilatura says so by finding nothing
+    for link in tree.xpath(_PERMALINKS):
+        link.drop_tree()  # keeps the link's tail text
+    for pre in list(tree.iter("pre")):  # a list: the loop edits the tree
+        code = pre.text_content().strip("\n")
+        for child in list(pre):
+            pre.remove(child)
+        pre.text = None
+        etree.SubElement(pre, "span").text = f"\n{code}\n"
+    return tree
+
+
 def html_to_text(data: bytes, focus: str, fallback: bool = False) -> tuple[str, dict]:
     """Main text of an HTML page with trafilatura; '' when it finds no main content."""
     import trafilatura
 
     text = trafilatura.extract(
-        data, fast=not fallback, output_format="txt", include_comments=False, include_tables=True, include_images=False,
+        _prepared_tree(data), fast=not fallback, output_format="txt", include_comments=False, include_tables=True, include_images=False,
         include_links=False, favor_precision=focus == "precision", favor_recall=focus == "recall",
     )
     meta = {}
@@ -296,3 +351,39 @@ def read_documents(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator
         raise ExtractionError(f"bytes at offset {err.start} are not UTF-8; convert the file to UTF-8 or set extract.encoding_errors: replace") from None
     except csv.Error as err:
         raise ExtractionError(f"not valid {part.file.format.upper()} ({err}); fix the quoting of that row") from None
+
+
+def read_in_batches(part: FilePart, cfg: ExtractConfig, batch_chars: int) -> Iterator[DocumentBatch]:
+    """The documents of a whole file in batches of about `batch_chars` characters, in file order.
+
+    Runs in the main process for files that cannot be cut by byte offsets (CSV/TSV: quoted
+    newlines; .gz: no seeking); each batch is one work unit. A read error ends the file with a
+    last batch whose `failure` says why; the documents read before it are still handed out.
+    """
+    log = ReadLog()
+    documents: list[RawDocument] = []
+    chars, consumed, first = 0, 0, True
+
+    def batch(failure: str | None = None) -> DocumentBatch:
+        nonlocal documents, chars, consumed, first
+        position = part.file.size if failure is not None or log.raw is None or log.raw.closed else min(log.raw.tell(), part.file.size)
+        made = DocumentBatch(documents, position - consumed, first, log.problems[:], log.replaced_chars, failure)
+        log.problems.clear()
+        log.replaced_chars = 0
+        documents, chars, consumed, first = [], 0, position, False
+        return made
+
+    try:
+        for document in read_documents(part, cfg, log):
+            documents.append(document)
+            chars += len(document.text)
+            if chars >= batch_chars:
+                yield batch()
+    except ExtractionError as err:
+        yield batch(str(err))
+        return
+    except Exception as err:  # as in a worker: libraries raise anything on corrupt input
+        yield batch(f"{type(err).__name__}: {err}; the file may be corrupt")
+        return
+    log.raw = None  # closed by now: the last batch takes the rest of the file's bytes
+    yield batch()

@@ -1,11 +1,15 @@
 """The corpus folder's shards: `train-00000.jsonl`, `valid-00000.jsonl`, `test-00000.jsonl`, ...
+and `dropped.jsonl`, one line per document that was left out and why.
 
 Shards are written as `*.partial` and renamed when the run succeeds, so a failed run never leaves
 a folder that `lmforge tokenizer` or `lmforge shards` would take for a finished corpus.
+dropped.jsonl is written as the run goes and kept when it fails: it says why nothing was left.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 from lmforge.errors import LmforgeError
@@ -13,6 +17,7 @@ from lmforge.runfolder import stage_of
 
 SPLITS = ("train", "valid", "test")
 PARTIAL = ".partial"
+DROPPED_LOG = "dropped.jsonl"
 
 
 def prepare_out_folder(out: Path) -> None:
@@ -64,3 +69,19 @@ class ShardWriter:
             else:
                 partial.unlink(missing_ok=True)
         return [p.name for p in self.paths] if keep else []
+
+
+class DroppedLog:
+    """dropped.jsonl: one JSON object per dropped document, written as it comes (never held in
+    memory); `counts` per reason for the report."""
+
+    def __init__(self, out: Path):
+        self._handle = open(out / DROPPED_LOG, "w", encoding="utf-8")
+        self.counts: Counter[str] = Counter()
+
+    def write(self, entry: dict) -> None:
+        self.counts[entry["reason"]] += 1
+        self._handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self._handle.close()

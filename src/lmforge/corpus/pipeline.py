@@ -1,10 +1,14 @@
 """`lmforge corpus`: documents -> cleaned, filtered, deduplicated, split JSONL shards.
 
 Worker processes take work units (a few MB of input each), extract, clean, filter, sign
-(MinHash) and cut documents into records. The main process receives the units in input order,
-drops duplicates with one `DuplicateIndex`, assigns each surviving document to a split by a hash
-of its id and appends its records to the split's shard. Memory stays bounded: a few units in
-flight, plus about 2 KB of duplicate index per kept document.
+(MinHash) and cut documents into records. Big CSV/TSV and .gz files, which cannot be cut by byte
+offsets, are read by the main process itself and handed out as units of documents. The main
+process receives the units in input order, drops duplicates with one `DuplicateIndex`, assigns
+each surviving document to a split by a hash of its id and appends its records to the split's
+shard; every dropped document gets a line in dropped.jsonl (filter, duplicate of which kept
+document, unreadable record, failed file, source copy). Memory stays bounded: at most
+3 units per worker in flight (each about `extract.chunk_bytes` of input or less), plus about 2 KB
+of duplicate index per kept document.
 """
 
 from __future__ import annotations
@@ -25,15 +29,15 @@ from pathlib import Path
 import numpy as np
 
 from lmforge.corpus.clean import Cleaner
-from lmforge.corpus.config import CorpusConfig
+from lmforge.corpus.config import CorpusConfig, ExtractConfig
 from lmforge.corpus.dedup import DuplicateIndex, Signer, canonical_words, normalised_hash
 from lmforge.corpus.errors import ExtractionError
-from lmforge.corpus.extract import RawDocument, ReadLog, read_documents
+from lmforge.corpus.extract import RawDocument, ReadLog, read_documents, read_in_batches
 from lmforge.corpus.filters import QualityFilter
-from lmforge.corpus.output import SPLITS, ShardWriter, prepare_out_folder
+from lmforge.corpus.output import DROPPED_LOG, SPLITS, DroppedLog, ShardWriter, prepare_out_folder
 from lmforge.corpus.report import CorpusReport, Tally, excerpt
 from lmforge.corpus.snippets import Snipper, load_token_counter
-from lmforge.corpus.sources import FilePart, WorkUnit, plan_units, resolve_inputs
+from lmforge.corpus.sources import FilePart, WorkUnit, content_size, plan_units, resolve_inputs, unit_target
 from lmforge.errors import LmforgeError
 from lmforge.runfolder import RunFolder
 
@@ -47,6 +51,7 @@ class KeptDocument:
 
     doc_id: str
     source: str
+    position: str
     exact_hash: int
     signature: np.ndarray | None
     payload: bytes
@@ -55,6 +60,11 @@ class KeptDocument:
     words: int
     language: str | None
     excerpt: str
+
+
+# What a worker hands back for a unit, in input order: kept documents, and dropped ones as their
+# line of dropped.jsonl (a dict).
+UnitDocuments = list[KeptDocument | dict]
 
 
 class UnitWorker:
@@ -75,60 +85,76 @@ class UnitWorker:
             lines.append(json.dumps({"text": piece, "source": base["source"], "doc_id": base["doc_id"], "meta": meta}, ensure_ascii=False))
         return ("\n".join(lines) + "\n").encode("utf-8"), len(pieces)
 
-    def _document(self, raw: RawDocument, part: FilePart, tally: Tally) -> KeptDocument | None:
+    def _document(self, raw: RawDocument, part: FilePart, tally: Tally) -> KeptDocument | dict:
         source, fmt = part.file.path, part.file.format
         tally.counts["documents_in"] += 1
         tally.counts["chars_in"] += len(raw.text)
         text = self.cleaner(raw.text)
         verdict = self.filter.check(text)
+        doc_id = hashlib.blake2b(f"{source}\0{raw.position}".encode("utf-8"), digest_size=8).hexdigest()
         if verdict.reason is not None:
             tally.counts[f"filter.{verdict.reason}"] += 1
             tally.counts[f"filter.{verdict.reason}_chars"] += len(text)
             tally.example(f"filter.{verdict.reason}", f"{source} ({raw.position})", text or raw.text)
-            return None
-        doc_id = hashlib.blake2b(f"{source}\0{raw.position}".encode("utf-8"), digest_size=8).hexdigest()
+            return {"source": source, "position": raw.position, "doc_id": doc_id, "reason": "filter",
+                    "filter": verdict.reason, "chars": len(text), "words": verdict.words}
         meta = {"format": fmt, "language": verdict.language, "words": verdict.words, **raw.meta}
         payload, records = self._records(text, {"source": source, "doc_id": doc_id, "meta": meta})
         tally.counts[f"format.{fmt}.documents"] += 1
         tally.counts[f"format.{fmt}.chars"] += len(text)
         words = canonical_words(text)
-        return KeptDocument(doc_id, source, normalised_hash(words), self.signer.signature(words) if self.signer else None,
+        return KeptDocument(doc_id, source, raw.position, normalised_hash(words), self.signer.signature(words) if self.signer else None,
                             payload, records, len(text), verdict.words, verdict.language, excerpt(text))
 
-    def _read_part(self, part: FilePart, tally: Tally, kept: list[KeptDocument]) -> None:
+    def _count_input(self, part: FilePart, first: bool, size: int, tally: Tally) -> None:
         fmt = part.file.format
-        if part.chunk == 0:
+        if first:
             tally.counts["files_in"] += 1
             tally.counts[f"format.{fmt}.files"] += 1
-        size = (part.end if part.end is not None else part.file.size) - part.start
         tally.counts["bytes_in"] += size
         tally.counts[f"format.{fmt}.bytes"] += size
-        log = ReadLog()
+
+    def _take(self, raws: Iterable[RawDocument], part: FilePart, tally: Tally, documents: UnitDocuments) -> str | None:
+        """Clean, filter and sign `raws` into `documents`; the failure that ended the reading, if any."""
         try:
-            for raw in read_documents(part, self.config.extract, log):
-                document = self._document(raw, part, tally)
-                if document is not None:
-                    kept.append(document)
+            for raw in raws:
+                documents.append(self._document(raw, part, tally))
                 if raw.meta.get("running_lines_removed"):
                     tally.counts["pdf.running_lines_removed"] += raw.meta["running_lines_removed"]
         except ExtractionError as err:
-            self._fail(part, str(err), tally)
+            return str(err)
         except Exception as err:  # libraries raise anything on corrupt input; one file must not stop the run
-            self._fail(part, f"{type(err).__name__}: {err}; the file may be corrupt", tally)
-        tally.counts["record_problems"] += len(log.problems)
-        tally.problems.extend(log.problems)
-        tally.counts["replaced_chars"] += log.replaced_chars
+            return f"{type(err).__name__}: {err}; the file may be corrupt"
+        return None
 
-    def _fail(self, part: FilePart, message: str, tally: Tally) -> None:
-        tally.failures.append({"path": part.file.path, "format": part.file.format, "error": message})
-        tally.counts[f"format.{part.file.format}.failures"] += 1
+    def _after_read(self, part: FilePart, problems: list[tuple[str, str]], replaced: int, failure: str | None,
+                    tally: Tally, documents: UnitDocuments) -> None:
+        path = part.file.path
+        for position, message in problems:
+            documents.append({"source": path, "position": position, "reason": "unreadable_record", "error": message})
+        tally.counts["record_problems"] += len(problems)
+        tally.problems.extend(message for _, message in problems)
+        tally.counts["replaced_chars"] += replaced
+        if failure is not None:
+            tally.failures.append({"path": path, "format": part.file.format, "error": failure})
+            tally.counts[f"format.{part.file.format}.failures"] += 1
+            documents.append({"source": path, "position": None, "reason": "extraction_failed", "error": failure})
 
-    def process(self, unit: WorkUnit) -> tuple[list[KeptDocument], Tally]:
-        """Extract, clean, filter and sign every document of the unit."""
+    def process(self, unit: WorkUnit) -> tuple[UnitDocuments, Tally]:
+        """Extract (unless the main process did: `unit.batch`), clean, filter and sign every document of the unit."""
         tally = Tally(max_examples=self.config.report_examples)
-        kept: list[KeptDocument] = []
-        for part in unit.parts:
-            self._read_part(part, tally, kept)
+        documents: UnitDocuments = []
+        if unit.batch is not None:
+            part, batch = unit.parts[0], unit.batch
+            self._count_input(part, batch.first, batch.bytes, tally)
+            failure = self._take(batch.documents, part, tally, documents)
+            self._after_read(part, batch.problems, batch.replaced_chars, batch.failure or failure, tally, documents)
+        else:
+            for part in unit.parts:
+                self._count_input(part, part.chunk == 0, (part.end if part.end is not None else part.file.size) - part.start, tally)
+                log = ReadLog()
+                failure = self._take(read_documents(part, self.config.extract, log), part, tally, documents)
+                self._after_read(part, log.problems, log.replaced_chars, failure, tally, documents)
         for name, count in self.cleaner.counts.items():
             tally.counts[f"clean.{name}"] += count
         for name, count in self.cleaner.redacted.items():
@@ -136,7 +162,7 @@ class UnitWorker:
         for name, count in self.cleaner.chars_removed.items():
             tally.counts[f"clean.{name}_chars_removed"] += count
         self.cleaner.counts.clear(), self.cleaner.redacted.clear(), self.cleaner.chars_removed.clear()
-        return kept, tally
+        return documents, tally
 
 
 _WORKER: UnitWorker | None = None
@@ -147,7 +173,7 @@ def _init_worker(config: CorpusConfig) -> None:
     _WORKER = UnitWorker(config)
 
 
-def _process_unit(unit: WorkUnit) -> tuple[list[KeptDocument], Tally]:
+def _process_unit(unit: WorkUnit) -> tuple[UnitDocuments, Tally]:
     return _WORKER.process(unit)
 
 
@@ -226,36 +252,61 @@ def why_empty(report: CorpusReport, out: Path) -> str:
 
 
 class CorpusAssembler:
-    """Main-process side: drop duplicates, pick each survivor's split, append its records."""
+    """Main-process side: drop duplicates, pick each survivor's split, append its records, and log
+    every dropped document to dropped.jsonl."""
 
     def __init__(self, config: CorpusConfig, out: Path, report: CorpusReport):
         self.config, self.report = config, report
         self.index = DuplicateIndex(config.dedup)
-        self.kept_docs: list[tuple[str, str]] = []  # (doc_id, source) per kept number, for cluster reports
+        # (doc_id, source, position) per kept number, for dropped.jsonl and cluster reports; one
+        # string object per source file, not per document.
+        self.kept_docs: list[tuple[str, str, str]] = []
+        self._sources: dict[str, str] = {}
         self.writers = {split: ShardWriter(out, split, config.shard_bytes) for split in SPLITS}
+        self.dropped = DroppedLog(out)
 
-    def add(self, kept: list[KeptDocument], tally: Tally) -> None:
+    def add(self, documents: UnitDocuments, tally: Tally) -> None:
         self.report.tally.merge(tally)
         split_cfg = self.config.split
-        for doc in kept:
+        for doc in documents:
+            if isinstance(doc, dict):
+                self.dropped.write(doc)
+                continue
             match = self.index.match(doc.exact_hash, doc.signature)
             if match is not None:
-                self.report.duplicate(match.kept, self.kept_docs[match.kept], match.kind, match.similarity, doc)
+                kept_id, kept_source, kept_position = self.kept_docs[match.kept]
+                self.report.duplicate(match.kept, (kept_id, kept_source), match.kind, match.similarity, doc)
+                self.dropped.write({"source": doc.source, "position": doc.position, "doc_id": doc.doc_id,
+                                    "reason": f"{match.kind}_duplicate", "similarity": round(match.similarity, 3),
+                                    "duplicate_of": {"doc_id": kept_id, "source": kept_source, "position": kept_position}})
                 continue
-            self.kept_docs.append((doc.doc_id, doc.source))
-            split = assign_split(doc.doc_id, split_cfg.valid_fraction, split_cfg.test_fraction, split_cfg.seed)
+            source = self._sources.setdefault(doc.source, doc.source)
+            self.kept_docs.append((doc.doc_id, source, doc.position))
+            key = doc.source if split_cfg.group == "file" else doc.doc_id
+            split = assign_split(key, split_cfg.valid_fraction, split_cfg.test_fraction, split_cfg.seed)
             self.writers[split].write(doc.payload, doc.records)
             self.report.written(doc, split)
 
     def close(self, keep: bool) -> dict[str, list[str]]:
+        self.dropped.close()
         return {split: writer.close(keep=keep) for split, writer in self.writers.items()}
 
 
-def _stream(config: CorpusConfig, units: list[WorkUnit], workers: int, assembler: CorpusAssembler, total_bytes: int) -> None:
+def work_units(units: list[WorkUnit], extract: ExtractConfig, batch_chars: int) -> Iterator[WorkUnit]:
+    """The planned units, with each streamed file read here, lazily, into units of documents."""
+    for unit in units:
+        if not unit.stream:
+            yield unit
+            continue
+        for batch in read_in_batches(unit.parts[0], extract, batch_chars):
+            yield WorkUnit(unit.number, unit.parts, batch=batch)
+
+
+def _stream(config: CorpusConfig, units: Iterable[WorkUnit], workers: int, assembler: CorpusAssembler, total_bytes: int) -> None:
     started = last_progress = time.perf_counter()
     try:
-        for kept, tally in ordered_map(_process_unit, units, workers, _init_worker, (config,)):
-            assembler.add(kept, tally)
+        for documents, tally in ordered_map(_process_unit, units, workers, _init_worker, (config,)):
+            assembler.add(documents, tally)
             if time.perf_counter() - last_progress > PROGRESS_SECONDS:
                 last_progress = time.perf_counter()
                 done = assembler.report.tally.counts["bytes_in"]
@@ -274,20 +325,26 @@ def run(config: CorpusConfig) -> Path:
     started = time.perf_counter()
     validate(config)
     out = Path(config.out)
-    inventory = resolve_inputs(config.data, out)
+    inventory = resolve_inputs(config.data, out, config.extract.skip_source_copies)
     out.mkdir(parents=True, exist_ok=True)
     prepare_out_folder(out)
     folder = RunFolder(out, "corpus").start(config, inventory.roots)
     workers = config.workers or os.cpu_count() or 1
+    target = unit_target(inventory.files, config.extract.chunk_bytes, workers)
     units = plan_units(inventory.files, config.extract.chunk_bytes, workers)
-    workers = max(1, min(workers, len(units)))
+    expected_units = sum(-(-content_size(unit.parts[0].file) // target) if unit.stream else 1 for unit in units)
+    workers = max(1, min(workers, expected_units))
     report = CorpusReport(config.report_examples)
     report.tally.failures.extend(inventory.failures)
     report.skipped.update(inventory.skipped)
+    report.source_copies = inventory.source_copies
     assembler = CorpusAssembler(config, out, report)
-    _stream(config, units, workers, assembler, sum(f.size for f in inventory.files))
+    for copy in inventory.source_copies:
+        assembler.dropped.write({"source": copy["path"], "position": None, "reason": "source_copy", "rendered": copy["rendered"]})
+    _stream(config, work_units(units, config.extract, target), workers, assembler, sum(f.size for f in inventory.files))
     usable = len(assembler.kept_docs) > 0
     shards = assembler.close(keep=usable)
+    report.dropped = dict(assembler.dropped.counts)
     for split, fraction in (("valid", config.split.valid_fraction), ("test", config.split.test_fraction)):
         if usable and fraction > 0 and not report.splits[split]["documents"]:
             report.warnings.append(f"the {split} split is empty: {len(assembler.kept_docs)} document(s) are too few for "
@@ -299,7 +356,7 @@ def run(config: CorpusConfig) -> Path:
         folder.finish(status="failed", summary=payload["summary"])
         raise LmforgeError(why_empty(report, out))
     folder.finish(status="complete", summary=payload["summary"], shards=shards,
-                  splits=payload["splits"], report=["report.json", "report.html"])
+                  splits=payload["splits"], report=["report.json", "report.html", DROPPED_LOG])
     s = payload["summary"]
     print(f"corpus: {s['documents_out']:,} of {s['documents_in']:,} documents kept ({s['records_out']:,} records) "
           f"from {s['files_in']:,} files, {s['files_failed']} failed; {s['mb_per_second']} MB/s -> {out}", flush=True)

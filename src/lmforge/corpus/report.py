@@ -22,6 +22,11 @@ EXCERPT_CHARS = 240
 MAX_PROBLEMS = 200
 MAX_CLUSTERS_SHOWN = 20
 MAX_FAILURES_SHOWN = 500
+MAX_SOURCE_COPIES_SHOWN = 20
+# Which member of a duplicate cluster survives, as report.json states it.
+KEPT_IN_CLUSTER = ("the first in processing order, which puts rendered formats (HTML, PDF, DOCX) before the others "
+                   "(Markdown, text, JSONL, CSV), each in --data order with folders sorted by path: a rendered page wins "
+                   "over its source; doc ids and splits do not depend on this order")
 
 
 def excerpt(text: str) -> str:
@@ -72,6 +77,8 @@ class CorpusReport:
         self.skipped: Counter[str] = Counter()
         self.warnings: list[str] = []
         self.max_examples = max_examples
+        self.source_copies: list[dict] = []  # {"path", "rendered"}: Sphinx _sources copies left out
+        self.dropped: dict[str, int] = {}  # dropped.jsonl lines per reason
 
     def duplicate(self, kept: int, kept_doc: tuple[str, str], kind: str, similarity: float, doc) -> None:
         cluster = self.clusters.get(kept)
@@ -135,13 +142,15 @@ class CorpusReport:
             "filters": self._filters(),
             "dedup": {"exact_removed": counts["dedup.exact"], "near_removed": counts["dedup.near"],
                       "chars_removed": counts["dedup.exact_chars"] + counts["dedup.near_chars"],
-                      "clusters": len(self.clusters),
+                      "clusters": len(self.clusters), "kept_in_cluster": KEPT_IN_CLUSTER,
                       "largest_clusters": [vars(c) for c in clusters[:MAX_CLUSTERS_SHOWN]]},
             "languages": dict(self.languages.most_common()),
             "length_histogram_words": self._histogram(),
             "failures": self.tally.failures[:MAX_FAILURES_SHOWN],
             "record_problems": {"count": counts["record_problems"], "first": self.tally.problems},
             "skipped_suffixes": dict(self.skipped),
+            "source_copies_skipped": {"count": len(self.source_copies), "first": self.source_copies[:MAX_SOURCE_COPIES_SHOWN]},
+            "dropped": {"log": "dropped.jsonl", "by_reason": dict(sorted(self.dropped.items()))},
             "pdf_running_lines_removed": counts["pdf.running_lines_removed"],
             "undecodable_chars_replaced": counts["replaced_chars"],
         }
@@ -195,12 +204,20 @@ def render_html(report: dict) -> str:
     for name, f in report["filters"].items():
         parts.append(f"<h3>{html.escape(name)}: {f['documents']} documents, {f['chars']} chars</h3><ul>{_examples(f['examples'])}</ul>")
     d = report["dedup"]
-    parts.append(f"<h2>Duplicates</h2><p>exact removed: {d['exact_removed']}, near removed: {d['near_removed']}, clusters: {d['clusters']}</p>")
+    parts.append(f"<h2>Duplicates</h2><p>exact removed: {d['exact_removed']}, near removed: {d['near_removed']}, clusters: {d['clusters']}. "
+                 f"Kept from each cluster: {html.escape(d['kept_in_cluster'])}.</p>")
+    copies = report["source_copies_skipped"]
+    if copies["count"]:
+        parts.append(f"<p>{copies['count']} Sphinx source copies (<code>_sources/</code>) left out because their rendered page is an input "
+                     f"(extract.skip_source_copies), e.g. <code>{html.escape(copies['first'][0]['path'])}</code>.</p>")
     for c in d["largest_clusters"]:
         parts.append(f"<h3>{c['size']} documents, kept <code>{html.escape(c['kept_source'])}</code></h3><ul>{_examples(c['members'])}</ul>")
     parts += ["<h2>Length histogram</h2>", histogram_svg(report["length_histogram_words"]),
               "<h2>Languages</h2>", _table(list(report["languages"].items()), ["language", "documents"]),
               "<h2>Failures</h2>", _table([[f["path"], f["format"], f["error"]] for f in report["failures"]], ["file", "format", "error"])]
+    dropped = report["dropped"]
+    parts.append(f"<h2>Dropped documents</h2><p>One line per document in <code>{dropped['log']}</code> (source, position, reason, "
+                 "filter or the kept document it duplicates):</p>" + _table(list(dropped["by_reason"].items()), ["reason", "documents"]))
     problems = report["record_problems"]
     parts.append(f"<h2>Skipped records: {problems['count']}</h2><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems["first"]) + "</ul>")
     return "\n".join(parts)
