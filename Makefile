@@ -28,7 +28,6 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/shakespeare_quality.py
 	$(BIN)/python benchmarks/corpus_throughput.py
 	$(BIN)/python benchmarks/finetune_glue.py --threads 2
-	$(BIN)/python benchmarks/finetune_seeds.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

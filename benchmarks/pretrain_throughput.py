@@ -1,4 +1,4 @@
-"""Pretraining throughput: lmforge's training loop vs a plain Hugging Face `Trainer`.
+"""Pretraining throughput: lmforge's training loop vs a transformers `Trainer` set up as an expert would.
 
 Same model (built by `lmforge.model.build`, i.e. the stock transformers class and config),
 same tokenizer and token shards (the ones lmforge caches), same batch size and step count:
@@ -8,23 +8,32 @@ same tokenizer and token shards (the ones lmforge caches), same batch size and s
   mlm  BertForMaskedLM 4 layers x 4 heads x 256 wide, seq 128, batch 32, WordPiece 8192
        trained on the same text; the Trainer masks with DataCollatorForLanguageModeling(0.15)
 
-Three sides per task, each in its own subprocess (so peak RSS is per side, taken from
-`os.wait4`), run in rotating order and repeated, so the machine's drift and other people's
-load hit every side alike:
+Five sides per task, each run in its own subprocess (so peak RSS is per side, taken from `os.wait4`):
 
-  lmforge          `lmforge pretrain ...` with its defaults (precision auto = bf16 autocast
-                   on CPUs with AVX512-BF16/AMX, sparse MLM prediction, fused AdamW)
-  trainer          transformers.Trainer with its defaults (fp32 on CPU, fused AdamW)
-  trainer-bf16     the same Trainer with bf16=True, to separate precision from the loop
+  lmforge           `lmforge pretrain ...` as its recipe runs: precision auto (bf16 autocast on CPUs
+                    with AVX512-BF16/AMX), attention kernel chosen by timing, `--train.compile auto`
+                    (compiles, times a few steps each way, keeps the faster). The headline side.
+  lmforge-eager     the same with `--train.compile false`      (information row)
+  lmforge-compiled  the same with `--train.compile true`       (information row)
+  trainer-expert    transformers.Trainer with bf16=True and the fastest of {sdpa, eager} attention x
+                    {torch_compile off, on}, chosen by a short probe of all four before the repeats
+                    (the same kind of measurement as lmforge's own choices; probe times in the JSON).
+                    The headline peer: like-for-like.
+  trainer-defaults  transformers.Trainer out of the box (fp32 on CPU, sdpa, no compile, fused AdamW);
+                    a second, labelled row.
 
-Throughput counts training tokens only (batch x sequence per optimizer step), from the end
-of a warm-up step to the last step: no start-up, tokenizer training, evaluation or saving.
-Two estimates per run: `steady` (tokens / seconds over the whole post-warm-up span, the
-headline) and `median window` (median of the rates over log windows, 10 steps CLM and 5 MLM, robust to bursts of load
-from other processes). Ratios are lmforge / Trainer per repeat; the median is quoted.
+Sides run in the order E D L X C, then C X L D E (lmforge and trainer-expert adjacent, each first
+every other repeat), repeated, so the machine's drift and other load hit every side alike.
+Throughput counts training tokens only (batch x sequence per optimizer step), from the end of
+warm-up steps (compilation included there) to the last step: no start-up, tokenizer training,
+evaluation or saving. Two estimates per run: `steady` (tokens / seconds over the whole post-warm-up
+span, the headline) and `median window` (median of the log-window rates, 10 steps CLM and 5 MLM).
+The headline is lmforge / trainer-expert steady tokens/s per repeat, then their median;
+targets: CLM >= 1.3x, MLM >= 2x. Hosts of this machine kind differ (bf16 matmul peak 389-904
+GFLOP/s), so the bf16 and fp32 matmul peak is probed before every repeat and stated in every row.
 
-    .venv/bin/python benchmarks/pretrain_throughput.py            # full run: 3 repeats, ~10 minutes on 2 idle cores
-    .venv/bin/python benchmarks/pretrain_throughput.py --quick    # smoke run, ~2 minutes
+    .venv/bin/python benchmarks/pretrain_throughput.py            # full run: 3 repeats, ~25 minutes on 2 idle cores
+    .venv/bin/python benchmarks/pretrain_throughput.py --quick    # smoke run, ~8 minutes
 
 A run during which other processes kept more than --max-other-load cores busy (measured from
 /proc/stat minus the child's own CPU time) is discarded and run again, up to --retries times.
@@ -44,13 +53,37 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-SIDES = ("lmforge", "lmforge-compile", "trainer", "trainer-bf16")
-LMFORGE_SIDES = ("lmforge", "lmforge-compile")
+SIDES = ("lmforge-eager", "trainer-defaults", "lmforge", "trainer-expert", "lmforge-compiled")  # even repeats; odd ones run backwards
+LMFORGE_COMPILE = {"lmforge": None, "lmforge-eager": "false", "lmforge-compiled": "true"}  # None: --recipe-compile (auto)
+TRAINER_SIDES = ("trainer-expert", "trainer-defaults")
+HEADLINE = ("lmforge", "trainer-expert")
+
+
+@dataclass(frozen=True)
+class TrainerSetup:
+    """How one Trainer side is configured: precision, attention kernel (None: the model's default), compile."""
+
+    bf16: bool
+    attention: Optional[str]
+    compile: bool
+
+    @property
+    def label(self) -> str:
+        return f"{'bf16' if self.bf16 else 'fp32'}, {self.attention or 'default'} attention, {'torch_compile' if self.compile else 'no compile'}"
+
+    def argv(self) -> list[str]:
+        return (["--bf16"] if self.bf16 else []) + (["--attn", self.attention] if self.attention else []) + (["--compile"] if self.compile else [])
+
+
+TRAINER_DEFAULTS = TrainerSetup(bf16=False, attention=None, compile=False)
+EXPERT_CANDIDATES = [TrainerSetup(True, kernel, compile_) for kernel in ("sdpa", "eager") for compile_ in (False, True)]
 
 
 @dataclass
@@ -61,13 +94,13 @@ class Task:
     title: str
     overrides: dict[str, str]
     steps: int
-    skip_steps: int  # warm-up steps left out of the throughput
-    target: float  # lmforge / Trainer tokens/s the issue asks for
+    skip_steps: int  # warm-up steps (compilation included) left out of the throughput
+    probe_steps: int  # steps of each trainer-expert candidate's probe run
+    target: float  # lmforge / trainer-expert tokens/s the issue asks for
     log_every: int = 10  # lmforge --train.log_every, Trainer logging_steps, and the window of the median-window rate
     seq_len: int = 0
     batch_size: int = 0
     objective: str = "clm"
-    headline_side: str = "lmforge"  # the lmforge side that runs as its recipe does
 
     def __post_init__(self):
         self.seq_len = int(self.overrides["model.context"])
@@ -101,8 +134,7 @@ def make_tasks(quick: bool, clm_steps: int | None, mlm_steps: int | None) -> lis
             "model.layers": "4", "model.heads": "4", "model.width": "128", "model.context": "64",
             "train.batch_size": "12",
         },
-        steps=clm_steps or (60 if quick else 300), skip_steps=20, target=1.5,
-        headline_side="lmforge-compile",  # recipes/shakespeare_char.yaml sets train.compile: true
+        steps=clm_steps or (60 if quick else 300), skip_steps=20, probe_steps=40 if quick else 80, target=1.3,
     )
     mlm = Task(
         name="mlm",
@@ -112,7 +144,7 @@ def make_tasks(quick: bool, clm_steps: int | None, mlm_steps: int | None) -> lis
             "train.objective": "mlm", "model.family": "bert", "model.layers": "4", "model.heads": "4",
             "model.width": "256", "model.context": "128", "train.batch_size": "32",
         },
-        steps=mlm_steps or (30 if quick else 60), skip_steps=10, target=2.0, log_every=5,
+        steps=mlm_steps or (30 if quick else 60), skip_steps=10, probe_steps=15 if quick else 25, target=2.0, log_every=5,
     )
     return [clm, mlm]
 
@@ -158,6 +190,7 @@ def rates_from_marks(marks: list[tuple[int, float]], tokens_per_step: int, skip_
         "from_step": s0,
         "to_step": s1,
         "timed_seconds": round(t1 - t0, 3),
+        "ms_per_step": round(1e3 * (t1 - t0) / (s1 - s0), 2),
         "tokens_per_second": round((s1 - s0) * tokens_per_step / (t1 - t0), 1),
         "median_window_tokens_per_second": round(statistics.median(windows), 1),
         "window_tokens_per_second": [round(w, 1) for w in windows],
@@ -224,73 +257,120 @@ def child_env(cache: Path) -> dict[str, str]:
     return env
 
 
-def lmforge_command(task: Task, out: Path, compile_: bool = False) -> list[str]:
-    """`lmforge pretrain` argv for one run of `task` into `out` (`--train.compile true` for the compiled side)."""
-    argv = [str(REPO / ".venv" / "bin" / "lmforge"), "pretrain"]
-    for key, value in task.lmforge_overrides(str(out)).items():
-        argv += [f"--{key}", value]
-    return argv + (["--train.compile", "true"] if compile_ else [])
-
-
-def measure_peaks(peaks: dict[str, float], tries: int = 3) -> dict[str, float]:
-    """Best bf16 and fp32 square-matmul FLOP/s seen so far (lmforge's own probe, repeated): the MFU denominators."""
+def measure_peaks(tries: int = 3) -> dict[str, float]:
+    """The machine's bf16 and fp32 square-matmul GFLOP/s now (lmforge's probe, best of `tries`)."""
     import torch
 
     from lmforge import hardware
 
-    for dtype in (torch.bfloat16, torch.float32):
-        name = str(dtype).replace("torch.", "")
-        best = max(hardware.matmul_peak_flops(torch.device("cpu"), dtype) for _ in range(tries))
-        peaks[name] = max(peaks.get(name, 0.0), best)
-    return peaks
+    return {str(dtype).replace("torch.", ""): round(max(hardware.matmul_peak_flops(torch.device("cpu"), dtype) for _ in range(tries)) / 1e9, 1)
+            for dtype in (torch.bfloat16, torch.float32)}
 
 
-def run_lmforge(task: Task, workdir: Path, tag: str, env: dict[str, str], compile_: bool = False) -> dict:
-    """One lmforge run in a subprocess; throughput from metrics.jsonl, MFU and params from report.json.
+def measured(label: str, go: Callable[[str], dict], args: argparse.Namespace) -> list[dict]:
+    """Every attempt of one run: `go(tag)` again while other processes' load spoiled it (at most
+    --retries extra attempts); the last attempt is the one used (`used: true`)."""
+    attempts = []
+    for attempt in range(args.retries + 1):
+        quiet = wait_for_quiet(args.max_wait, args.max_other_load)
+        result = go(f"a{attempt}")
+        contaminated = result["other_busy_cores"] > args.max_other_load
+        retry = contaminated and attempt < args.retries
+        result.update(attempt=attempt, contaminated=contaminated, used=not retry, **quiet)
+        attempts.append(result)
+        print(f"{label:<40} {result['tokens_per_second']:>9,.0f} tok/s steady, {result['median_window_tokens_per_second']:>9,.0f} median window, "
+              f"{result['ms_per_step']:>7.1f} ms/step, peak RSS {result['peak_rss_mb']:,.0f} MiB, {result['wall_seconds']:.0f}s wall "
+              f"(other load: {quiet['busy_cores_before']} cores before, {result['other_busy_cores']} during)"
+              + (" -> other load too high, run again" if retry else ""), flush=True)
+        if not retry:
+            break
+    return attempts
 
-    The compiled side compiles before step 1 (outside the timed steps); its wall time includes it."""
-    name = "lmforge-compile" if compile_ else "lmforge"
-    out = workdir / f"{name}-{task.name}-{tag}"
-    argv = lmforge_command(task, out, compile_)
-    child = run_child(argv, workdir / f"{name}-{task.name}-{tag}.log", env)
+
+# --------------------------------------------------------------------------- the lmforge sides
+
+
+def lmforge_command(task: Task, out: Path, compile_setting: str) -> list[str]:
+    """`lmforge pretrain` argv for one run of `task` into `out` with `--train.compile <compile_setting>`."""
+    argv = [str(REPO / ".venv" / "bin" / "lmforge"), "pretrain"]
+    for key, value in task.lmforge_overrides(str(out)).items():
+        argv += [f"--{key}", value]
+    return argv + ["--train.compile", compile_setting]
+
+
+def run_lmforge(task: Task, workdir: Path, side: str, compile_setting: str, tag: str, env: dict[str, str]) -> dict:
+    """One lmforge run in a subprocess; throughput from metrics.jsonl; kernel, compile choice, MFU and params from report.json.
+
+    Compilation (and with `auto`, its timing) happens before or within the excluded warm-up steps; wall time includes it."""
+    out = workdir / f"{side}-{task.name}-{tag}"
+    log_path = workdir / f"{side}-{task.name}-{tag}.log"
+    child = run_child(lmforge_command(task, out, compile_setting), log_path, env)
     if child["returncode"] != 0:
-        raise RuntimeError(f"lmforge run failed ({child['returncode']}); log: {workdir / f'{name}-{task.name}-{tag}.log'}")
+        raise RuntimeError(f"lmforge run failed ({child['returncode']}); log: {log_path}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     report = json.loads((out / "report.json").read_text())
     marks = [(r["step"], r["elapsed_seconds"]) for r in rows if r.get("tokens_per_second") is not None or r["step"] == report["steps"]]
-    rates = rates_from_marks(marks, task.tokens_per_step, task.skip_steps)
+    compile_info = report.get("compile") or {"setting": compile_setting, "choice": {"true": "compiled", "false": "eager"}.get(compile_setting)}
     return {
-        **child, **rates,
+        **child, **rates_from_marks(marks, task.tokens_per_step, task.skip_steps),
         "report_mfu": round(report["mfu"], 4),
         "report_tokens_per_second": report["tokens_per_second"],
         "report_peak_rss_mb": report["peak_rss_mb"],
+        "report_peak_flops": report["peak_flops"],
         "precision": report["precision"],
+        "attention": report.get("attention"),
+        "attention_ms": report.get("attention_ms"),
+        "compile": compile_info,
         "params": report["params"],
         "flops_per_token": report["flops_per_token"],
-        "report_peak_flops": report["peak_flops"],
         "final_train_loss": rows[-1]["loss"],
         "val_loss": report["val_loss"],
     }
 
 
-def run_trainer(task: Task, prepared: dict, workdir: Path, tag: str, bf16: bool, env: dict[str, str]) -> dict:
-    """One Trainer run in a subprocess of this script (`--child trainer`)."""
-    side = "trainer-bf16" if bf16 else "trainer"
-    result_path = workdir / f"{side}-{task.name}-{tag}.json"
+# --------------------------------------------------------------------------- the Trainer sides
+
+
+def run_trainer(task: Task, prepared: dict, workdir: Path, side: str, setup: TrainerSetup, tag: str, env: dict[str, str],
+                steps: int | None = None) -> dict:
+    """One Trainer run in a subprocess of this script (`--child trainer`), `steps` optimizer steps (default: the task's)."""
+    name = f"{side}-{task.name}-{tag}"
+    result_path = workdir / f"{name}.json"
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", "trainer", "--task", task.name,
-            "--steps", str(task.steps), "--tokenizer", prepared["tokenizer"], "--shards", prepared["shards"],
-            "--child-out", str(workdir / f"{side}-{task.name}-{tag}"), "--result", str(result_path)]
-    if bf16:
-        argv.append("--bf16")
-    child = run_child(argv, workdir / f"{side}-{task.name}-{tag}.log", env)
+            "--steps", str(steps or task.steps), "--tokenizer", prepared["tokenizer"], "--shards", prepared["shards"],
+            "--child-out", str(workdir / name), "--result", str(result_path), *setup.argv()]
+    child = run_child(argv, workdir / f"{name}.log", env)
     if child["returncode"] != 0:
-        raise RuntimeError(f"Trainer run failed ({child['returncode']}); log: {workdir / f'{side}-{task.name}-{tag}.log'}")
+        raise RuntimeError(f"Trainer run failed ({child['returncode']}); log: {workdir / f'{name}.log'}")
     result = json.loads(result_path.read_text())
     rates = rates_from_marks([tuple(m) for m in result.pop("marks")], task.tokens_per_step, task.skip_steps)
-    return {**child, **rates, **result}
+    return {**child, **rates, **result, "trainer_setup": asdict(setup), "setup": setup.label}
 
 
-# --------------------------------------------------------------------------- the Trainer side (child process)
+def probe_expert(task: Task, prepared: dict, workdir: Path, env: dict[str, str], args: argparse.Namespace) -> dict:
+    """The expert Trainer's configuration: a `task.probe_steps` run of each of {sdpa, eager} x
+    {torch_compile off, on} in bf16, the fastest post-warm-up ms/step kept (a candidate that fails is
+    recorded and skipped)."""
+    candidates = []
+    for setup in EXPERT_CANDIDATES:
+        tag = f"probe-{setup.attention}-{'compiled' if setup.compile else 'eager'}"
+        try:
+            attempts = measured(f"[{task.name} probe] {setup.label}",
+                                lambda attempt: run_trainer(task, prepared, workdir, "trainer-expert", setup, f"{tag}-{attempt}", env, task.probe_steps), args)
+        except RuntimeError as err:
+            print(f"[{task.name} probe] {setup.label}: failed ({err}); not a candidate", flush=True)
+            candidates.append({"setup": asdict(setup), "label": setup.label, "error": str(err)})
+            continue
+        used = attempts[-1]
+        candidates.append({"setup": asdict(setup), "label": setup.label, "ms_per_step": used["ms_per_step"],
+                           "tokens_per_second": used["tokens_per_second"], "median_window_tokens_per_second": used["median_window_tokens_per_second"],
+                           "wall_seconds": used["wall_seconds"], "attn_implementation": used["attn_implementation"], "attempts": attempts})
+    timed = [c for c in candidates if "ms_per_step" in c]
+    if not timed:
+        raise RuntimeError(f"[{task.name}] every trainer-expert candidate failed; logs in {workdir}")
+    best = min(timed, key=lambda c: c["ms_per_step"])
+    print(f"[{task.name}] trainer-expert: {best['label']} (" + ", ".join(f"{c['label']} {c.get('ms_per_step', 'failed')} ms/step" for c in candidates) + ")", flush=True)
+    return {"steps": task.probe_steps, "warmup_steps_excluded": task.skip_steps, "candidates": candidates, "chosen": best["setup"], "chosen_label": best["label"]}
 
 
 def trainer_child(args: argparse.Namespace) -> None:
@@ -314,6 +394,8 @@ def trainer_child(args: argparse.Namespace) -> None:
     tokens = TokenShards.open(args.shards).train
     torch.manual_seed(cfg.train.seed)
     model = model_mod.build(cfg.model, tokenizer, cfg.train.objective)  # the same stock class and config as lmforge's
+    if args.attn:
+        model.set_attn_implementation(args.attn)
 
     mlm = task.objective == "mlm"
     span = task.seq_len - 2 if mlm else task.seq_len  # mlm: [CLS] + span + [SEP] = seq_len, as lmforge packs it
@@ -361,6 +443,7 @@ def trainer_child(args: argparse.Namespace) -> None:
         dataloader_num_workers=0,
         use_cpu=True,
         bf16=args.bf16,
+        torch_compile=args.compile,
         disable_tqdm=True,
         seed=cfg.train.seed,
     )
@@ -369,6 +452,7 @@ def trainer_child(args: argparse.Namespace) -> None:
     trainer = Trainer(model=model, args=training_args, train_dataset=Windows(task.steps * task.batch_size, cfg.train.seed),
                       data_collator=collator, callbacks=[marks])
     output = trainer.train()
+    optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # inside accelerate's wrapper
     result = {
         "marks": marks.marks,
         "precision": "bfloat16" if args.bf16 else "float32",
@@ -377,8 +461,9 @@ def trainer_child(args: argparse.Namespace) -> None:
         "flops_per_token": model_mod.flops_per_token(model, task.seq_len, 1.0),
         "final_train_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
         "train_loss": output.training_loss,
-        "optimizer": type(trainer.optimizer).__name__ + (" (fused)" if trainer.optimizer.defaults.get("fused") else ""),
+        "optimizer": type(optimizer).__name__ + (" (fused)" if optimizer.defaults.get("fused") else ""),
         "attn_implementation": model.config._attn_implementation,
+        "torch_compile": args.compile,
         "threads": torch.get_num_threads(),
         "self_peak_rss_mb": round(hardware.peak_rss_mb(), 1),
     }
@@ -415,53 +500,89 @@ def machine() -> dict:
 
 
 def side_order(repeat: int) -> list[str]:
-    """Rotate the three sides so that each one runs first, second and third across repeats."""
-    shift = repeat % len(SIDES)
-    return list(SIDES[shift:] + SIDES[:shift])
+    """SIDES forwards on even repeats, backwards on odd ones: lmforge and trainer-expert stay adjacent
+    and take turns going first; every side sees early and late positions."""
+    return list(SIDES if repeat % 2 == 0 else SIDES[::-1])
 
 
-def summarise(task: Task, runs: list[dict], peak_flops: float) -> dict:
+def tally(values: list) -> str:
+    """`sdpa` when every run made the same choice, else `sdpa x2, eager x1`."""
+    counts = Counter(str(v) for v in values)
+    return next(iter(counts)) if len(counts) == 1 else ", ".join(f"{k} x{n}" for k, n in counts.most_common())
+
+
+def side_setup(rows: list[dict]) -> str:
+    """What a side ran with, in words (lmforge: the kernel and compile choices its runs made)."""
+    first = rows[0]
+    if "trainer_setup" in first:
+        setup = TrainerSetup(**first["trainer_setup"])
+        kernel = setup.attention or f"{tally([r['attn_implementation'] for r in rows])} (the model's default)"
+        return f"{'bf16' if setup.bf16 else 'fp32'}, {kernel} attention, {'torch_compile' if setup.compile else 'no compile'}, {first['optimizer']}"
+    compile_ms = [r["compile"].get("ms") for r in rows if r["compile"].get("ms")]
+    timed = ""
+    if compile_ms:
+        timed = " (per micro-batch: " + "; ".join(f"eager {ms.get('eager', 0):.1f} / compiled {ms.get('compiled', 0):.1f} ms" for ms in compile_ms) + ")"
+    return (f"{first['precision']}, {tally([r['attention'] for r in rows])} attention (timed), "
+            f"compile {str(first['compile']['setting']).lower()}: {tally([r['compile'].get('choice') or '?' for r in rows])}{timed}")
+
+
+def summarise(task: Task, runs: list[dict], peak_bf16_gflops: float, probe: dict) -> dict:
     """Medians per side and lmforge/Trainer ratios per repeat (then their median).
 
-    MFU: model FLOPs per token x steady tokens/s / `peak_flops` (the machine's best bf16 matmul rate).
+    MFU: model FLOPs per token x steady tokens/s / `peak_bf16_gflops` (the best bf16 matmul rate of the run).
     """
-    by_side = {side: [r for r in runs if r["side"] == side] for side in SIDES}
+    by_side = {side: sorted((r for r in runs if r["side"] == side), key=lambda r: r["repeat"]) for side in SIDES}
     sides = {}
     for side, rows in by_side.items():
         sides[side] = {
+            "setup": side_setup(rows),
             "tokens_per_second": statistics.median(r["tokens_per_second"] for r in rows),
             "median_window_tokens_per_second": statistics.median(r["median_window_tokens_per_second"] for r in rows),
-            "mfu": statistics.median(r["flops_per_token"] * r["tokens_per_second"] / peak_flops for r in rows),
+            "ms_per_step": statistics.median(r["ms_per_step"] for r in rows),
+            "mfu": statistics.median(r["flops_per_token"] * r["tokens_per_second"] / (peak_bf16_gflops * 1e9) for r in rows),
             "flops_per_token": rows[0]["flops_per_token"],
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
             "precision": rows[0]["precision"],
+            "matmul_peak_gflops": [r["matmul_peak_gflops"] for r in rows],
             "other_busy_cores": [r["other_busy_cores"] for r in rows],
         }
-        if side in LMFORGE_SIDES:
-            sides[side]["report_mfu"] = statistics.median(r["report_mfu"] for r in rows)
+        if side in LMFORGE_COMPILE:
+            sides[side].update(report_mfu=statistics.median(r["report_mfu"] for r in rows),
+                               attention=[r["attention"] for r in rows], compile=[r["compile"] for r in rows])
     ratios = {}
-    for ours in LMFORGE_SIDES:
-        for baseline in ("trainer", "trainer-bf16"):
+    for ours in LMFORGE_COMPILE:
+        for baseline in TRAINER_SIDES:
             for key in ("tokens_per_second", "median_window_tokens_per_second"):
-                per_repeat = []
-                for rep in sorted({r["repeat"] for r in runs}):
-                    a = next(r for r in by_side[ours] if r["repeat"] == rep)
-                    b = next(r for r in by_side[baseline] if r["repeat"] == rep)
-                    per_repeat.append(round(a[key] / b[key], 3))
+                per_repeat = [round(a[key] / b[key], 3) for a, b in zip(by_side[ours], by_side[baseline])]
                 ratios[f"{ours}/{baseline}:{key}"] = {"per_repeat": per_repeat, "median": round(statistics.median(per_repeat), 3)}
-    headline = ratios[f"{task.headline_side}/trainer:tokens_per_second"]["median"]
+    headline = ratios[f"{HEADLINE[0]}/{HEADLINE[1]}:tokens_per_second"]
     return {
         "title": task.title,
         "steps": task.steps,
         "warmup_steps_excluded": task.skip_steps,
         "tokens_per_step": task.tokens_per_step,
+        "trainer_expert_probe": probe,
         "sides": sides,
         "ratios": ratios,
-        "headline_side": task.headline_side,
+        "headline": f"{HEADLINE[0]} / {HEADLINE[1]}, steady tokens/s",
         "target": task.target,
-        "ratio": headline,
-        "target_met": headline >= task.target,
+        "ratio_per_repeat": headline["per_repeat"],
+        "ratio": headline["median"],
+        "target_met": headline["median"] >= task.target,
     }
+
+
+def ratio_text(task: dict, side: str) -> str:
+    """The ratio cell of one row: lmforge sides vs trainer-expert; Trainer sides as lmforge (recipe) / this side."""
+    if side in LMFORGE_COMPILE:
+        r = task["ratios"][f"{side}/trainer-expert:tokens_per_second"]
+        text = f"{r['median']:.2f}x vs trainer-expert {r['per_repeat']}"
+        if side == HEADLINE[0]:
+            text = f"**{text}**; target {task['target']:.1f}x: {'met' if task['target_met'] else 'MISSED'}"
+        return text
+    steady = task["ratios"][f"lmforge/{side}:tokens_per_second"]
+    window = task["ratios"][f"lmforge/{side}:median_window_tokens_per_second"]["median"]
+    return f"lmforge {steady['median']:.2f}x this {steady['per_repeat']} (median window {window:.2f}x)"
 
 
 def table_rows(summary: dict) -> list[list[str]]:
@@ -469,23 +590,34 @@ def table_rows(summary: dict) -> list[list[str]]:
     rows = []
     for name, task in summary["tasks"].items():
         for side, s in task["sides"].items():
-            if side in LMFORGE_SIDES:
-                steady = task["ratios"][f"{side}/trainer:tokens_per_second"]["median"]
-                ratio = f"{steady:.2f}x vs trainer"
-                if side == task["headline_side"]:
-                    ratio += f" (recipe setting); target {task['target']:.1f}x: {'met' if task['target_met'] else 'MISSED'}"
-                mfu = f"{s['mfu']:.1%} (report {s['report_mfu']:.1%})"
-            else:
-                steady = task["ratios"][f"lmforge/{side}:tokens_per_second"]["median"]
-                window = task["ratios"][f"lmforge/{side}:median_window_tokens_per_second"]["median"]
-                ratio = f"{steady:.2f}x ({window:.2f}x)"
-                mfu = f"{s['mfu']:.1%}"
-            rows.append([name, side, s["precision"], f"{s['tokens_per_second']:,.0f}", f"{s['median_window_tokens_per_second']:,.0f}",
-                         mfu, f"{s['peak_rss_mb']:,.0f}", ratio])
+            mfu = f"{s['mfu']:.1%}" + (f" (report {s['report_mfu']:.1%})" if "report_mfu" in s else "")
+            peaks = ", ".join(f"{p['bfloat16']:.0f}/{p['float32']:.0f}" for p in s["matmul_peak_gflops"])
+            label = f"{side} (out of the box)" if side == "trainer-defaults" else f"{side} (like-for-like peer)" if side == "trainer-expert" else side
+            rows.append([name, label, s["setup"], f"{s['tokens_per_second']:,.0f}", f"{s['median_window_tokens_per_second']:,.0f}",
+                         mfu, f"{s['peak_rss_mb']:,.0f}", peaks, ratio_text(task, side)])
     return rows
 
 
-HEADER = ["task", "side", "precision", "tokens/s steady", "tokens/s median window", "MFU", "peak RSS MiB", "lmforge / this side: steady (median window)"]
+HEADER = ["task", "side", "setup", "tokens/s steady", "tokens/s median window", "MFU", "peak RSS MiB",
+          "matmul peak bf16/fp32 GFLOP/s per repeat", "lmforge / Trainer: median [per repeat]"]
+
+
+def peak_range(summary: dict, dtype: str) -> str:
+    values = [p[dtype] for p in summary["matmul_peaks"]]
+    return f"{min(values):,.0f}-{max(values):,.0f}" if min(values) != max(values) else f"{values[0]:,.0f}"
+
+
+def probe_lines(summary: dict) -> list[str]:
+    """The trainer-expert probe of each task as a small table."""
+    lines = ["", "trainer-expert probe (bf16; one run of each candidate before the repeats; post-warm-up ms per optimizer step; the fastest is kept):", "",
+             "| task | candidate | ms/step | tokens/s | chosen |", "|---|---|---|---|---|"]
+    for name, task in summary["tasks"].items():
+        probe = task["trainer_expert_probe"]
+        for c in probe["candidates"]:
+            timing = (f"{c['ms_per_step']:.1f} | {c['tokens_per_second']:,.0f}") if "ms_per_step" in c else "failed | -"
+            lines.append(f"| {name} ({probe['steps']} steps, first {probe['warmup_steps_excluded']} excluded) | {c['label']} | {timing} | "
+                         f"{'yes' if c['label'] == probe['chosen_label'] else ''} |")
+    return lines
 
 
 def markdown(summary: dict) -> str:
@@ -495,40 +627,48 @@ def markdown(summary: dict) -> str:
         "# Pretraining throughput: lmforge vs transformers Trainer",
         "",
         f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), transformers {m['transformers']}, "
-        f"{m['date']}, commit {m['git_commit'][:10]}.",
+        f"{m['date']}, commit {m['git_commit'][:10]}. Matmul peak probe of this host (2048^3, best of 3 x 0.4 s, before every repeat): "
+        f"bf16 {peak_range(summary, 'bfloat16')} GFLOP/s, fp32 {peak_range(summary, 'float32')} GFLOP/s "
+        "(hosts of this kind measured 389-904 bf16: compare sides within one run only).",
         "",
         f"Command: `{summary['command']}`",
+        "",
+        "Headline (like-for-like): lmforge as its recipe runs / trainer-expert, steady tokens/s, per repeat and median: "
+        + "; ".join(f"**{name}** {t['ratio']:.2f}x {t['ratio_per_repeat']} (target {t['target']:.1f}x: {'met' if t['target_met'] else 'MISSED'})"
+                    for name, t in summary["tasks"].items()) + ".",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
     ]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
+    lines += probe_lines(summary)
     lines += ["", "Tasks:"]
     for name, task in summary["tasks"].items():
         lines.append(f"- **{name}**: {task['title']}; {task['steps']} steps per run, first {task['warmup_steps_excluded']} excluded, "
-                     f"{task['tokens_per_step']:,} tokens/step; ratios per repeat of {task['headline_side']} (steady tokens/s): "
-                     f"vs trainer {task['ratios'][task['headline_side'] + '/trainer:tokens_per_second']['per_repeat']}, "
-                     f"vs trainer-bf16 {task['ratios'][task['headline_side'] + '/trainer-bf16:tokens_per_second']['per_repeat']}.")
+                     f"{task['tokens_per_step']:,} tokens/step; trainer-expert = {task['trainer_expert_probe']['chosen_label']}.")
     lines += [
         "",
         "Notes:",
-        "- `trainer` is `transformers.Trainer` with its defaults (fp32 on CPU, fused AdamW); `trainer-bf16` adds `bf16=True`. "
-        "lmforge runs `lmforge pretrain` with its defaults (precision auto = bf16 autocast here; MLM sends only the masked rows through the vocabulary head).",
-        "- tokens/s counts batch x sequence tokens per optimizer step, from the end of the warm-up steps to the last step "
+        f"- `lmforge` runs `lmforge pretrain` as the recipe does: precision auto (bf16 autocast here), attention kernel timed "
+        f"(`--train.attention auto`), `--train.compile {summary['recipe_compile']}`; MLM sends only the masked rows through the vocabulary head. "
+        "`lmforge-eager` / `lmforge-compiled` pin compile off / on (information rows). "
+        "`trainer-expert` is `transformers.Trainer` with `bf16=True` and the fastest of sdpa/eager attention x torch_compile off/on (probe above); "
+        "`trainer-defaults` is the Trainer out of the box (fp32 on CPU, the model's default attention, no compile), a second row the headline does not use. "
+        "Both Trainer sides use its default fused AdamW and the same model, token windows, batch, sequence length, steps and learning-rate schedule as lmforge.",
+        "- tokens/s counts batch x sequence tokens per optimizer step, from the end of the warm-up steps (compilation happens there) to the last step "
         "(start-up, tokenizer training, evaluation and saving excluded). *Steady* is tokens over that whole span; "
         "*median window* is the median of the log-window rates (10 steps CLM, 5 MLM), less sensitive to bursts of load from other processes.",
-        f"- MFU = model FLOPs per token (lmforge's formula: 6 x matmul params + attention) x steady tokens/s / the best measured "
-        f"bf16 matmul rate of this machine ({summary['peak_flops']['bfloat16'] / 1e9:,.0f} GFLOP/s; fp32: "
-        f"{summary['peak_flops']['float32'] / 1e9:,.0f} GFLOP/s), the same denominator for every row. lmforge's MLM FLOPs count the "
-        "vocabulary head for the 15% masked rows only (what it computes); the Trainer's count it for every row (what it computes). "
-        "lmforge's own report.json MFU (whole run, warm-up included, its own peak probe) is in the JSON as `report_mfu`.",
+        f"- MFU = model FLOPs per token (lmforge's formula: 6 x matmul params + attention) x steady tokens/s / the best bf16 matmul rate "
+        f"probed in this run ({summary['peak_gflops']['bfloat16']:,.0f} GFLOP/s; fp32 best {summary['peak_gflops']['float32']:,.0f}), the same "
+        "denominator for every row, fp32 rows included. lmforge's MLM FLOPs count the vocabulary head for the 15% masked rows only (what it computes); "
+        "the Trainer's count it for every row (what it computes). lmforge's own report.json MFU (whole run, its own peak probe) is `report`.",
         "- Peak RSS is each side's own process (`os.wait4`), including Python, torch and transformers; the largest over the repeats.",
         f"- Other processes' load during each run used (busy cores besides the benchmark's own child, in run order): "
         f"{summary['other_busy_cores_during_runs']}. This machine has {m['cores']} cores; load from others slows "
         "whichever side runs at the time, by up to 30x here (torch's 2 OpenMP threads stall whenever one is descheduled), "
         f"so a run during which others kept more than {summary['max_other_load']} cores busy was run again (at most "
         f"{summary['retries']} times): {summary['discarded_runs']} runs discarded (kept in the JSON with `used: false`), "
-        f"{summary['used_runs_over_load_limit']} used runs still over the limit. Sides rotate order per repeat; medians are quoted.",
+        f"{summary['used_runs_over_load_limit']} used runs still over the limit. Order: {summary['order']}; medians are quoted.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -547,13 +687,25 @@ def print_table(summary: dict) -> None:
     for name in HEADER:
         table.add_column(name, justify="right" if name.startswith(("tokens", "MFU", "peak")) else "left")
     for row in table_rows(summary):
-        table.add_row(*row)
-    Console(width=180).print(table)
+        table.add_row(*(cell.replace("**", "") for cell in row))
+    Console(width=220).print(table)
+
+
+def check_compile_setting(setting: str) -> None:
+    """Fail before any run when this lmforge does not accept `--train.compile <setting>`."""
+    import typing
+
+    from lmforge.loop import TrainConfig
+
+    allowed = typing.get_args(typing.get_type_hints(TrainConfig)["compile"]) or (True, False)
+    if setting == "auto" and "auto" not in allowed:
+        sys.exit("this lmforge has no `--train.compile auto` yet; pass --recipe-compile true or false")
 
 
 def orchestrate(args: argparse.Namespace) -> dict:
-    """Prepare data, run every side of every task `repeats` times in rotating order, summarise."""
+    """Prepare data; per task, probe the expert Trainer's setup, then run every side `repeats` times in alternating order; summarise."""
     tasks = [t for t in make_tasks(args.quick, args.clm_steps, args.mlm_steps) if t.name in args.tasks]
+    check_compile_setting(args.recipe_compile)
     workdir = Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     cache = Path(args.cache) if args.cache else workdir / "cache"
     os.environ["LMFORGE_CACHE"] = str(cache)
@@ -566,41 +718,40 @@ def orchestrate(args: argparse.Namespace) -> dict:
         print(f"[{task.name}] tokenizer {prepared[task.name]['tokenizer']}, shards {prepared[task.name]['shards']} "
               f"({prepared[task.name]['prepare_seconds']}s)", flush=True)
     runs: list[dict] = []
-    peaks: dict[str, float] = {}
+    peaks: list[dict] = []
+    probes: dict[str, dict] = {}
     for task in tasks:
-        measure_peaks(peaks)
+        probes[task.name] = probe_expert(task, prepared[task.name], workdir, env, args)
+        expert = TrainerSetup(**probes[task.name]["chosen"])
         for repeat in range(args.repeats):
+            peak = measure_peaks()
+            peaks.append({"task": task.name, "repeat": repeat, **peak})
+            print(f"[{task.name} r{repeat}] matmul peak: bf16 {peak['bfloat16']:,.0f} GFLOP/s, fp32 {peak['float32']:,.0f} GFLOP/s", flush=True)
             for side in side_order(repeat):
-                for attempt in range(args.retries + 1):
-                    quiet = wait_for_quiet(args.max_wait, args.max_other_load)
-                    tag = f"r{repeat}a{attempt}"
-                    if side in LMFORGE_SIDES:
-                        result = run_lmforge(task, workdir, tag, env, compile_=side == "lmforge-compile")
-                    else:
-                        result = run_trainer(task, prepared[task.name], workdir, tag, side == "trainer-bf16", env)
-                    contaminated = result["other_busy_cores"] > args.max_other_load
-                    result.update(task=task.name, side=side, repeat=repeat, attempt=attempt, contaminated=contaminated, used=False, **quiet)
-                    runs.append(result)
-                    retry = contaminated and attempt < args.retries
-                    print(f"[{task.name} r{repeat}] {side:<13} {result['tokens_per_second']:>9,.0f} tok/s steady, "
-                          f"{result['median_window_tokens_per_second']:>9,.0f} median window, "
-                          f"peak RSS {result['peak_rss_mb']:,.0f} MiB, {result['wall_seconds']:.0f}s wall "
-                          f"(other load: {quiet['busy_cores_before']} cores before, {result['other_busy_cores']} during)"
-                          + (" -> other load too high, run again" if retry else ""), flush=True)
-                    if not retry:
-                        result["used"] = True
-                        break
+                label = f"[{task.name} r{repeat}] {side}"
+                if side in LMFORGE_COMPILE:
+                    setting = LMFORGE_COMPILE[side] or args.recipe_compile
+                    attempts = measured(label, lambda tag: run_lmforge(task, workdir, side, setting, f"r{repeat}{tag}", env), args)
+                else:
+                    setup = expert if side == "trainer-expert" else TRAINER_DEFAULTS
+                    attempts = measured(label, lambda tag: run_trainer(task, prepared[task.name], workdir, side, setup, f"r{repeat}{tag}", env), args)
+                for result in attempts:
+                    result.update(task=task.name, side=side, repeat=repeat, matmul_peak_gflops=peak)
+                runs += attempts
+    best_peaks = {dtype: max(p[dtype] for p in peaks) for dtype in ("bfloat16", "float32")}
     summary = {
         "machine": machine(),
         "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/pretrain_throughput.py", *args.argv]),
-        "lmforge_commands": {t.name: " ".join(shlex.quote(a) for a in lmforge_command(t, Path("OUT"))) for t in tasks},
+        "lmforge_commands": {t.name: " ".join(shlex.quote(a) for a in lmforge_command(t, Path("OUT"), args.recipe_compile)) for t in tasks},
+        "recipe_compile": args.recipe_compile,
         "repeats": args.repeats,
         "retries": args.retries,
-        "order": "sides rotate per repeat: " + "; ".join(",".join(side_order(r)) for r in range(args.repeats)),
+        "order": "repeat 1: " + ", ".join(side_order(0)) + "; repeat 2 backwards; and so on",
         "prepared": prepared,
-        "peak_flops": measure_peaks(peaks),
+        "matmul_peaks": peaks,
+        "peak_gflops": best_peaks,
         "max_other_load": args.max_other_load,
-        "tasks": {t.name: summarise(t, [r for r in runs if r["task"] == t.name and r["used"]], peaks["bfloat16"]) for t in tasks},
+        "tasks": {t.name: summarise(t, [r for r in runs if r["task"] == t.name and r["used"]], best_peaks["bfloat16"], probes[t.name]) for t in tasks},
         "other_busy_cores_during_runs": [r["other_busy_cores"] for r in runs if r["used"]],
         "discarded_runs": sum(not r["used"] for r in runs),
         "used_runs_over_load_limit": sum(r["used"] and r["contaminated"] for r in runs),
@@ -617,7 +768,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="runs per side per task (default 3, quick 1)")
     parser.add_argument("--tasks", nargs="+", default=["clm", "mlm"], choices=["clm", "mlm"])
     parser.add_argument("--clm-steps", type=int, default=None, help="optimizer steps per CLM run (default 300)")
-    parser.add_argument("--mlm-steps", type=int, default=None, help="optimizer steps per MLM run (default 70)")
+    parser.add_argument("--mlm-steps", type=int, default=None, help="optimizer steps per MLM run (default 60)")
+    parser.add_argument("--recipe-compile", default="auto", choices=["auto", "true", "false"],
+                        help="--train.compile of the headline lmforge side, as the recipe sets it (default auto)")
     parser.add_argument("--max-wait", type=float, default=60.0, help="seconds to wait before each run for other load to drop")
     parser.add_argument("--max-other-load", type=float, default=0.2,
                         help="a run during which other processes kept more than this many cores busy is run again (up to --retries times)")
@@ -633,6 +786,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--attn", choices=["sdpa", "eager"], help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.argv = argv
     if args.repeats is None:
@@ -654,7 +809,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(out + ".md").write_text(markdown(summary))
         print(f"wrote {out}.json and {out}.md")
     for name, task in summary["tasks"].items():
-        print(f"{name}: lmforge/Trainer {task['ratio']:.2f}x (target {task['target']}x: {'met' if task['target_met'] else 'missed'})")
+        print(f"{name}: lmforge / trainer-expert {task['ratio']:.2f}x {task['ratio_per_repeat']} "
+              f"(target {task['target']}x: {'met' if task['target_met'] else 'missed'})")
     return 0
 
 
