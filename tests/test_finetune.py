@@ -377,3 +377,15 @@ def test_best_seed_follows_the_selection_direction(tiny_bert, sentiment, tmp_pat
     assert summary["best_seed"] == chosen
     assert torch.equal(load_file(str(out / "final" / "model.safetensors"))["classifier.weight"],
                        load_file(str(out / f"seed_{chosen}" / "final" / "model.safetensors"))["classifier.weight"])
+
+
+def test_length_grouping_by_task(tiny_bert, sentiment, tmp_path):
+    from lmforge import config as config_mod
+    from lmforge.finetune import FinetuneConfig, groups_by_length
+
+    def config(**values):
+        return config_mod.resolve(FinetuneConfig, None, values)
+
+    assert groups_by_length(config(task="classification")) and groups_by_length(config(task="qa"))
+    assert not groups_by_length(config(task="ner"))  # grouped NER batches cost ~1 entity F1 (ner_ab.md)
+    assert groups_by_length(config(task="ner", **{"training.group_by_length": "true"}))

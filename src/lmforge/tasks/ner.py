@@ -3,6 +3,11 @@
 A sentence longer than `max_length` sub-tokens is cut, between words, into consecutive pieces
 that each fit; every piece is a row, and predictions are joined back per sentence, so no word
 goes untagged and entities are scored over whole sentences.
+
+A word the tokenizer turns into no sub-token at all (a zero-width space, a soft hyphen, a lone
+combining mark) is invisible to the model: it carries no training label and is predicted "O".
+Each row records which of its words own a first sub-token (`meta["has_token"]`), so the
+predictions at the labelled positions go to those words, in order, and to no other.
 """
 
 from __future__ import annotations
@@ -28,6 +33,16 @@ def align_labels(word_ids: list, tag_ids: list[int]) -> list[int]:
         labels.append(IGNORE if word is None or word == previous else tag_ids[word])
         previous = word
     return labels
+
+
+def has_token(word_ids: list, words: int) -> list[bool]:
+    """Whether each of a row's `words` owns a sub-token (False: tokenized to nothing, or cut off).
+
+    >>> has_token([None, 0, 0, 2, None], 3)
+    [True, False, True]
+    """
+    present = set(word_ids)
+    return [word in present for word in range(words)]
 
 
 def word_line(sentence_where: str, index: int) -> str:
@@ -106,7 +121,8 @@ class NerTask:
             columns["labels"].append(align_labels(encoded.word_ids(r), tag_ids))
         sequence = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": 0, "labels": IGNORE}
         meta = {"sentence": [i for i, _, _ in rows], "where": [sentences[i].where for i, _, _ in rows],
-                "words": [sentences[i].words[a:b] for i, a, b in rows], "tags": [sentences[i].tags[a:b] for i, a, b in rows]}
+                "words": [sentences[i].words[a:b] for i, a, b in rows], "tags": [sentences[i].tags[a:b] for i, a, b in rows],
+                "has_token": [has_token(encoded.word_ids(r), b - a) for r, (_, a, b) in enumerate(rows)]}
         return Features(columns, {k: v for k, v in sequence.items() if k in columns}, meta)
 
     # --- training -----------------------------------------------------------------------------
@@ -132,10 +148,10 @@ class NerTask:
         """Predicted IOB2 tag per word, one list per sentence (its pieces joined in order)."""
         out: list[list[str]] = []
         previous = None
-        for row, labels, words, sentence in zip(logits, features.columns["labels"], features.meta["words"], features.meta["sentence"]):
-            positions = torch.as_tensor(labels[: len(row)]) != IGNORE
-            ids = row[positions].argmax(-1).tolist()
-            tags = [self.labels[i] for i in ids] + ["O"] * (len(words) - len(ids))  # only a word past max_length on its own
+        for row, labels, has, sentence in zip(logits, features.columns["labels"], features.meta["has_token"], features.meta["sentence"]):
+            # labelled positions: the first sub-tokens (full model) or the cached rows (head mode), in word order
+            ids = iter(row[torch.as_tensor(labels[: len(row)]) != IGNORE].argmax(-1).tolist())
+            tags = [self.labels[next(ids)] if seen else "O" for seen in has]  # a word without sub-tokens: "O"
             if sentence == previous:
                 out[-1].extend(tags)
             else:
