@@ -12,7 +12,8 @@ Five sides per task, each run in its own subprocess (so peak RSS is per side, ta
 
   lmforge           `lmforge pretrain ...` as its recipe runs: precision auto (bf16 autocast on CPUs
                     with AVX512-BF16/AMX), attention kernel chosen by timing, `--train.compile auto`
-                    (compiles, times a few steps each way, keeps the faster). The headline side.
+                    (compiles with eager attention and with the uncompiled winner, times a few steps
+                    each way, keeps the fastest step). The headline side.
   lmforge-eager     the same with `--train.compile false`      (information row)
   lmforge-compiled  the same with `--train.compile true`       (information row)
   trainer-expert    transformers.Trainer with bf16=True and the fastest of {sdpa, eager} attention x
@@ -521,7 +522,11 @@ def side_setup(rows: list[dict]) -> str:
     compile_ms = [r["compile"].get("ms") for r in rows if r["compile"].get("ms")]
     timed = ""
     if compile_ms:
-        timed = " (per micro-batch: " + "; ".join(f"eager {ms.get('eager', 0):.1f} / compiled {ms.get('compiled', 0):.1f} ms" for ms in compile_ms) + ")"
+        def one(ms: dict) -> str:
+            by_kernel = ms.get("compiled_by_attention")
+            compiled = (" / compiled " + ", ".join(f"{k} {v:.1f}" for k, v in by_kernel.items())) if by_kernel else f" / compiled {ms.get('compiled', 0):.1f}"
+            return (f"eager {ms['eager']:.1f}" if "eager" in ms else "") + compiled + " ms"
+        timed = " (per micro-batch: " + "; ".join(one(ms) for ms in compile_ms) + ")"
     return (f"{first['precision']}, {tally([r['attention'] for r in rows])} attention (timed), "
             f"compile {str(first['compile']['setting']).lower()}: {tally([r['compile'].get('choice') or '?' for r in rows])}{timed}")
 

@@ -157,6 +157,32 @@ def test_compile_auto_times_both_and_records_the_choice(tmp_path):
     assert checkpoint.read_state(checkpoint.latest(tmp_path))["compile"] == faster  # a resumed run keeps it
 
 
+def test_compile_times_eager_attention_beside_the_uncompiled_choice(tmp_path, monkeypatch):
+    """Uncompiled, an SDPA kernel can win; compiled, inductor fuses eager attention: both are compiled
+    and timed, and the kernel of the fastest step is the one the run trains with and records."""
+    from lmforge import attention as attention_mod
+
+    def pretend_sdpa_won(model, step, dtype, device, repeats=3):
+        attention_mod.use(model, "sdpa")
+        return "sdpa", {"sdpa": 1.0, "sdpa_fp32": 2.0, "eager": 3.0}
+
+    monkeypatch.setattr(attention_mod, "choose", pretend_sdpa_won)
+    cfg = TrainConfig(max_steps=2, eval_every=1000, precision="bf16", warmup_steps=1, compile="auto", save_every=0)
+    model = tiny_llama()
+    summary = fit(model, clm_objective(), cfg, tmp_path, flops_per_token=1.0)
+    info = summary["compile"]
+    assert set(info["ms"]["compiled_by_attention"]) == {"eager", "sdpa"}
+    assert info["ms"]["compiled"] == min(info["ms"]["compiled_by_attention"].values())
+    if info["choice"] == "compiled":
+        assert info["ms"]["compiled"] < info["ms"]["eager"]
+        expected = min(info["ms"]["compiled_by_attention"], key=info["ms"]["compiled_by_attention"].get)
+    else:
+        assert info["ms"]["eager"] <= info["ms"]["compiled"]
+        expected = "sdpa"
+    assert summary["attention"] == expected == model.config._attn_implementation
+    assert checkpoint.read_state(checkpoint.latest(tmp_path))["attention"] == expected  # a resume keeps it
+
+
 def test_compile_flag_parses_from_yaml_and_cli():
     assert config_mod.resolve(PretrainConfig, None, {"train.compile": "true"}).train.compile is True
     cfg = config_mod.resolve(PretrainConfig, None, {"train.compile": "auto"})

@@ -68,3 +68,20 @@ def test_masking_is_a_function_of_the_generator_seed():
     other = objective.mask(input_ids, torch.Generator().manual_seed(1))
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["labels"], other["labels"])
+
+
+def test_sparse_head_rows_have_one_size_whatever_the_masked_count():
+    """A fixed row count keeps compiled shapes fixed; padding rows carry no loss."""
+    size = objectives.selection_size(4096, 0.15)
+    assert size % 16 == 0 and 4096 * 0.15 + 3 * (4096 * 0.15 * 0.85) ** 0.5 < size < 4096 * 0.15 * 1.25
+    for count in (0, 500, 614, size):
+        labels = torch.full((4096,), objectives.IGNORE)
+        labels[torch.randperm(4096)[:count]] = 7
+        rows, targets = objectives.padded_selection(labels, size)
+        assert rows.shape == targets.shape == (size,)
+        assert int((targets != objectives.IGNORE).sum()) == count
+        assert torch.equal(torch.sort(rows[:count]).values, (labels != objectives.IGNORE).nonzero().squeeze(1))
+    labels = torch.full((4096,), 7)  # more than the size: rounded up to a multiple of 64 instead
+    rows, _ = objectives.padded_selection(labels, size)
+    assert rows.numel() == 4096
+    assert objectives.selection_size(10, 0.15) == 10  # never more rows than positions
