@@ -16,7 +16,7 @@ test split. Every finished run is kept in benchmarks/results/ner_ab.json (keyed 
 and seed), so runs can be added a few at a time; ner_ab.md is rewritten from it.
 Threads: 1 on both sides; on a shared machine wall times are not comparable, F1 is.
 Finding (CONCLUSION below, numbers in ner_ab.md): length-grouped training batches cost ~1 F1 on
-both sides; lmforge's training batches are now random (tasks/objective.py).
+both sides; lmforge's NER training batches are now random (finetune.groups_by_length).
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ CONCLUSION = """
   tokens per batch, +0.11 over 6 seeds; it changes the gradient share of short CoNLL sentences from 40% to 15%),
   warm-up 3% vs 6% of the steps (-0.02). Not differences here: which sub-tokens carry labels and sentence splitting
   (both sides train on the same encoded rows; no CoNLL sentence exceeds 128 sub-tokens, 3 of 2,000 NCBI ones do).
-- Fix (src/lmforge/tasks/objective.py): training batches are random by default (`TaskObjective(group_chunk=1)`);
+- Fix (src/lmforge/finetune.py, `--training.group_by_length auto`): NER training batches are random (`TaskObjective(group_chunk=1)`;
+  classification and QA still group by length);
   inference still sorts by length. After it (`lmforge_default`): CoNLL-2003 77.59 ± 0.61 vs Trainer 76.95 ± 1.16
   (+0.65 ± 0.91), NCBI-disease 73.98 ± 0.80 vs 73.83 ± 0.82 (+0.14 ± 1.14), 6 seeds each: within the Trainer's seed
   spread on both. Cost: a random batch pads to its longest row, 2.4x the computed tokens of grouped batches on

@@ -65,25 +65,27 @@ def encode_with_word_ids(task, tokenizer, examples, max_length, labelled=True):
     return features
 
 
-def test_perfect_logits_score_f1_one_with_zero_subtoken_words(tokenizer, zero_words):
+def perfect_round_trip(tokenizer, max_length: int):
+    """Encode `sentences()` at `max_length`, score perfect logits; (features, word tags, entity F1, gold)."""
     examples = sentences()
     task = NerTask.from_train(examples, data.FormatConfig())
-    features = encode_with_word_ids(task, tokenizer, examples, 128)
+    features = encode_with_word_ids(task, tokenizer, examples, max_length)
     gold = [s.tags for s in examples]
     logits = perfect_logits(task, features, gold)
-    assert task.word_tags(logits, features) == gold
-    assert task.metrics(logits, features)["f1"] == 1.0
+    return features, task.word_tags(logits, features), task.metrics(logits, features)["f1"], gold
+
+
+def test_perfect_logits_score_f1_one_with_zero_subtoken_words(tokenizer, zero_words):
+    _, tags, f1, gold = perfect_round_trip(tokenizer, 128)
+    assert tags == gold
+    assert f1 == 1.0
 
 
 def test_sentences_split_at_max_length_keep_each_tag_on_its_word(tokenizer, zero_words):
-    examples = sentences()
-    task = NerTask.from_train(examples, data.FormatConfig())
-    features = encode_with_word_ids(task, tokenizer, examples, 4)  # 2 sub-tokens per piece: every sentence is cut
-    assert all(features.meta["sentence"].count(i) > 1 for i in range(len(examples)))
-    gold = [s.tags for s in examples]
-    logits = perfect_logits(task, features, gold)
-    assert task.word_tags(logits, features) == gold
-    assert task.metrics(logits, features)["f1"] == 1.0
+    features, tags, f1, gold = perfect_round_trip(tokenizer, 4)  # 2 sub-tokens per piece: every sentence is cut
+    assert all(features.meta["sentence"].count(i) > 1 for i in range(len(gold)))
+    assert tags == gold
+    assert f1 == 1.0
 
 
 def test_unlabelled_prediction_keeps_each_tag_on_its_word(tokenizer, zero_words):

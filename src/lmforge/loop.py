@@ -396,9 +396,9 @@ def choose_compile(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg
                 if kernel is not None:
                     attention_mod.use(module, kernel)
                 ms[(is_compiled, kernel)] = min(ms[(is_compiled, kernel)], _best_step_ms(step(compiled if is_compiled else module), repeats))
-    winner = candidates[runtime.proc.from_main(min(range(len(candidates)), key=lambda i: ms[candidates[i]] if timed else 0.0))]
-    best = min(kernels, key=lambda k: ms[(True, k)]) if timed else kernels[0]
-    best = kernels[runtime.proc.from_main(kernels.index(best))]
+    # rank 0's timings decide for every rank (untimed: every ms is inf, the first candidate wins)
+    winner = candidates[runtime.proc.from_main(min(range(len(candidates)), key=lambda i: ms[candidates[i]]))]
+    best = min(kernels, key=lambda k: ms[(True, k)])  # the fastest compiled step, for the record
     info["kernel"] = winner[1]
     if winner[1] is not None:
         attention_mod.use(module, winner[1])
@@ -512,8 +512,7 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     # a reduction half done; DDP over a compiled module is supported and syncs the same gradients
     module, compiled = choose_compile(loss_module, sample, cfg, runtime, attention, state.compile)
     state.compile = compiled["choice"]
-    if compiled.get("kernel", attention["kernel"]) != attention["kernel"]:  # compiled, another kernel won
-        attention = {"kernel": compiled["kernel"], "ms": attention["ms"]}
+    attention["kernel"] = compiled.get("kernel", attention["kernel"])  # compiled, another kernel may have won
     state.attention = attention["kernel"]
     if proc.world > 1:
         module = torch.nn.parallel.DistributedDataParallel(module)
