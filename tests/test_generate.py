@@ -168,3 +168,14 @@ def test_fill_mask_encodes_the_text_line_by_line_as_training_did(small_text, tmp
         expected = model(input_ids=torch.tensor([ids])).logits[0, position].softmax(-1).topk(3).values
     results = fill_mask(model, tokenizer, text, top_k=3)
     assert [p for _, p in results[0]] == pytest.approx(expected.tolist(), rel=1e-5)
+
+
+def test_generate_and_evaluate_take_a_run_folder(char_llama, small_text, tmp_path, capsys):
+    """`--model runs/NAME` works wherever `runs/NAME/final` does (generate said "train a tokenizer")."""
+    from lmforge.evaluate import EvaluateConfig, run as evaluate
+
+    run_dir = char_llama.parent
+    run_generate(config_mod.resolve(GenerateConfig, None, {"model": str(run_dir), "prompt": "ROMEO:", "max_new_tokens": 4}))
+    assert "ROMEO:" in capsys.readouterr().out
+    evaluate(config_mod.resolve(EvaluateConfig, None, {"model": str(run_dir), "data": [str(small_text)], "out": str(tmp_path / "eval")}))
+    assert (tmp_path / "eval" / "report.json").is_file()

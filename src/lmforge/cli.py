@@ -8,6 +8,7 @@ only turns flags into that config. Only the chosen stage's module is imported, s
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 from pathlib import Path
@@ -44,12 +45,44 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def stage_parser(stage: str) -> tuple[argparse.ArgumentParser, type, object]:
+class StageParser(argparse.ArgumentParser):
+    """A stage's flags: whole names only (`--train.max_minute` is not taken for `--train.max_minutes`),
+    and a mistake is one line with the nearest valid flag, not the usage of 60 options."""
+
+    def error(self, message: str):
+        raise LmforgeError(f"{message}; see `{self.prog} --help`")
+
+    def flags(self) -> list[str]:
+        return [flag for action in self._actions for flag in action.option_strings if flag.startswith("--")]
+
+    def parse_stage_args(self, args: list[str]) -> argparse.Namespace:
+        parsed, unknown = self.parse_known_args(args)
+        if unknown:
+            self.error(unknown_flag_message(unknown, self.flags()))
+        return parsed
+
+
+def unknown_flag_message(unknown: list[str], flags: list[str]) -> str:
+    """`unknown option --train.max_minute; did you mean --train.max_minutes?` for the first stray word."""
+    word = next((w for w in unknown if w.startswith("-")), unknown[0])
+    if not word.startswith("-"):
+        return f"unexpected value {word!r} (every value follows its --section.key flag)"
+    name = word.split("=", 1)[0]
+    near = difflib.get_close_matches(name, flags, n=1, cutoff=0.75)
+    if not near:  # `--model.l` for `--model.layers`: the flags of that section that start with it
+        section, _, leaf = name.rpartition(".")
+        near = [f for f in flags if f.startswith(f"{section}.{leaf}")] if section and leaf else []
+    hint = f" (did you mean {near[0]}?)" if len(near) == 1 else (f" (did you mean one of {', '.join(near)}?)" if near else "")
+    return f"unknown option {name}{hint}"
+
+
+def stage_parser(stage: str) -> tuple[StageParser, type, object]:
     module_name, config_name, run_name, summary = STAGES[stage]
     module = importlib.import_module(module_name)
     config_cls = getattr(module, config_name)
-    parser = argparse.ArgumentParser(
+    parser = StageParser(
         prog=f"lmforge {stage}",
+        allow_abbrev=False,
         description=f"{summary}. Options are the fields of the stage's config; a YAML recipe given with --config "
         "sets them too, and flags override the recipe.",
     )
@@ -78,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict = {}
     try:
         parser, config_cls, run = stage_parser(stage)
-        args = parser.parse_args(rest)
+        args = parser.parse_stage_args(rest)
         overrides = config_mod.overrides_from_args(args)
         cfg = config_mod.resolve(config_cls, args.config or resumed_recipe(overrides), overrides)
         run(cfg)

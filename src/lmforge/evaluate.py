@@ -237,11 +237,7 @@ def run(config: EvaluateConfig) -> Path:
         return Path(config.out)
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    if not config.model:
-        raise LmforgeError("--model is required: a model folder such as runs/NAME/final")
-    model_dir = Path(config.model)
-    if not (model_dir / "config.json").is_file():
-        raise LmforgeError(f"{model_dir}: not a model folder (no config.json); point at a run's final/ folder")
+    model_dir = model_mod.folder_of(config.model)
     if config.pseudo_perplexity_tokens is not None and config.pseudo_perplexity_tokens < 0:
         raise LmforgeError(f"--pseudo_perplexity_tokens {config.pseudo_perplexity_tokens}: must be 0 (skip), a positive count, or null (all)")
     objective = model_mod.objective_of(model_dir) if config.objective == "auto" else config.objective

@@ -37,9 +37,8 @@ class FillMaskConfig:
     device: str = option("auto", "cpu, cuda or auto")
 
 
-def _load(path: str, auto):
-    if not path:
-        raise LmforgeError("--model is required: a model folder such as runs/NAME/final")
+def _load(model: str, auto):
+    path = str(model_mod.folder_of(model))
     tokenizer = tokenizer_mod.load(path)
     model = model_mod.load(path, auto)
     model_mod.check_vocab(model, tokenizer, path)

@@ -109,11 +109,12 @@ def check_family(cfg: ModelConfig, objective: str) -> None:
 ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "modernbert", "distilbert", "electra", "deberta", "deberta-v2", "camembert")
 
 
-def resolve_init(init_from: str) -> Path:
-    """The model folder `model.init_from` names: a folder, a run folder holding final/, or `minilm`."""
+def folder_of(model: str) -> Path:
+    """The model folder a `--model` or `model.init_from` value names: an HF folder, a run folder
+    holding final/, or `minilm`; every stage that takes a model accepts the same three."""
     from lmforge.tasks.backbone import resolve
 
-    return resolve(init_from)
+    return resolve(model)
 
 
 def objective_of(folder: str | Path) -> Literal["clm", "mlm"]:
@@ -143,7 +144,7 @@ def build(cfg: ModelConfig, tokenizer, objective: str):
 
     auto = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
     if cfg.init_from:
-        folder = resolve_init(cfg.init_from)
+        folder = folder_of(cfg.init_from)
         check_init_objective(folder, objective, cfg.init_from)
         model = load(folder, auto)
     else:

@@ -54,7 +54,7 @@ def init_tokenizer(config: PretrainConfig) -> Path:
     """Continued pretraining (`model.init_from`) keeps the model's own tokenizer: a new one would put
     other ids in front of the trained embeddings. Another tokenizer is accepted only with the
     very same vocabulary."""
-    folder = model_mod.resolve_init(config.model.init_from)
+    folder = model_mod.folder_of(config.model.init_from)
     own = tokenizer_mod.load(folder)
     if config.tokenizer.path and Path(config.tokenizer.path).resolve() != folder.resolve():
         other = tokenizer_mod.load(config.tokenizer.path)
