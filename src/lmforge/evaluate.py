@@ -261,8 +261,12 @@ def run(config: EvaluateConfig) -> Path:
                **score(model, tokenizer, text, objective, context, config, device)}
     out = Path(config.out)
     write_json_atomic(out / "report.json", {**results, **scored})
-    report.write_html(out / "report.html", f"Evaluation of {model_dir}",
-                      [("What was scored", report.table_html(scored)), ("Results", report.table_html(results))])
+    headline = next((f"{k.replace('_', ' ')} {results[k]:.4f}" for k in ("perplexity", "pseudo_perplexity", "masked_accuracy", "loss")
+                     if isinstance(results.get(k), float)), "")
+    lead = report.Lead(f"Score {model_dir} as a {objective.upper()} on held-out text", headline,
+                       f"{scored['split']} ({scored['tokens']:,} tokens)", {"data": ", ".join(scored["data"])})
+    report.write_html(out / "report.html", f"lmforge evaluate: {Path(config.out).name}",
+                      [("What was scored", report.table_html(scored)), ("Results", report.table_html(results))], lead)
     folder.finish()
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()
              if k in ("loss", "perplexity", "bits_per_byte", "masked_loss", "masked_accuracy", "pseudo_perplexity")}

@@ -200,7 +200,8 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
                    test_rows=len(prepared.test) if prepared.test is not None else None,
                    wall_seconds=round(time.time() - started, 2))
     write_json_atomic(out / "report.json", summary)
-    report.write_training_report(out, summary, [result_section(summary)])
+    report.write_training_report(out, summary, report_lead(config, summary), [result_section(summary)], x="step",
+                                 steps_per_epoch=-(-len(train_features) // config.training.batch_size), stage="finetune")
     return summary
 
 
@@ -229,6 +230,18 @@ def result_section(summary: dict) -> tuple[str, str]:
         title = "Result on the valid file, which chose the checkpoint: optimistic (give --test FILE for an unbiased figure)"
         rows = {f"valid {k} (used for model selection)": v for k, v in summary["metrics"].items()}
     return title, report.table_html(rows)
+
+
+def report_lead(config: FinetuneConfig, summary: dict) -> report.Lead:
+    """report.html's lead: task, data, model, and the headline metric with the split it was measured on."""
+    metrics, split = summary.get("metrics") or {}, summary.get("metrics_split", "")
+    chosen = (summary.get("best") or {}).get("metric")
+    name = chosen if chosen in metrics else next(iter(metrics), None)
+    headline = f"{name} {metrics[name]:.4f}" if name and isinstance(metrics.get(name), float) else ""
+    where = "test (scored once, with the model chosen on valid)" if split == "test" else "valid, which chose the checkpoint: optimistic (give --test for an unbiased figure)"
+    return report.Lead(f"Fine-tune {config.model} for {config.task} ({config.mode}, seed {summary.get('seed')})", headline, where,
+                       {"train": config.train, "valid": config.valid, "test": config.test or None, "model": str(summary.get("model", config.model)),
+                        "labels": ", ".join(map(str, summary.get("labels") or [])) or None})
 
 
 def groups_by_length(config: FinetuneConfig) -> bool:

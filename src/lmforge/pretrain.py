@@ -10,6 +10,7 @@ report.json, report.html.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import tempfile
@@ -180,7 +181,7 @@ def run(config: PretrainConfig) -> Path:
                        valid_windows=len(windows), valid_tokens=int(windows.numel()),
                        tokenize_tokens_per_second=token_shards.meta.get("tokens_per_second"))
         write_json_atomic(out / "report.json", summary)
-        html = report.write_training_report(out, summary)
+        html = report.write_training_report(out, summary, report_lead(config, summary), stage="pretrain")
         folder.finish(report=str(out / "report.json"))
         where = out / "final" if summary["finished"] else checkpoint.latest(out)
         if summary["finished"]:
@@ -190,3 +191,22 @@ def run(config: PretrainConfig) -> Path:
             print(f"stopped at step {summary['steps']} ({summary['tokens_per_second']:,.0f} tokens/s); checkpoint {where}; "
                   f"continue with --resume true --out {out}", flush=True)
     return out
+
+
+def report_lead(config: PretrainConfig, summary: dict) -> report.Lead:
+    """report.html's lead: what was trained on what, and the validation loss it reached."""
+    objective = {"clm": "causal LM", "mlm": "masked LM"}[config.train.objective]
+    if config.model.init_from:
+        purpose = f"Continued pretraining of {config.model.init_from} ({objective})"
+    else:
+        purpose = f"Pretraining from scratch: {config.model.family} {objective}"
+    headline, split = "", ""
+    if summary.get("val_loss") is not None:
+        headline = f"validation loss {summary['val_loss']:.4f} (perplexity {math.exp(min(summary['val_loss'], 50)):.2f})"
+        split = f"the valid split, {summary.get('valid_windows', '?')} windows of {config.model.context} tokens"
+    state = "finished" if summary.get("finished") else f"stopped at step {summary.get('steps')} (resumable)"
+    return report.Lead(purpose, headline, split, {
+        "data": ", ".join(config.data) or config.shards, "run": state,
+        "budget": ", ".join(f"{k} {v}" for k, v in (("max_steps", config.train.max_steps), ("max_tokens", config.train.max_tokens),
+                                                     ("max_minutes", config.train.max_minutes), ("max_flops", config.train.max_flops)) if v),
+    })
