@@ -1,6 +1,7 @@
 """`lmforge generate` and `lmforge fill-mask` on tiny models built here (random weights, real folders)."""
 
 import logging
+import re
 import warnings
 
 import pytest
@@ -179,3 +180,21 @@ def test_generate_and_evaluate_take_a_run_folder(char_llama, small_text, tmp_pat
     assert "ROMEO:" in capsys.readouterr().out
     evaluate(config_mod.resolve(EvaluateConfig, None, {"model": str(run_dir), "data": [str(small_text)], "out": str(tmp_path / "eval")}))
     assert (tmp_path / "eval" / "report.json").is_file()
+
+
+@pytest.mark.parametrize("flag, value, wanted", [
+    ("temperature", -1.0, "0 (greedy) or more"), ("top_p", 1.5, "in (0, 1]"), ("top_p", 0.0, "in (0, 1]"),
+    ("samples", 0, "at least 1"), ("max_new_tokens", 0, "at least 1"), ("top_k", 0, "at least 1"),
+])
+def test_meaningless_sampling_settings_are_one_line_errors(char_llama, flag, value, wanted):
+    with pytest.raises(LmforgeError, match=rf"--{flag} {value}: must be {re.escape(wanted)}"):
+        run_generate(config_mod.resolve(GenerateConfig, None, {"model": str(char_llama), flag: value}))
+
+
+def test_evaluate_context_beyond_the_models_positions_is_an_error(char_llama, small_text, tmp_path):
+    from lmforge.evaluate import EvaluateConfig, run as evaluate
+
+    out = tmp_path / "eval"
+    with pytest.raises(LmforgeError, match=r"--context 4096: .* was built for at most 32 positions; give --context 32 or less"):
+        evaluate(config_mod.resolve(EvaluateConfig, None, {"model": str(char_llama), "data": [str(small_text)], "out": str(out), "context": 4096}))
+    assert not out.exists()  # checked before the run folder is started

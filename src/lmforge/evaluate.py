@@ -228,6 +228,19 @@ def score(model, tokenizer, text: ScoredText, objective: str, context: int, conf
     return results
 
 
+def check_context(context: int | None, model, model_dir: Path) -> int:
+    """The window length to score with: the model's own by default; beyond its positions it is an
+    error (position ids past the trained table index garbage or fail inside the model)."""
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if context is None:
+        return int(positions or 512)
+    if context < 2:
+        raise LmforgeError(f"--context {context}: must be at least 2 tokens")
+    if positions and context > positions:
+        raise LmforgeError(f"--context {context}: {model_dir} was built for at most {positions} positions; give --context {positions} or less (or leave it out)")
+    return context
+
+
 def run(config: EvaluateConfig) -> Path:
     """Score `config.model` on `config.data`; write report.json and report.html into `out`."""
     if config.task != "lm":
@@ -245,6 +258,7 @@ def run(config: EvaluateConfig) -> Path:
     tokenizer = tokenizer_mod.load(model_dir)
     model = model_mod.load(model_dir, AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM)
     model_mod.check_vocab(model, tokenizer, str(model_dir))
+    context = check_context(config.context, model, model_dir)
     device = hardware.resolve_device(config.device)
     model.to(device).eval()
     folder = RunFolder(config.out, "evaluate").start(config, [s.path for s in sources] + [model_dir])
@@ -254,7 +268,6 @@ def run(config: EvaluateConfig) -> Path:
         raise LmforgeError(f"--data: {', '.join(str(s.path) for s in sources[:3])}: no text to score ({len(tokens)} token(s) after tokenizing); give files with text in them")
     if tokens.max() >= model.config.vocab_size:
         raise LmforgeError(f"token id {int(tokens.max())} is outside {model_dir}'s vocabulary of {model.config.vocab_size}; the tokenizer does not belong to this model")
-    context = config.context or int(getattr(model.config, "max_position_embeddings", 512))
     scored = {"data": [str(s.path) for s in sources], "split": split, "tokens": int(len(tokens)), "bytes": text.bytes,
               "max_tokens": config.max_tokens, "cut_by_max_tokens": text.cut}
     results = {"model": str(model_dir), "objective": objective, "context": context,

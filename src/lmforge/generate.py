@@ -93,6 +93,21 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: fl
     return [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out]
 
 
+def check_sampling(config: GenerateConfig) -> None:
+    """Sampling settings that have no meaning are errors before the model loads (a negative
+    temperature flips the distribution; top_p above 1 silently means no filtering)."""
+    checks = [
+        ("max_new_tokens", config.max_new_tokens >= 1, "at least 1"),
+        ("samples", config.samples >= 1, "at least 1"),
+        ("temperature", config.temperature >= 0, "0 (greedy) or more"),
+        ("top_k", config.top_k is None or config.top_k >= 1, "at least 1, or null for all tokens"),
+        ("top_p", config.top_p is None or 0 < config.top_p <= 1, "in (0, 1], or null for no nucleus filter"),
+    ]
+    for name, ok, wanted in checks:
+        if not ok:
+            raise LmforgeError(f"--{name} {getattr(config, name)}: must be {wanted}")
+
+
 def run_generate(config: GenerateConfig) -> list[str]:
     from transformers import AutoModelForCausalLM
 
@@ -100,6 +115,7 @@ def run_generate(config: GenerateConfig) -> list[str]:
     if config.model and (Path(config.model) / "config.json").is_file() and model_mod.objective_of(config.model) == "mlm":
         raise LmforgeError(f"--model {config.model}: this is a masked LM, which predicts masked tokens and cannot write text left to right; "
                            f"use `lmforge fill-mask --model {config.model} --text '... [MASK] ...'`, or give a causal LM folder")
+    check_sampling(config)
     model, tokenizer = _load(config.model, AutoModelForCausalLM)
     model.to(hardware.resolve_device(config.device))
     texts = generate(model, tokenizer, config.prompt, config.max_new_tokens, config.temperature, config.top_k, config.top_p, config.samples, config.seed)
@@ -131,6 +147,8 @@ def fill_mask(model, tokenizer, text: str, top_k: int) -> list[list[tuple[str, f
 def run_fill_mask(config: FillMaskConfig) -> list:
     from transformers import AutoModelForMaskedLM
 
+    if config.top_k < 1:
+        raise LmforgeError(f"--top_k {config.top_k}: must be at least 1")
     model, tokenizer = _load(config.model, AutoModelForMaskedLM)
     model.to(hardware.resolve_device(config.device))
     results = fill_mask(model, tokenizer, config.text, config.top_k)
