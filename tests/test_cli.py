@@ -44,3 +44,12 @@ def test_a_missing_model_folder_names_it(stage, tmp_path, capsys):
     argv += ["--data", str(tmp_path)] if stage == "evaluate" else []
     err = _one_line_error(capsys, argv)
     assert "nope" in err and "model folder" in err
+
+
+@pytest.mark.parametrize("stage", ["corpus", "pretrain", "finetune", "evaluate", "predict", "shards", "tokenizer"])
+def test_out_that_is_a_file_is_one_line_and_leaves_it_alone(stage, tmp_path, capsys):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me\n")
+    err = _one_line_error(capsys, [stage, "--out", str(existing)])
+    assert f"--out {existing} is a file, not a folder" in err
+    assert existing.read_text() == "keep me\n"

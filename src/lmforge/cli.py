@@ -8,6 +8,7 @@ only turns flags into that config. Only the chosen stage's module is imported, s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import importlib
 import sys
@@ -91,6 +92,15 @@ def stage_parser(stage: str) -> tuple[StageParser, type, object]:
     return parser, config_cls, getattr(module, run_name)
 
 
+def check_out(cfg) -> None:
+    """`--out` names a folder to create or continue: an existing file there is a mistake caught
+    before any work (it ended in a FileExistsError traceback after tokenizing)."""
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    out = Path(cfg.out) if "out" in fields and cfg.out else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise LmforgeError(f"--out {out} is a file, not a folder; give the path of a folder (new, or a run folder to continue)")
+
+
 def resumed_recipe(overrides: dict) -> str | None:
     """`--resume` without `--config` reuses the run folder's resolved config.yaml."""
     resume = str(overrides.get("resume", "false")).lower() in ("true", "1", "yes", "on")
@@ -114,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_stage_args(rest)
         overrides = config_mod.overrides_from_args(args)
         cfg = config_mod.resolve(config_cls, args.config or resumed_recipe(overrides), overrides)
+        check_out(cfg)
         run(cfg)
     except LmforgeError as err:
         print(f"lmforge {stage}: error: {err}", file=sys.stderr)
