@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import importlib
 import sys
 from pathlib import Path
@@ -137,7 +138,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lmforge {stage}: interrupted; {_what_is_kept(overrides)}", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        print(f"lmforge {stage}: error: {disk_error_message(err, overrides)}", file=sys.stderr)
+        return 2
     return 0
+
+
+# a full disk, a read-only mount or a folder without write permission: the user's to fix, not a bug
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+DISK_FIXES = {
+    errno.ENOSPC: "free space on that disk (or give another --out), then run the same command again",
+    errno.EDQUOT: "free space within your disk quota (or give another --out), then run the same command again",
+    errno.EROFS: "that file system is mounted read-only: give an --out on a writable disk",
+    errno.EACCES: "make that folder writable for you, or give another --out",
+    errno.EPERM: "make that folder writable for you, or give another --out",
+}
+
+
+def disk_error_message(err: OSError, overrides: dict) -> str:
+    """One line: what could not be written where, what to change, and what was kept."""
+    where = Path(err.filename).parent if err.filename else Path(str(overrides.get("out", ".")))
+    kept = _what_is_kept(overrides) if overrides.get("out") else "nothing already written was changed"
+    return f"cannot write in {where}: {err.strerror.lower()}; {DISK_FIXES[err.errno]}; {kept}"
 
 
 def _what_is_kept(overrides: dict) -> str:
@@ -145,7 +169,7 @@ def _what_is_kept(overrides: dict) -> str:
     from lmforge import checkpoint
 
     out = overrides.get("out")
-    last = checkpoint.latest(Path(out)) if out else None
+    last = checkpoint.latest(Path(out)) if out and Path(out).is_dir() else None
     if last is None:
         return "no checkpoint was written"
     return f"the newest checkpoint is {last}; continue with --resume true --out {out}"

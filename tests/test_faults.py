@@ -1,0 +1,53 @@
+"""Faults a long run meets: a full disk or a read-only folder mid-run end in one line, keep the
+last good checkpoint, and the run resumes exactly once the fault is gone (fault injection)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+
+from conftest import tiny_overrides
+from lmforge import checkpoint, cli
+
+
+def argv_of(overrides: dict) -> list[str]:
+    argv = []
+    for key, value in overrides.items():
+        argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value).lower() if isinstance(value, bool) else str(value)])]
+    return argv
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+
+
+def fail_fsync_under(monkeypatch, marker: str, code: int):
+    """os.fsync raises `code` for files whose path contains `marker` (the checkpoint being written)."""
+    real = os.fsync
+
+    def fsync(fd):
+        if marker in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(code, os.strerror(code), os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left on device; free space"), (errno.EROFS, "read-only file system")])
+def test_disk_fault_in_a_checkpoint_is_one_line_and_the_run_resumes_exactly(small_text, tmp_path, capsys, monkeypatch, code, words):
+    whole, faulty = tmp_path / "whole", tmp_path / "faulty"
+    assert cli.main(["pretrain", *argv_of(tiny_overrides(small_text, whole))]) == 0
+    with monkeypatch.context() as patch:
+        fail_fsync_under(patch, "step_12", code)
+        capsys.readouterr()
+        assert cli.main(["pretrain", *argv_of(tiny_overrides(small_text, faulty))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"cannot write in {faulty}" in err and words in err and "newest checkpoint is" in err and "step_6" in err
+    assert checkpoint.latest(faulty).name == "step_6" and not (faulty / "final").exists()
+    assert cli.main(["pretrain", "--out", str(faulty), "--resume", "true"]) == 0  # the disk has room again
+    assert losses(faulty) == losses(whole)
+    assert not [p for p in faulty.rglob("*") if p.name.startswith(".tmp")]  # no half-written folder left
