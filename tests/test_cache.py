@@ -3,6 +3,8 @@ existing caches stay valid), a manifest.json in each, reuse for the same inputs,
 
 import hashlib
 import json
+import os
+import time
 
 import pytest
 
@@ -53,18 +55,22 @@ def test_cached_shards_get_a_manifest_and_the_same_key_reuses_the_folder(small_t
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temp folder left
 
 
-def test_an_entry_that_fails_leaves_nothing_and_a_hand_made_half_entry_is_replaced(monkeypatch, tmp_path):
+def test_a_failed_build_leaves_nothing_a_killed_ones_temp_folder_is_removed_and_a_half_entry_replaced(monkeypatch, tmp_path):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
     inputs = {"settings": 1}
     with pytest.raises(RuntimeError), cache.entry("shards", inputs) as tmp:
         (tmp / "train.bin").write_bytes(b"\0")
         raise RuntimeError("tokenizer crashed")
     assert list((tmp_path / "shards").iterdir()) == []
+    killed = tmp_path / "shards" / ".tmp-0123456789abcdef-x"  # a build killed an hour ago
+    killed.mkdir()
+    os.utime(killed, (time.time() - 3600,) * 2)
     cache.folder("shards", inputs).mkdir()  # no meta.json: not a finished entry
     with cache.entry("shards", inputs) as tmp:
         (tmp / "meta.json").write_text("{}")
     assert cache.is_complete("shards", cache.folder("shards", inputs))
     assert (cache.folder("shards", inputs) / "manifest.json").is_file()
+    assert [p.name for p in (tmp_path / "shards").iterdir()] == [cache.key(inputs)]
 
 
 def test_when_two_processes_fill_one_entry_the_first_ones_is_kept(monkeypatch, tmp_path):

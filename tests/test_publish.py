@@ -115,3 +115,16 @@ def test_a_streamed_file_appears_under_its_name_only_when_published(tmp_path):
     assert partial.name == "train-00000.jsonl.partial" and not target.exists()
     publish.publish_file(partial, target)
     assert names(tmp_path) == ["train-00000.jsonl"]
+
+
+def test_in_a_shared_folder_only_temp_folders_whose_writer_is_gone_are_removed(tmp_path):
+    dead, fresh = tmp_path / ".tmp-killed-1", tmp_path / ".tmp-starting-2"
+    dead.mkdir()
+    os.utime(dead, (0, 0))  # written long ago, no process holds its lock
+    fresh.mkdir()  # unlocked but new: maybe a writer between mkdtemp and its lock
+    (tmp_path / ".old-x").mkdir()  # only a single-writer folder restores these
+    with publish.publish_folder(tmp_path / "live") as tmp:
+        os.utime(tmp, (0, 0))
+        publish.clean_leftovers(tmp_path, shared=True)
+        assert tmp.is_dir()  # its writer (this block) holds the lock
+    assert names(tmp_path) == [".old-x", ".tmp-starting-2", "live"]

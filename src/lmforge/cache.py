@@ -8,7 +8,8 @@ A key is the first 16 hex digits of the sha256 of the entry's inputs as sorted J
 content hashes of the input files, encoding rules), so new inputs make a new entry and the same
 inputs reuse the old one. manifest.json says what made the entry: those inputs, the lmforge
 version and the creation time. An entry appears whole (`publish.publish_folder`); when two
-processes fill the same entry, the first one's is kept.
+processes fill the same entry, the first one's is kept; a build that was killed leaves a temp
+folder that the next build of an entry of that kind removes.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def entry(kind: Kind, inputs: dict) -> Iterator[Path]:
     """Yield an empty temp folder to fill; when the block ends it becomes `folder(kind, inputs)`,
     with manifest.json beside what the block wrote. An exception leaves the cache as it was."""
     target = folder(kind, inputs)
+    publish.clean_leftovers(target.parent, shared=True)  # temp folders of killed builds, by any process
     if target.exists() and not is_complete(kind, target):
         publish.discard(target)  # unfinished entries are never published: this one was made by hand
     with publish.publish_folder(target, replace=False) as tmp:

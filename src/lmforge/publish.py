@@ -13,6 +13,8 @@ renameat2 RENAME_EXCHANGE), so no moment exists without it; elsewhere the old on
 `.old-<name>` first, and `clean_leftovers` puts it back after a kill between the two renames.
 A folder is deleted by renaming it to `.trash-*` first, so a kill mid-delete never leaves half of
 it under its own name. Files get the same: written beside the target, fsynced, renamed.
+A temp folder is flock-ed while it is written, so clean-up in a folder several processes share
+(the cache) removes only those whose writer is gone.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so temp folders in a shared cache are never taken for abandoned
+    fcntl = None
+
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 OLD_PREFIX = ".old-"
 PARTIAL = ".partial"  # a streamed file's name until `publish_file` (`train-00000.jsonl.partial`)
+SHARED_GRACE_SECONDS = 60.0
 
 
 def fsync_tree(folder: Path) -> None:
@@ -107,6 +116,7 @@ def publish_folder(target: str | Path, replace: bool = True) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
+    lock = _lock(tmp)  # held while the block writes: `clean_leftovers(shared=True)` leaves it alone
     try:
         yield tmp
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0o700; a published folder reads like any other
@@ -122,8 +132,38 @@ def publish_folder(target: str | Path, replace: bool = True) -> Iterator[Path]:
                 # another process published it between the check and the rename: theirs is kept
             fsync_dir(target.parent)
     finally:
+        if lock is not None:
+            os.close(lock)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _lock(folder: Path) -> int | None:
+    """An exclusive flock on `folder` (released when the process dies), or None where there is none."""
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _abandoned(path: Path) -> bool:
+    """A temp folder in a shared folder whose writer is gone: older than a minute (the instant
+    between mkdtemp and its lock) and its lock free. Unknown means not abandoned."""
+    try:
+        if not path.is_dir() or time.time() - path.stat().st_mtime < SHARED_GRACE_SECONDS:
+            return False
+        lock = _lock(path)
+    except OSError:
+        return False
+    if lock is None:
+        return False
+    os.close(lock)
+    return True
 
 
 def _renameat2_exchange():
@@ -175,16 +215,22 @@ def discard(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def clean_leftovers(folder: Path) -> None:
+def clean_leftovers(folder: Path, shared: bool = False) -> None:
     """Remove what a killed write left in `folder`: unfinished `.tmp-*` files and folders, `.trash-*`
-    deletions; an `.old-X` whose `X` is missing is put back. Only for a folder that one process
-    writes (a run folder): another process's write in progress would be removed too."""
+    deletions; an `.old-X` whose `X` is missing is put back.
+
+    shared: other processes may be writing into `folder` right now (a cache); a `.tmp-*` folder
+    is then removed only when its writer is gone (`_abandoned`), and nothing else is touched
+    but `.trash-*`."""
     folder = Path(folder)
     if not folder.is_dir():
         return
     for path in folder.iterdir():
         name = path.name
-        if name.startswith(OLD_PREFIX):
+        if shared:
+            if name.startswith(TRASH_PREFIX) or (name.startswith(TMP_PREFIX) and _abandoned(path)):
+                shutil.rmtree(path, ignore_errors=True)
+        elif name.startswith(OLD_PREFIX):
             if not (folder / name[len(OLD_PREFIX):]).exists():
                 os.replace(path, folder / name[len(OLD_PREFIX):])
             else:
