@@ -6,7 +6,7 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from lmforge import checkpoint
+from lmforge import checkpoint, publish
 from lmforge.loop import MetricsLog
 
 
@@ -31,7 +31,7 @@ def test_files_and_folders_are_flushed_before_the_rename(tmp_path, monkeypatch):
 def test_replacing_best_never_leaves_a_moment_without_it(tmp_path, monkeypatch):
     best = tmp_path / "best"
     checkpoint.save(best, tiny_model(0), None)
-    if checkpoint._EXCHANGE is None:
+    if publish._EXCHANGE is None:
         return  # no renameat2 here: the two-rename fallback, repaired by clean_leftovers (tested below)
     # with an atomic exchange, replacing best/ needs no rename that would leave a gap: forbid renames onto best/
     real_replace = os.replace

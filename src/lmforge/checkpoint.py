@@ -11,66 +11,20 @@ is it renamed into place (and the parent folder fsynced), so neither `kill -9` n
 leaves a half-written checkpoint that looks complete. A folder that is replaced (`best/`) is swapped
 in one atomic exchange where the OS offers one (Linux renameat2), so no moment exists without it.
 Old checkpoints are renamed aside before they are deleted, so a kill mid-delete never leaves a
-half-deleted `step_N` behind; `clean_leftovers` removes what a killed run left.
+half-deleted `step_N` behind; `clean_leftovers` removes what a killed run left. (All of it is
+`publish`'s: the same code publishes shards, cached tokenizers and corpus shards.)
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from lmforge.runfolder import write_json_atomic
+from lmforge import publish
 
 STATE_DIR = "training_state"
-TRASH_PREFIX = ".trash-"
-
-
-def fsync_tree(folder: Path) -> None:
-    """Flush every file under `folder`, then the folders themselves, to the disk."""
-    for root, _, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(root))
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new entry in `folder` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_text_durable(path: Path, text: str) -> None:
-    """Replace `path` with `text` through a fsynced temp file and a rename: a kill leaves the old or the new."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
 
 
 def rng_state(device: torch.device | None = None) -> dict:
@@ -87,10 +41,7 @@ def save(folder: Path, model, tokenizer, optimizer=None, state: dict | None = No
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per save drowns the training progress lines
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
-    try:
+    with publish.publish_folder(folder) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
@@ -99,75 +50,14 @@ def save(folder: Path, model, tokenizer, optimizer=None, state: dict | None = No
             torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
             device = next((p.device for p in model.parameters()), None)
             torch.save(rng_state(device), tmp / STATE_DIR / "rng.pt")
-            write_json_atomic(tmp / STATE_DIR / "state.json", state or {})
-        os.chmod(tmp, 0o755)
-        fsync_tree(tmp)
-        replace_dir(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _renameat2_exchange():
-    """libc's renameat2 with RENAME_EXCHANGE (Linux >= 3.15, glibc >= 2.28), or None."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    return function
-
-
-_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
-_EXCHANGE = _renameat2_exchange()
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths in one atomic step; False where the OS or file system cannot."""
-    if _EXCHANGE is None:
-        return False
-    return _EXCHANGE(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
-
-
-def replace_dir(tmp: Path, folder: Path) -> None:
-    """Put the finished folder `tmp` at `folder`, replacing what is there, durably."""
-    if folder.exists() and _exchange(tmp, folder):
-        fsync_dir(folder.parent)
-        _discard(tmp)  # tmp now holds the old folder
-        return
-    if folder.exists():  # no atomic exchange: rename the old one aside first; `clean_leftovers` restores it after a kill
-        old = folder.with_name(f".old-{folder.name}")
-        _discard(old)
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        fsync_dir(folder.parent)
-        _discard(old)
-        return
-    os.replace(tmp, folder)
-    fsync_dir(folder.parent)
-
-
-def _discard(path: Path) -> None:
-    """Delete a folder by first renaming it to a `.trash-` name (atomic), then removing that."""
-    if not path.exists():
-        return
-    trash = Path(tempfile.mkdtemp(prefix=TRASH_PREFIX, dir=path.parent))
-    os.replace(path, trash / path.name)
-    shutil.rmtree(trash, ignore_errors=True)
+            publish.write_json_atomic(tmp / STATE_DIR / "state.json", state or {})
 
 
 def clean_leftovers(run_dir: Path) -> None:
     """Remove what a killed run left in `run_dir` and `run_dir/checkpoints`: unfinished `.tmp-*`
     writes and `.trash-*` deletions; an `.old-X` whose `X` is missing is put back."""
     for root in (Path(run_dir), Path(run_dir) / "checkpoints"):
-        if not root.is_dir():
-            continue
-        for path in root.iterdir():
-            if path.name.startswith(".old-") and not (root / path.name[5:]).exists():
-                os.replace(path, root / path.name[5:])
-            elif path.name.startswith((".tmp-", TRASH_PREFIX, ".old-")):
-                shutil.rmtree(path, ignore_errors=True)
+        publish.clean_leftovers(root)
 
 
 def is_complete(folder: Path) -> bool:
@@ -195,12 +85,10 @@ def read_state(folder: Path) -> dict:
 
 def prune(run_dir: Path, keep_last: int) -> None:
     """Keep the newest `keep_last` checkpoints; also clear temp folders left by killed writes."""
-    root = Path(run_dir) / "checkpoints"
-    for stale in list(root.glob(".tmp-*")) + list(root.glob(f"{TRASH_PREFIX}*")):
-        shutil.rmtree(stale, ignore_errors=True)
+    publish.clean_leftovers(Path(run_dir) / "checkpoints")
     if keep_last > 0:
         for old in list_checkpoints(run_dir)[:-keep_last]:
-            _discard(old)
+            publish.discard(old)
 
 
 def load_state(folder: Path, optimizer) -> dict:

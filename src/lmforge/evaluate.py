@@ -28,7 +28,8 @@ from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
 from lmforge.errors import LmforgeError
-from lmforge.runfolder import RunFolder, write_json_atomic
+from lmforge.publish import write_json_atomic
+from lmforge.runfolder import RunFolder
 from lmforge.tasks.data import FormatConfig
 
 

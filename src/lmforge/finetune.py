@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from lmforge import attention as attention_mod
-from lmforge import checkpoint, hardware, report
+from lmforge import checkpoint, hardware, publish, report
 from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.loop import TrainConfig, fit
@@ -281,16 +281,9 @@ def publish_final(config: FinetuneConfig, prepared: Prepared, out: Path, tokeniz
 
 
 def replace_folder(source: Path, target: Path) -> None:
-    """Copy `source` to a temp folder beside `target`, flush it, then swap it in (checkpoint.replace_dir)."""
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-    try:
+    """Copy `source` to a temp folder beside `target`, then swap it in (`publish.publish_folder`)."""
+    with publish.publish_folder(target) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
-        checkpoint.fsync_tree(tmp)
-        checkpoint.replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def finished_report(out: Path) -> dict | None:

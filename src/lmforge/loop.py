@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from lmforge import attention as attention_mod
-from lmforge import checkpoint, hardware, optim
+from lmforge import checkpoint, hardware, optim, publish
 from lmforge.config import option
 from lmforge.errors import LmforgeError, RunInterrupted
 
@@ -291,7 +291,7 @@ class MetricsLog:
                     rows.append(line)
             except (ValueError, KeyError):  # a row cut short by a kill mid-append
                 continue
-        checkpoint.write_text_durable(self.path, "".join(r + "\n" for r in rows))
+        publish.write_text_atomic(self.path, "".join(r + "\n" for r in rows))
 
     def append(self, row: dict) -> None:
         if self.enabled:

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from lmforge import checkpoint, documents, hardware, objectives, report, shards
+from lmforge import cache, checkpoint, documents, hardware, objectives, report, shards
 from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
@@ -41,14 +38,6 @@ class PretrainConfig:
     split: DataConfig = field(default_factory=DataConfig)
     model: model_mod.ModelConfig = field(default_factory=model_mod.ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-
-def _publish_dir(tmp: Path, target: Path) -> None:
-    """Rename a finished temp folder into the cache; if another process won the race, keep theirs."""
-    try:
-        os.replace(tmp, target)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def init_tokenizer(config: PretrainConfig) -> Path:
@@ -72,13 +61,11 @@ def prepare_tokenizer(config: PretrainConfig, sources: list[documents.Source]) -
     if config.tokenizer.path:
         tokenizer_mod.load(config.tokenizer.path)  # fails early with a clear message
         return Path(config.tokenizer.path)
-    key = tokenizer_mod.cache_key(config.tokenizer, config.split, config.train.objective, documents.input_fingerprint(sources))
-    folder = shards.cache_root() / "tokenizers" / key
-    if not (folder / "tokenizer.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
-        stats = tokenizer_mod.build(sources, config.tokenizer, config.split, config.train.objective, tmp)
-        _publish_dir(tmp, folder)
+    inputs = tokenizer_mod.cache_inputs(config.tokenizer, config.split, config.train.objective, documents.input_fingerprint(sources))
+    folder = cache.folder("tokenizers", inputs)
+    if not cache.is_complete("tokenizers", folder):
+        with cache.entry("tokenizers", inputs) as tmp:
+            stats = tokenizer_mod.build(sources, config.tokenizer, config.split, config.train.objective, tmp)
         print(f"trained {config.tokenizer.kind} tokenizer: vocab {stats['vocab_size']}, fertility {stats['fertility'] or 0:.3f} tokens/word", flush=True)
     return folder
 

@@ -6,27 +6,25 @@ Layout of a shards folder:
     meta.json               dtype, token counts, boundary token id, tokenizer hash, tokens/s
 Text is read in ~1 MiB blocks and appended to the files as it is encoded, so memory stays
 flat however large the corpus. A folder is built under a temporary name and renamed when
-complete, so a killed run never leaves a half-written cache entry.
+complete (`publish.publish_folder`), so a killed run never leaves a half-written folder; the
+cached ones (`cached`) live in `cache`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lmforge import documents
+from lmforge import cache, documents, publish
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
 from lmforge.errors import LmforgeError
-from lmforge.runfolder import RunFolder, file_sha256, write_json_atomic
+from lmforge.runfolder import RunFolder, file_sha256
 from lmforge.tokenizer import DataConfig
 
 SPLITS = ("train", "valid")
@@ -40,11 +38,6 @@ class ShardsConfig:
     out: str = option("runs/shards", "output folder for train.bin / valid.bin / meta.json")
     tokenizer: str = option("", "tokenizer folder (from `lmforge tokenizer` or any HF model folder)")
     split: DataConfig = field(default_factory=DataConfig)
-
-
-def cache_root() -> Path:
-    """Where derived data (tokenizers, shards) is cached: $LMFORGE_CACHE or ~/.cache/lmforge."""
-    return Path(os.environ.get("LMFORGE_CACHE") or Path.home() / ".cache" / "lmforge")
 
 
 def tokenizer_hash(folder: str | Path) -> str:
@@ -80,49 +73,47 @@ def _encode_split(tokenizer, blocks, handle, dtype, boundary: int) -> tuple[int,
 
 
 def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: DataConfig, out: Path) -> dict:
-    """Tokenize both splits into `out` (written atomically). Returns meta.json's content."""
+    """Tokenize both splits into `out`, published whole (an earlier `out` is swapped out). Returns meta.json's content."""
+    with publish.publish_folder(out) as tmp:
+        meta = _tokenize_into(tmp, sources, tokenizer_dir, split)
+    return meta
+
+
+def _tokenize_into(folder: Path, sources: list[documents.Source], tokenizer_dir: str | Path, split: DataConfig) -> dict:
+    """Write both splits' token files and meta.json into the (temp) `folder`; return meta.json's content."""
     tokenizer = tokenizer_mod.load(tokenizer_dir)
     vocab = len(tokenizer)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
     boundary = boundary_token_id(tokenizer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     stats = documents.DecodeStats()
     meta = {"dtype": np.dtype(dtype).name, "vocab_size": vocab, "boundary_token_id": boundary,
             "tokenizer_hash": tokenizer_hash(tokenizer_dir), "tokenizer": str(tokenizer_dir), "splits": {}}
     started = time.time()
-    try:
-        for name in SPLITS:
-            blocks = documents.iter_split(sources, name, split.valid_fraction, split.split, split.encoding_errors, stats, split.text_field)
-            with open(tmp / f"{name}.bin", "wb") as handle:
-                count, starts = _encode_split(tokenizer, blocks, handle, dtype, boundary)
-            np.save(tmp / f"{name}.docs.npy", np.asarray(starts, dtype=np.int64))
-            meta["splits"][name] = {"tokens": count, "documents": len(starts) if count else 0}
-        seconds = max(time.time() - started, 1e-9)
-        total = sum(s["tokens"] for s in meta["splits"].values())
-        meta.update(tokenize_seconds=round(seconds, 3), tokens_per_second=round(total / seconds, 1), replaced_characters=stats.total)
-        write_json_atomic(tmp / "meta.json", meta)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    for name in SPLITS:
+        blocks = documents.iter_split(sources, name, split.valid_fraction, split.split, split.encoding_errors, stats, split.text_field)
+        with open(folder / f"{name}.bin", "wb") as handle:
+            count, starts = _encode_split(tokenizer, blocks, handle, dtype, boundary)
+        np.save(folder / f"{name}.docs.npy", np.asarray(starts, dtype=np.int64))
+        meta["splits"][name] = {"tokens": count, "documents": len(starts) if count else 0}
+    seconds = max(time.time() - started, 1e-9)
+    total = sum(s["tokens"] for s in meta["splits"].values())
+    meta.update(tokenize_seconds=round(seconds, 3), tokens_per_second=round(total / seconds, 1), replaced_characters=stats.total)
+    publish.write_json_atomic(folder / "meta.json", meta)
     return meta
 
 
-def cache_key(tokenizer_dir: str | Path, split: DataConfig, fingerprint: list[str]) -> str:
-    payload = json.dumps({"tokenizer": tokenizer_hash(tokenizer_dir), "split": split.__dict__, "inputs": fingerprint,
-                          "encoding": ENCODING_RULES}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def cache_inputs(tokenizer_dir: str | Path, split: DataConfig, fingerprint: list[str]) -> dict:
+    """What cached shards depend on (`cache.key` hashes it into the entry name)."""
+    return {"tokenizer": tokenizer_hash(tokenizer_dir), "split": split.__dict__, "inputs": fingerprint, "encoding": ENCODING_RULES}
 
 
 def cached(sources: list[documents.Source], tokenizer_dir: str | Path, split: DataConfig) -> Path:
     """Shards for these inputs and tokenizer, built once and reused (keyed by their hashes)."""
-    key = cache_key(tokenizer_dir, split, documents.input_fingerprint(sources))
-    folder = cache_root() / "shards" / key
-    if not (folder / "meta.json").is_file():
-        build(sources, tokenizer_dir, split, folder)
+    inputs = cache_inputs(tokenizer_dir, split, documents.input_fingerprint(sources))
+    folder = cache.folder("shards", inputs)
+    if not cache.is_complete("shards", folder):
+        with cache.entry("shards", inputs) as tmp:
+            _tokenize_into(tmp, sources, tokenizer_dir, split)
     return folder
 
 

@@ -9,8 +9,6 @@ masked LM gets BERT's `[PAD] [UNK] [CLS] [SEP] [MASK]` and a `[CLS] A [SEP]` tem
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -23,7 +21,8 @@ from tokenizers import Encoding, Regex, Tokenizer, decoders, models, normalizers
 from lmforge import documents
 from lmforge.config import option
 from lmforge.errors import LmforgeError
-from lmforge.runfolder import RunFolder, write_json_atomic
+from lmforge.publish import write_json_atomic
+from lmforge.runfolder import RunFolder
 
 Objective = Literal["clm", "mlm"]
 
@@ -196,9 +195,9 @@ def load(path: str | Path):
     return tokenizer
 
 
-def cache_key(cfg: TokenizerConfig, split: DataConfig, objective: str, fingerprint: list[str]) -> str:
-    payload = json.dumps({"tokenizer": cfg.__dict__, "split": split.__dict__, "objective": objective, "inputs": fingerprint}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def cache_inputs(cfg: TokenizerConfig, split: DataConfig, objective: str, fingerprint: list[str]) -> dict:
+    """What a cached tokenizer depends on (`cache.key` hashes it into the entry name)."""
+    return {"tokenizer": cfg.__dict__, "split": split.__dict__, "objective": objective, "inputs": fingerprint}
 
 
 def build(sources: list[documents.Source], cfg: TokenizerConfig, split: DataConfig, objective: Objective, out: Path) -> dict:

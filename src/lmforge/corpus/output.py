@@ -1,8 +1,9 @@
 """The corpus folder's shards: `train-00000.jsonl`, `valid-00000.jsonl`, `test-00000.jsonl`, ...
 and `dropped.jsonl`, one line per document that was left out and why.
 
-Shards are written as `*.partial` and renamed when the run succeeds, so a failed run never leaves
-a folder that `lmforge tokenizer` or `lmforge shards` would take for a finished corpus.
+Shards are written as `*.partial` and published (fsynced, renamed: `publish.publish_file`) when
+the run succeeds, so a failed run never leaves a folder that `lmforge tokenizer` or
+`lmforge shards` would take for a finished corpus; the next run into the folder removes them.
 dropped.jsonl is written as the run goes and kept when it fails: it says why nothing was left.
 """
 
@@ -12,11 +13,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from lmforge import publish
 from lmforge.errors import LmforgeError
 from lmforge.runfolder import stage_of
 
 SPLITS = ("train", "valid", "test")
-PARTIAL = ".partial"
 DROPPED_LOG = "dropped.jsonl"
 
 
@@ -48,7 +49,7 @@ class ShardWriter:
             self._handle.close()
         path = self.out / f"{self.split}-{len(self.paths):05d}.jsonl"
         self.paths.append(path)
-        self._handle = open(str(path) + PARTIAL, "wb")
+        self._handle = open(publish.partial_path(path), "wb")
         self._shard_size = 0
 
     def write(self, payload: bytes, records: int) -> None:
@@ -60,14 +61,13 @@ class ShardWriter:
         self.records += records
 
     def close(self, keep: bool) -> list[str]:
-        """Close; rename the shards to their final names when `keep`, else delete them."""
+        """Close; publish the shards under their final names when `keep`, else delete them."""
         self._handle.close()
         for path in self.paths:
-            partial = Path(str(path) + PARTIAL)
             if keep:
-                partial.replace(path)
+                publish.publish_file(publish.partial_path(path), path)
             else:
-                partial.unlink(missing_ok=True)
+                publish.partial_path(path).unlink(missing_ok=True)
         return [p.name for p in self.paths] if keep else []
 
 

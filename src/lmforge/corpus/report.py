@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lmforge import report as pages
-from lmforge.runfolder import write_json_atomic
+from lmforge.publish import write_json_atomic
 
 EXCERPT_CHARS = 240
 MAX_PROBLEMS = 200
