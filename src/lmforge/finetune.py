@@ -325,7 +325,7 @@ def run(config: FinetuneConfig) -> Path:
     main = is_main_process()
     # stop_at_step controls one invocation; saved, it would stop every resume at the same step
     saved = dataclasses.replace(config, training=dataclasses.replace(config.training, stop_at_step=None))
-    inputs = [config.train, config.valid] + ([config.test] if config.test else [])
+    inputs = [config.train, config.valid] + ([config.test] if config.test else []) + [prepared.model_dir]  # the model it started from
     folder = RunFolder(out, "finetune").start(saved, inputs) if main else None
     runs = []
     for seed, seed_dir in zip(seeds, seed_dirs):

@@ -109,6 +109,15 @@ def check_lengths(token_shards: shards.TokenShards, window: int, where: str) -> 
             )
 
 
+def run_inputs(config: PretrainConfig, sources, tok_dir: Path, shard_dir: Path) -> list[Path]:
+    """What the manifest lists as read: the text files, and the folders of earlier stages the user
+    handed over (shards, a tokenizer, the model continued from); cached ones are derived, not inputs."""
+    given = [Path(config.shards)] if config.shards else []
+    given += [tok_dir] if config.tokenizer.path or config.shards else []
+    given += [model_mod.folder_of(config.model.init_from)] if config.model.init_from else []
+    return [s.path for s in sources] + given
+
+
 def check_resume(config: PretrainConfig) -> None:
     """`--resume true` needs a checkpoint to continue from and a budget left to spend (or a run whose
     final/ and reports a kill kept from being written); a fresh run needs a folder without checkpoints."""
@@ -151,7 +160,7 @@ def run(config: PretrainConfig) -> Path:
     valid = objective.eval_batch(windows)  # built once: MLM masks fixed per window, whatever the micro-batching
     folder = RunFolder(out, "pretrain")
     if proc.main:  # stop_at_step controls one invocation; saved, it would stop every resume at the same step
-        folder.start(dataclasses.replace(config, train=dataclasses.replace(config.train, stop_at_step=None)), [s.path for s in sources])
+        folder.start(dataclasses.replace(config, train=dataclasses.replace(config.train, stop_at_step=None)), run_inputs(config, sources, tok_dir, shard_dir))
     fraction = config.train.mlm_probability if (config.train.objective == "mlm" and config.train.sparse_prediction) else 1.0
     flops_per_token = model_mod.flops_per_token(model, config.model.context, fraction)
     params = model_mod.count_parameters(model)
