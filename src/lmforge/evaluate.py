@@ -231,7 +231,7 @@ def score(model, tokenizer, text: ScoredText, objective: str, context: int, conf
 def run(config: EvaluateConfig) -> Path:
     """Score `config.model` on `config.data`; write report.json and report.html into `out`."""
     if config.task != "lm":
-        from lmforge.tasks.evaluation import evaluate_file
+        from lmforge.tasks.scoring import evaluate_file
 
         evaluate_file(config)
         return Path(config.out)
