@@ -43,9 +43,10 @@ from finetune_glue import DATA, RESULTS, subset_conll  # noqa: E402
 
 from lmforge import finetune, hardware  # noqa: E402
 from lmforge.runfolder import git_sha, library_versions  # noqa: E402
-from lmforge.tasks import backbone, objective  # noqa: E402
+from lmforge.tasks import backbone  # noqa: E402
+from lmforge.tasks import features as task_features  # noqa: E402
 from lmforge.tasks.data import FormatConfig  # noqa: E402
-from lmforge.tasks.objective import predict_logits  # noqa: E402
+from lmforge.tasks.features import predict_logits  # noqa: E402
 
 HPARAMS = {"lr": 1e-4, "batch_size": 16, "epochs": 2.0, "warmup": 0.06, "weight_decay": 0.01, "schedule": "linear", "max_length": 128}
 DATASETS = {  # name -> (train file, eval file, train sentences, eval sentences; None: all)
@@ -100,7 +101,7 @@ class Variant:
     warmup: float = HPARAMS["warmup"]              # warm-up as a fraction of the total optimizer steps
 
 
-GROUPED = {"group_chunk": objective.GROUP_CHUNK, "normaliser": "batch"}  # lmforge's batches before the fix
+GROUPED = {"group_chunk": task_features.GROUP_CHUNK, "normaliser": "batch"}  # lmforge's batches before the fix
 VARIANTS = {
     "trainer": Variant("trainer", "Trainer defaults: fp32, random batches, mean loss per batch"),
     "trainer_group": Variant("trainer", "Trainer with train_sampling_strategy=group_by_length (megabatches of 50, as lmforge)",
@@ -146,11 +147,11 @@ def entity_scores(metrics: dict) -> dict:
 
 def run_lmforge(config: finetune.FinetuneConfig, variant: Variant, prepared: finetune.Prepared) -> dict:
     """finetune.run as a user would call it; the final model is also re-scored with fp32 inference."""
-    finetune.TaskObjective = functools.partial(objective.TaskObjective, **variant.objective)  # the name finetune.run_seed builds
+    finetune.TaskObjective = functools.partial(task_features.TaskObjective, **variant.objective)  # the name finetune.run_seed builds
     try:
         finetune.run(config)
     finally:
-        finetune.TaskObjective = objective.TaskObjective
+        finetune.TaskObjective = task_features.TaskObjective
     summary = json.loads((Path(config.out) / "report.json").read_text())
     model, _ = backbone.load(Path(config.out) / "final", prepared.task)
     logits, _ = predict_logits(model, prepared.valid, backbone.full_forward(prepared.task), prepared.task, 32, lambda: torch.autocast("cpu", enabled=False))

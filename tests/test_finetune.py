@@ -12,24 +12,8 @@ import torch
 
 from conftest import SHARED_DATA
 from lmforge import cli
-from lmforge.tasks.backbone import minilm_folder
 
 SST2 = SHARED_DATA / "glue" / "SST-2"
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer, width-32 random BERT with MiniLM's WordPiece tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
@@ -112,7 +96,7 @@ def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
     assert len(errors) == report["errors"] and all(e["prediction"] != e["label"] for e in errors)
     assert cli.main(["predict", "--model", str(out / "final"), "--input", str(dev), "--out", str(tmp_path / "pr")]) == 0
     rows = [json.loads(l) for l in (tmp_path / "pr" / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 40 and rows[0]["prediction"] in ("0", "1") and "label" not in rows[0]
+    assert len(rows) == 40 and rows[0]["prediction"] in ("0", "1") and rows[0]["label"] in ("0", "1")  # the input's label column, carried through
 
 
 def test_seeds_report_mean_and_std(tiny_bert, sentiment, tmp_path):

@@ -8,8 +8,8 @@ import torch
 
 from lmforge.tasks import data
 from lmforge.tasks.backbone import minilm_folder
+from lmforge.tasks.features import IGNORE, Features
 from lmforge.tasks.ner import NerTask, align_labels, word_pieces
-from lmforge.tasks.objective import IGNORE, Features
 
 # MiniLM's WordPiece tokenizer drops these words entirely: zero sub-tokens each
 ZERO_WIDTH_SPACE, SOFT_HYPHEN, COMBINING_ACUTE, BYTE_ORDER_MARK = "\u200b", "\u00ad", "\u0301", "\ufeff"
@@ -108,7 +108,7 @@ def test_head_mode_cache_keeps_each_tag_on_its_word(tokenizer, zero_words):
     assert task.word_tags([h for h, _ in cached], head_features) == gold
     assert task.metrics([h for h, _ in cached], head_features)["f1"] == 1.0
     # the split normaliser counts head-mode (cached) rows' labels as it counts full-mode ones
-    from lmforge.tasks.objective import TaskObjective
+    from lmforge.tasks.features import TaskObjective
 
     labelled = sum(len(l) for _, l in cached)
     assert TaskObjective(head_features, task, 2, 0, None, normaliser="split").targets(None) == pytest.approx(labelled * 2 / len(cached))
@@ -133,7 +133,7 @@ def test_align_labels_and_word_pieces_skip_words_without_subtokens():
 def test_training_batches_are_not_grouped_by_length(tokenizer):
     """Length-homogeneous batches cost ~1 NER F1 on CoNLL-2003 (benchmarks/results/ner_ab.md):
     by default a batch mixes short and long sentences as a shuffled epoch gives them."""
-    from lmforge.tasks.objective import TaskObjective
+    from lmforge.tasks.features import TaskObjective
 
     short = data.Sentence(["Paris"], ["B-LOC"], "s.txt:1")
     long = data.Sentence("John Smith flew from Paris to London and then on to Rome".split(), ["O"] * 12, "l.txt:1")
@@ -154,7 +154,7 @@ def test_split_normaliser_weighs_every_labelled_token_the_same(tokenizer):
     from transformers import BertConfig, BertForTokenClassification
 
     from lmforge.tasks.backbone import full_forward
-    from lmforge.tasks.objective import TaskObjective
+    from lmforge.tasks.features import TaskObjective
 
     short = [data.Sentence(["Paris"], ["B-LOC"], "s.txt:1"), data.Sentence(["John", "left"], ["B-PER", "O"], "s.txt:3")]
     long = [data.Sentence(("John Smith flew from Paris to London and then on to Rome " * 2).split(), ["O"] * 24, "l.txt:1")]

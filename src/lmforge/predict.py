@@ -1,47 +1,58 @@
-"""`lmforge predict`: run a fine-tuned model over a file and write predictions.jsonl.
+"""`lmforge predict`: run a fine-tuned model over a file, or over texts given on the command line,
+and write predictions.jsonl.
 
 The task comes from the model's saved head (classification, ner or qa); the file is read like
-the training data (`--format.*` as for `lmforge finetune`), labels optional.
+the training data (`--format.*` as for `lmforge finetune`), labels optional. A classification
+model also takes a .txt file (one text per line) or `--text "first" "second"`. Rows of a
+CSV/TSV/JSONL file keep their other columns (an `id`, a label, ...) in the predictions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from lmforge.config import option
+from lmforge.errors import LmforgeError
 from lmforge.runfolder import RunFolder
-from lmforge.tasks import evaluation
+from lmforge.tasks import TaskName, scoring
 from lmforge.tasks.data import FormatConfig
 
 
 @dataclass
 class PredictConfig:
     model: str = option("", "fine-tuned model folder (a finetune run's final/ or the run folder)")
-    input: str = option("", "file to predict: CSV/TSV/JSONL (classification), CoNLL (ner), SQuAD JSON (qa)")
+    input: str = option("", "file to predict: CSV/TSV/JSONL or .txt, one text per line (classification), CoNLL (ner), SQuAD JSON (qa)")
+    text: list[str] = option([], "classification: texts to predict instead of --input, one example each (--text \"first\" \"second\")")
     out: str = option("runs/predict", "folder for predictions.jsonl")
-    task: Optional[Literal["classification", "ner", "qa"]] = option(None, "check the model's head is for this task (default: whatever it was fine-tuned for)")
+    task: Optional[TaskName] = option(None, "check the model's head is for this task (default: whatever it was fine-tuned for)")
     batch_size: int = option(64, "examples per forward pass")
     device: str = option("auto", "cpu, cuda or auto")
     format: FormatConfig = field(default_factory=FormatConfig)
 
 
 def run(config: PredictConfig) -> Path:
-    """Write `out/predictions.jsonl`, one row per example in file order; returns the folder."""
-    from lmforge.errors import LmforgeError
-
-    if not config.input:
-        raise LmforgeError("--input is required: the file to run the model over")
-    task, model, tokenizer, folder = evaluation.load_task_model(config.model, config.task)
+    """Write `out/predictions.jsonl`, one row per example in input order; returns the folder."""
+    if bool(config.input) == bool(config.text):
+        raise LmforgeError("give the examples with --input FILE or with --text \"...\" (one of the two): "
+                           + ("both were given" if config.input else "neither was given"))
+    task, model, tokenizer, folder = scoring.load_task_model(config.model, config.task, config.format)
     out = Path(config.out)
-    run_folder = RunFolder(out, "predict").start(config, [config.input, folder])
-    scored = evaluation.score_file(task, model, tokenizer, config.input, config.format, False, config.device, config.batch_size)
-    rows = evaluation.predictions(scored)
-    for row in rows:  # unlabelled input: no gold fields in the output
+    run_folder = RunFolder(out, "predict").start(config, [config.input, folder] if config.input else [folder])
+    if config.text:
+        examples = task.text_examples([(text, f"--text {i}") for i, text in enumerate(config.text, 1)])
+        scored = scoring.score_examples(task, model, tokenizer, examples, config.format, False, config.device, config.batch_size)
+    else:
+        scored = scoring.score_file(task, model, tokenizer, config.input, config.format, False, config.device, config.batch_size, "input")
+    rows = scoring.predictions(scored)
+    for row in rows:  # unlabelled input: no gold fields computed
         row.pop("label", None)
         row.pop("answers", None)
-    evaluation.write_jsonl(out / "predictions.jsonl", rows)
+    carried = task.carried_columns(config.input, config.format) if config.input else None
+    if carried is not None:  # the input's own columns first; the prediction's fields win a name clash
+        rows = [{**columns, **row} for columns, row in zip(carried, rows, strict=True)]
+    scoring.write_jsonl(out / "predictions.jsonl", rows)
     run_folder.finish(predictions=len(rows))
     print(f"{len(rows):,} predictions in {out / 'predictions.jsonl'}", flush=True)
     return out

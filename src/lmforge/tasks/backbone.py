@@ -15,9 +15,9 @@ from lmforge import checkpoint
 from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.errors import LmforgeError
-from lmforge.tasks.objective import IGNORE, Features, model_inputs, trim
+from lmforge.tasks import TASKS, Task
+from lmforge.tasks.features import IGNORE, Features, model_inputs, trim
 
-HEAD_SUFFIXES = {"ForSequenceClassification": "classification", "ForTokenClassification": "ner", "ForQuestionAnswering": "qa"}
 SHORTCUTS = ("minilm",)
 
 
@@ -50,13 +50,13 @@ def saved_head(path: Path) -> tuple[str | None, dict]:
     """(task of the saved head or None for a bare encoder, the saved config as a dict)."""
     config = json.loads((path / "config.json").read_text())
     for arch in config.get("architectures") or []:
-        for suffix, task in HEAD_SUFFIXES.items():
-            if arch.endswith(suffix):
-                return task, config
+        for task in TASKS.values():
+            if arch.endswith(task.head_suffix):
+                return task.name, config
     return None, config
 
 
-def check_head(path: Path, task, reset_head: bool) -> bool:
+def check_head(path: Path, task: Task, reset_head: bool) -> bool:
     """Whether a saved task head can be kept; a mismatch is an error unless `reset_head`."""
     saved_task, config = saved_head(path)
     if saved_task is None:
@@ -67,7 +67,7 @@ def check_head(path: Path, task, reset_head: bool) -> bool:
         raise LmforgeError(f"{path} has a {saved_task} head ({config['architectures'][0]}) but --task is {task.name}; "
                            "pass the base encoder, or --reset_head true to replace the head")
     saved_labels = [str(v) for _, v in sorted(config.get("id2label", {}).items(), key=lambda kv: int(kv[0]))]
-    if task.name != "qa" and saved_labels != list(task.labels) and not (task.kind == "regression" and config.get("num_labels", len(saved_labels)) == 1):
+    if not task.labels_match(saved_labels, config.get("num_labels", len(saved_labels))):
         if reset_head:
             return False
         raise LmforgeError(f"{path}: its {saved_task} head has labels {saved_labels[:8]} but the train data has {list(task.labels)[:8]}; "
@@ -75,13 +75,11 @@ def check_head(path: Path, task, reset_head: bool) -> bool:
     return True
 
 
-def load(path: Path, task, reset_head: bool = False):
+def load(path: Path, task: Task, reset_head: bool = False):
     """(model with the task's head, tokenizer); the head is new unless a matching one was saved."""
-    import transformers
-
     tokenizer = tokenizer_mod.load(path)
     keep = check_head(path, task, reset_head)
-    auto = getattr(transformers, task.auto_class)
+    auto = task.auto_class()
     kwargs = {} if keep else dict(task.model_kwargs(), ignore_mismatched_sizes=True)
     from transformers.utils import logging as hf_logging
 
@@ -97,21 +95,18 @@ def load(path: Path, task, reset_head: bool = False):
     finally:
         hf_logging.set_verbosity(verbosity)
     model_mod.check_vocab(model, tokenizer, str(path))
-    for name, value in getattr(task, "config_fields", dict)().items():  # saved with the model, read back by evaluate
+    for name, value in task.config_fields().items():  # saved with the model, read back by evaluate
         setattr(model.config, name, value)
     return model, tokenizer
 
 
-def full_forward(task) -> Callable:
+def full_forward(task: Task) -> Callable:
     return lambda model, batch: task.logits(model(**model_inputs(batch)))
 
 
 # --- LoRA -----------------------------------------------------------------------------------------
 
-PEFT_TASKS = {"classification": "SEQ_CLS", "ner": "TOKEN_CLS", "qa": "QUESTION_ANS"}
-
-
-def add_lora(model, task, rank: int, alpha: int, dropout: float, targets: list[str]):
+def add_lora(model, task: Task, rank: int, alpha: int, dropout: float, targets: list[str]):
     """Wrap `model` with LoRA adapters; the task head stays fully trainable (modules_to_save)."""
     from peft import LoraConfig, get_peft_model
 
@@ -119,11 +114,11 @@ def add_lora(model, task, rank: int, alpha: int, dropout: float, targets: list[s
     missing = [t for t in targets if t not in names]
     if missing:
         raise LmforgeError(f"--lora.targets {missing} name no module of {type(model).__name__}; BERT uses query,value (Llama: q_proj,v_proj)")
-    config = LoraConfig(task_type=PEFT_TASKS[task.name], r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
+    config = LoraConfig(task_type=task.peft_task_type, r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
     return get_peft_model(model, config)
 
 
-def merge_lora(base_path: Path, adapter: Path, task, final: Path, tokenizer) -> None:
+def merge_lora(base_path: Path, adapter: Path, task: Task, final: Path, tokenizer) -> None:
     """final/ = base weights + adapters merged (loads with plain transformers); final/adapter/ keeps the adapter."""
     from peft import PeftModel
 
@@ -162,8 +157,13 @@ def head_forward(model, batch: dict) -> torch.Tensor:
     return model(batch["hidden"])
 
 
-def freeze_encoder(model, task) -> HeadModel:
-    """Freeze every weight, then unfreeze the task head's."""
+def freeze_encoder(model, task: Task) -> HeadModel:
+    """Freeze every weight, then unfreeze the task head's (`task.head_modules`, BERT's layout)."""
+    children = dict(model.named_children())
+    missing = [name for name in task.head_modules if name not in children]
+    if missing:
+        raise LmforgeError(f"--mode head trains the {' + '.join(task.head_modules)} of a BERT-style {task.name} model; "
+                           f"{type(model).__name__} has no {', '.join(missing)}; use --mode full or lora")
     head = task.head(model)
     for param in model.parameters():
         param.requires_grad_(False)
@@ -173,7 +173,7 @@ def freeze_encoder(model, task) -> HeadModel:
 
 
 @torch.no_grad()
-def cache_states(model, task, features: Features, batch_size: int, autocast) -> Features:
+def cache_states(model, task: Task, features: Features, batch_size: int, autocast) -> Features:
     """Run the frozen encoder once over `features`; return them with `hidden` states in place of tokens.
 
     Classification keeps the [CLS] state (1, H), NER the first-sub-token states (words, H), QA

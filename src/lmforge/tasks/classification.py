@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
 from lmforge.errors import LmforgeError
 from lmforge.tasks import data, metrics
-from lmforge.tasks.objective import Features
+from lmforge.tasks.features import Features
 
 PROBLEM_TYPES = {"single": "single_label_classification", "multi": "multi_label_classification", "regression": "regression"}
 
@@ -16,7 +18,11 @@ class ClassificationTask:
     """Labels, encoding, loss, metrics and predictions for `AutoModelForSequenceClassification`."""
 
     name = "classification"
-    auto_class = "AutoModelForSequenceClassification"
+    head_suffix = "ForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    default_max_length = 128
+    group_by_length = True
+    head_modules = ("dropout", "classifier")
 
     def __init__(self, kind: str, labels: list[str], separator: str = ","):
         self.kind = kind
@@ -38,10 +44,16 @@ class ClassificationTask:
         return cls(kind, labels, cfg.label_separator)
 
     @classmethod
-    def from_model_config(cls, config) -> "ClassificationTask":
-        kind = {v: k for k, v in PROBLEM_TYPES.items()}.get(getattr(config, "problem_type", None) or "", "single")
+    def from_model_config(cls, config, cfg: data.FormatConfig) -> "ClassificationTask":
+        kind = {v: k for k, v in PROBLEM_TYPES.items()}.get(config.problem_type or "", "single")
         labels = [config.id2label[i] for i in range(config.num_labels)]
         return cls(kind, labels)
+
+    @staticmethod
+    def auto_class() -> type:
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
 
     @property
     def num_labels(self) -> int:
@@ -58,8 +70,35 @@ class ClassificationTask:
         return kwargs
 
     @staticmethod
-    def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True):
+    def config_fields() -> dict:
+        return {}
+
+    def labels_match(self, saved: list[str], num_labels: int) -> bool:
+        return saved == list(self.labels) or (self.kind == "regression" and num_labels == 1)
+
+    @staticmethod
+    def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True) -> list[data.Record]:
+        """Records of a CSV/TSV/JSONL table, or of a .txt file: one text per line, unlabelled (predict)."""
+        if Path(path).suffix.lower() == ".txt":
+            return read_lines(path, role, labelled)
         return data.read_table(path, cfg, role, labelled)
+
+    @staticmethod
+    def text_examples(texts: list[tuple[str, str]]) -> list[data.Record]:
+        return [data.Record(text, None, None, where) for text, where in texts]
+
+    @staticmethod
+    def carried_columns(path, cfg: data.FormatConfig) -> list[dict] | None:
+        """Every column of a table but the text one(s), per row (a .txt file has none)."""
+        path = Path(path)
+        if path.suffix.lower() == ".txt":
+            return None
+        names, rows = data.read_rows(path, cfg)
+        # the same choice of text columns as data.read_table (it has already checked them)
+        text = data._pick(names, cfg.text, data.TEXT_NAMES, "text", path, True)
+        pair = data._pick(names, cfg.text_pair, data.PAIR_NAMES, "text_pair", path, False)
+        rows = [row if isinstance(row, dict) else dict(zip(names, row)) for _, row in rows]  # JSONL rows are dicts already
+        return [{k: v for k, v in row.items() if k not in (text, pair)} for row in rows]
 
     def target(self, record: data.Record):
         if self.kind == "regression":
@@ -131,6 +170,43 @@ class ClassificationTask:
             return [self.labels[i] for i, on in enumerate(predicted) if on]
         return self.labels[predicted]
 
+    def prediction_rows(self, examples: list[data.Record], logits: list[torch.Tensor], features: Features) -> list[dict]:
+        rows = []
+        for record, logit, predicted in zip(examples, logits, self.predicted_ids(logits)):
+            row = {"where": record.where, "text": record.text, "prediction": self.prediction_text(predicted)}
+            if record.text_pair is not None:
+                row["text_pair"] = record.text_pair
+            if self.kind == "single":
+                row["probabilities"] = {self.labels[i]: round(p, 4) for i, p in enumerate(torch.softmax(logit, -1).tolist())}
+            if record.label is not None:
+                row["label"] = record.label
+            rows.append(row)
+        return rows
+
+    def gold(self, value):
+        """A raw label from the file as `prediction_text` gives predictions (regression: the number)."""
+        if self.kind == "regression":
+            return float(value)
+        if self.kind == "multi":
+            return sorted(data.split_labels(value, self.separator))
+        return data.build_label_map([value])[0]
+
+    def is_mistake(self, row: dict) -> bool:
+        if self.kind == "regression":
+            return abs(row["prediction"] - self.gold(row["label"])) > 0.5
+        if self.kind == "multi":
+            return sorted(row["prediction"]) != self.gold(row["label"])
+        return row["prediction"] != self.gold(row["label"])
+
+    def class_ids(self, logits: list[torch.Tensor], features: Features) -> tuple[list[int], list[int]] | None:
+        if self.kind != "single":
+            return None
+        return list(features.columns["labels"]), self.predicted_ids(logits)
+
+    def per_class(self, logits: list[torch.Tensor], features: Features) -> dict[str, dict] | None:
+        ids = self.class_ids(logits, features)
+        return metrics.class_report(*ids, self.labels) if ids is not None else None
+
     # --- head mode: cached [CLS] states -------------------------------------------------------
 
     @staticmethod
@@ -142,14 +218,26 @@ class ClassificationTask:
         return PooledHead(model)
 
 
+def read_lines(path, role: str, labelled: bool) -> list[data.Record]:
+    """One unlabelled record per non-blank line of a text file."""
+    path = Path(path)
+    if labelled:
+        raise LmforgeError(f"{path}: a .txt file holds texts without labels (one per line); for --{role} give a CSV/TSV/JSONL file with a label column")
+    if not path.is_file():
+        raise LmforgeError(f"{path}: {role} file not found; pass an existing file to --{role}")
+    with open(path, encoding="utf-8-sig") as handle:
+        records = [data.Record(line.rstrip("\r\n"), None, None, f"{path}:{number}") for number, line in enumerate(handle, 1) if line.strip()]
+    if not records:
+        raise LmforgeError(f"{path}: no text in this file; give one example per line")
+    return records
+
+
 class PooledHead(torch.nn.Module):
     """BERT's pooler + dropout + classifier over cached [CLS] states (B, 1, H) -> (B, labels)."""
 
     def __init__(self, model):
         super().__init__()
-        if not (hasattr(model, "classifier") and hasattr(model, "dropout")):
-            raise LmforgeError(f"--mode head supports BERT-style models (pooler + classifier); {type(model).__name__} is not one; use --mode full or lora")
-        self.pooler = getattr(model.base_model, "pooler", None)
+        self.pooler = dict(model.base_model.named_children()).get("pooler")  # None: BERT built without one
         self.dropout = model.dropout
         self.classifier = model.classifier
 

@@ -26,6 +26,14 @@ def classification(labels, predictions, num_labels: int) -> dict[str, float]:
     return out
 
 
+def class_report(labels, predictions, names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision/recall/F1/support per class (class ids; `names[i]` is class i), and their averages."""
+    from sklearn.metrics import classification_report
+
+    report = classification_report(labels, predictions, labels=list(range(len(names))), target_names=names, output_dict=True, zero_division=0)
+    return {k: v for k, v in report.items() if isinstance(v, dict)}
+
+
 def multi_label(labels, predictions) -> dict[str, float]:
     """Micro/macro F1 and exact-set accuracy of 0/1 indicator matrices (N, classes)."""
     from sklearn.metrics import accuracy_score, f1_score

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from lmforge.errors import LmforgeError
 from lmforge.tasks import data, metrics
-from lmforge.tasks.objective import IGNORE, Features
+from lmforge.tasks.features import IGNORE, Features
 
 
 def align_labels(word_ids: list, tag_ids: list[int]) -> list[int]:
@@ -73,8 +73,11 @@ class NerTask:
     """Tags, encoding, loss, entity metrics and predictions for `AutoModelForTokenClassification`."""
 
     name = "ner"
-    auto_class = "AutoModelForTokenClassification"
-    kind = "tags"
+    head_suffix = "ForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+    default_max_length = 128
+    group_by_length = False  # cost ~1 entity F1 on CoNLL-2003 (features.py, benchmarks/results/ner_ab.md)
+    head_modules = ("dropout", "classifier")
     default_metric = "f1"
 
     def __init__(self, labels: list[str]):
@@ -89,8 +92,14 @@ class NerTask:
         return cls((["O"] if "O" in tags else []) + ordered)
 
     @classmethod
-    def from_model_config(cls, config) -> "NerTask":
+    def from_model_config(cls, config, cfg: data.FormatConfig) -> "NerTask":
         return cls([config.id2label[i] for i in range(config.num_labels)])
+
+    @staticmethod
+    def auto_class() -> type:
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification
 
     @property
     def num_labels(self) -> int:
@@ -100,11 +109,26 @@ class NerTask:
         return {"num_labels": self.num_labels, "id2label": dict(enumerate(self.labels)), "label2id": dict(self.label2id)}
 
     @staticmethod
-    def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True):
+    def config_fields() -> dict:
+        return {}
+
+    def labels_match(self, saved: list[str], num_labels: int) -> bool:
+        return saved == list(self.labels)
+
+    @staticmethod
+    def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True) -> list[data.Sentence]:
         return data.read_conll(path, cfg, role, labelled)
 
+    @staticmethod
+    def text_examples(texts: list[tuple[str, str]]) -> list[data.Sentence]:
+        raise LmforgeError("--text is for classification models; this model tags words (ner): give a CoNLL file (one word per line) with --input")
+
+    @staticmethod
+    def carried_columns(path, cfg: data.FormatConfig) -> None:
+        return None
+
     def encode(self, sentences: list[data.Sentence], tokenizer, cfg: data.FormatConfig, labelled: bool = True) -> Features:
-        if not getattr(tokenizer, "is_fast", False):
+        if not tokenizer.is_fast:
             raise LmforgeError("NER needs a fast tokenizer (tokenizer.json) to map words to sub-tokens; save the model's tokenizer with `tokenizers`")
         full = tokenizer([s.words for s in sentences], is_split_into_words=True, add_special_tokens=False)
         budget = max(1, cfg.max_length - tokenizer.num_special_tokens_to_add())
@@ -175,6 +199,21 @@ class NerTask:
     def metrics(self, logits: list[torch.Tensor], features: Features) -> dict[str, float]:
         return metrics.entities(self.sentence_tags(features), self.word_tags(logits, features))
 
+    def prediction_rows(self, examples: list[data.Sentence], logits: list[torch.Tensor], features: Features) -> list[dict]:
+        tags = self.word_tags(logits, features)
+        return [{"where": s.where, "words": s.words, "prediction": t, "label": s.tags} for s, t in zip(examples, tags)]
+
+    @staticmethod
+    def is_mistake(row: dict) -> bool:
+        return row["prediction"] != row["label"]
+
+    def per_class(self, logits: list[torch.Tensor], features: Features) -> dict[str, dict]:
+        return metrics.entity_report(self.sentence_tags(features), self.word_tags(logits, features))
+
+    @staticmethod
+    def class_ids(logits: list[torch.Tensor], features: Features) -> None:
+        return None  # tags per word, scored as entities: no one class per example
+
     # --- head mode: cached states of first sub-tokens -----------------------------------------
 
     @staticmethod
@@ -185,6 +224,4 @@ class NerTask:
 
     @staticmethod
     def head(model) -> torch.nn.Module:
-        if not (hasattr(model, "classifier") and hasattr(model, "dropout")):
-            raise LmforgeError(f"--mode head supports BERT-style token classifiers; {type(model).__name__} is not one; use --mode full or lora")
         return torch.nn.Sequential(model.dropout, model.classifier)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from lmforge.errors import LmforgeError
 from lmforge.tasks import data, metrics
-from lmforge.tasks.objective import Features
+from lmforge.tasks.features import Features
 
 MAX_ANSWER_TOKENS = 30
 N_BEST = 20
@@ -50,8 +50,11 @@ class QaTask:
     """Windows, loss, post-processing and SQuAD metrics for `AutoModelForQuestionAnswering`."""
 
     name = "qa"
-    auto_class = "AutoModelForQuestionAnswering"
-    kind = "span"
+    head_suffix = "ForQuestionAnswering"
+    peft_task_type = "QUESTION_ANS"
+    default_max_length = 384
+    group_by_length = True
+    head_modules = ("qa_outputs",)
     default_metric = "f1"
     labels: list[str] = []
     num_labels = 2
@@ -65,23 +68,44 @@ class QaTask:
         return cls(any(not q.answers for q in questions), cfg.no_answer_threshold or 0.0)
 
     @classmethod
-    def from_model_config(cls, config) -> "QaTask":
-        return cls(bool(getattr(config, "qa_no_answer", False)), float(getattr(config, "qa_no_answer_threshold", 0.0)))
+    def from_model_config(cls, config, cfg: data.FormatConfig) -> "QaTask":
+        """The saved no-answer rule; `--format.no_answer_threshold` overrides the saved threshold."""
+        saved = config.to_dict()  # fields written by `config_fields` (absent in models saved by other tools)
+        threshold = cfg.no_answer_threshold if cfg.no_answer_threshold is not None else saved.get("qa_no_answer_threshold", 0.0)
+        return cls(bool(saved.get("qa_no_answer", False)), float(threshold))
+
+    @staticmethod
+    def auto_class() -> type:
+        from transformers import AutoModelForQuestionAnswering
+
+        return AutoModelForQuestionAnswering
 
     def model_kwargs(self) -> dict:
         return {}
+
+    @staticmethod
+    def labels_match(saved: list[str], num_labels: int) -> bool:
+        return True  # start/end logits: no label map to compare
 
     def config_fields(self) -> dict:
         """Extra config.json fields, so `evaluate` and `predict` post-process as training did."""
         return {"qa_no_answer": self.no_answer, "qa_no_answer_threshold": self.no_answer_threshold}
 
     @staticmethod
-    def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True):
+    def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True) -> list[data.Question]:
         return data.read_squad(path, role)
+
+    @staticmethod
+    def text_examples(texts: list[tuple[str, str]]) -> list[data.Question]:
+        raise LmforgeError("--text is for classification models; this model answers questions (qa): give SQuAD JSON (question and context) with --input")
+
+    @staticmethod
+    def carried_columns(path, cfg: data.FormatConfig) -> None:
+        return None  # the question id is in every row already
 
     def encode(self, questions: list[data.Question], tokenizer, cfg: data.FormatConfig, labelled: bool = True) -> Features:
         """One row per window; every window of a question keeps its offsets for post-processing."""
-        if not getattr(tokenizer, "is_fast", False):
+        if not tokenizer.is_fast:
             raise LmforgeError("QA needs a fast tokenizer (tokenizer.json) for character offsets")
         if cfg.doc_stride >= cfg.max_length // 2:
             raise LmforgeError(f"--format.doc_stride {cfg.doc_stride} must be below half of --format.max_length {cfg.max_length} (e.g. 128 with 384)")
@@ -159,6 +183,25 @@ class QaTask:
         references = {questions[i].id: [a["text"] for a in questions[i].answers] for i in sorted(set(features.meta["example"]))}
         return metrics.squad(self.answers(logits, features), references)
 
+    def prediction_rows(self, examples: list[data.Question], logits: list[torch.Tensor], features: Features) -> list[dict]:
+        """One row per question."""
+        answers = self.answers(logits, features)
+        return [{"id": q.id, "where": q.where, "question": q.question, "prediction": answers.get(q.id, ""),
+                 "answers": [a["text"] for a in q.answers]} for q in examples]
+
+    @staticmethod
+    def is_mistake(row: dict) -> bool:
+        # an unanswerable question (SQuAD v2, no answers) is right only when left unanswered
+        return not any(metrics.answer_exact(row["prediction"], a) for a in row["answers"] or [""])
+
+    @staticmethod
+    def per_class(logits: list[torch.Tensor], features: Features) -> None:
+        return None
+
+    @staticmethod
+    def class_ids(logits: list[torch.Tensor], features: Features) -> None:
+        return None
+
     # --- head mode: cached states of every window token ---------------------------------------
 
     @staticmethod
@@ -167,8 +210,6 @@ class QaTask:
 
     @staticmethod
     def head(model) -> torch.nn.Module:
-        if not hasattr(model, "qa_outputs"):
-            raise LmforgeError(f"--mode head needs a model with a qa_outputs layer; {type(model).__name__} has none; use --mode full or lora")
         return QaHead(model.qa_outputs)
 
 
