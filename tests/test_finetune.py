@@ -91,7 +91,7 @@ def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["metrics"]["accuracy"] == pytest.approx(summary["metrics"]["accuracy"], abs=0.03)
     html = (tmp_path / "ev" / "report.html").read_text()
-    assert "Confusion matrix" in html and "<svg" in html and "Per class" in html
+    assert "Confusion matrix" in html and "<svg" in html and "Per label" in html
     errors = [json.loads(l) for l in (tmp_path / "ev" / "errors.jsonl").read_text().splitlines()]
     assert len(errors) == report["errors"] and all(e["prediction"] != e["label"] for e in errors)
     assert cli.main(["predict", "--model", str(out / "final"), "--input", str(dev), "--out", str(tmp_path / "pr")]) == 0

@@ -6,7 +6,6 @@ Used by `lmforge predict` (predictions.jsonl) and `lmforge evaluate --task ...`
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,9 +100,7 @@ def sections(task: Task, scored: Scored, results: dict, table: dict | None) -> l
     """report.html sections: metrics, the per-class `table` (from `task.per_class`), confusion matrix."""
     out = [("Metrics", report.table_html(results))]
     if table:
-        rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{v:.4g}</td>" for v in m.values()) + "</tr>" for name, m in table.items())
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in next(iter(table.values()), {}))
-        out.append(("Per class", f"<table><tr><th></th>{head}</tr>{rows}</table>"))
+        out.append(("Per label (class or entity type)", report.grid_html(table)))
     ids = task.class_ids(scored.logits, scored.features)
     if ids is not None:
         out.append(("Confusion matrix", confusion_svg(task.labels, *ids)))
@@ -141,7 +138,10 @@ def evaluate_file(config) -> dict:
     write_json_atomic(out / "report.json", results)
     write_jsonl(out / "errors.jsonl", wrong)
     flat = {k: v for k, v in results.items() if k not in ("metrics", "per_class")} | results["metrics"]
-    report.write_html(out / "report.html", f"{task.name} evaluation of {folder}", sections(task, scored, flat, results.get("per_class")))
+    metric = task.default_metric if task.default_metric in results["metrics"] else next(iter(results["metrics"]), None)
+    lead = report.Lead(f"Score {folder} ({task.name}) on a labelled file", f"{metric} {results['metrics'][metric]:.4f}" if metric else "",
+                       f"{path} ({len(rows):,} examples, {len(wrong):,} mistakes in errors.jsonl)", {"model": str(folder), "data": str(path)})
+    report.write_html(out / "report.html", f"lmforge evaluate: {out.name}", sections(task, scored, flat, results.get("per_class")), lead)
     run_folder.finish(report=str(out / "report.json"))
     shown = ", ".join(f"{k} {v:.4f}" for k, v in results["metrics"].items())
     print(f"{folder} on {path}: {shown}; {len(wrong):,} errors in {out / 'errors.jsonl'}", flush=True)
