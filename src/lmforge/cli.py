@@ -29,7 +29,7 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
     "generate": ("lmforge.generate", "GenerateConfig", "run_generate", "sample text from a causal LM checkpoint"),
     "fill-mask": ("lmforge.generate", "FillMaskConfig", "run_fill_mask", "top-k predictions for [MASK] from a masked LM checkpoint"),
     "finetune": ("lmforge.finetune", "FinetuneConfig", "run", "fine-tune a pretrained model for classification, NER or extractive QA (full, LoRA or head only)"),
-    "predict": ("lmforge.predict", "PredictConfig", "run", "run a fine-tuned model over a file and write its predictions"),
+    "predict": ("lmforge.predict", "PredictConfig", "run", "run a fine-tuned model over a file (CSV, TSV, JSONL, plain lines) or --text and write its predictions"),
     "quickstart": ("lmforge.quickstart", "QuickstartConfig", "run", "the embedded demo: a char-level model on tinyshakespeare in ~3 minutes"),
 }
 
