@@ -95,3 +95,15 @@ def test_saved_padding_and_truncation_do_not_reach_the_shards(tmp_path):
     ids = tokenizer_mod.encode_text(tokenizer, "short line\n" + long_line)
     assert tokenizer.pad_token_id not in ids and len(ids) > 300
     assert len(tokenizer("a b c", padding="max_length", max_length=8)["input_ids"]) == 8  # explicit padding still works
+
+
+@pytest.mark.parametrize("kind, size, least", [("bpe", 0, 260), ("bpe", 259, 260), ("wordpiece", 3, 7), ("unigram", 0, 7), ("char", 1, 7)])
+def test_a_vocabulary_too_small_for_its_kind_is_an_error(small_text, tmp_path, kind, size, least):
+    from lmforge import config as config_mod
+    from lmforge.tokenizer import TokenizerStageConfig, run
+
+    cfg = config_mod.resolve(TokenizerStageConfig, None, {"data": [str(small_text)], "out": str(tmp_path / "tok"), "objective": "mlm" if kind != "bpe" else "clm",
+                                                          "tokenizer.kind": kind, "tokenizer.vocab_size": size})
+    with pytest.raises(LmforgeError, match=rf"--tokenizer.vocab_size {size}: a {kind} vocabulary needs at least {least}"):
+        run(cfg)
+    assert not (tmp_path / "tok").exists()

@@ -253,4 +253,8 @@ def resolve(cls: type, recipe: str | Path | None = None, overrides: dict[str, An
 
 
 def dump_yaml(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+    """Write the config as YAML through a fsynced temp file and a rename: a kill mid-write leaves
+    the old config.yaml, never an empty one that every later `--resume` would fail on."""
+    from lmforge.publish import write_text_atomic
+
+    write_text_atomic(Path(path), yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -106,10 +106,25 @@ def _subword_tokenizer(batches: Iterable[list[str]], cfg: TokenizerConfig, speci
     return tok
 
 
+def check(cfg: TokenizerConfig, objective: Objective) -> None:
+    """Settings a trainer would silently round up are errors before any text is read: byte-level
+    BPE starts from 256 byte tokens plus the specials, so `vocab_size 0` built 259 tokens."""
+    specials = len(dict.fromkeys(SPECIALS[objective].values()))
+    least = 256 + specials + 1 if cfg.kind == "bpe" else specials + 2
+    if cfg.vocab_size < least:
+        why = f"256 byte tokens + {specials} special tokens + merges" if cfg.kind == "bpe" else f"{specials} special tokens + text tokens"
+        raise LmforgeError(f"--tokenizer.vocab_size {cfg.vocab_size}: a {cfg.kind} vocabulary needs at least {least} ({why}); give a larger size, e.g. 8192")
+    if cfg.min_frequency < 1:
+        raise LmforgeError(f"--tokenizer.min_frequency {cfg.min_frequency}: must be at least 1")
+    if cfg.sample_bytes < 1:
+        raise LmforgeError(f"--tokenizer.sample_bytes {cfg.sample_bytes}: must be at least 1")
+
+
 def train(blocks: Iterable[tuple[str, bool]], cfg: TokenizerConfig, objective: Objective):
     """Train on (text, ends_document) blocks; returns a transformers fast tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
+    check(cfg, objective)
     special_map = SPECIALS[objective]
     specials = list(dict.fromkeys(special_map.values()))
     unk = special_map["unk_token"]
@@ -217,6 +232,7 @@ def build(sources: list[documents.Source], cfg: TokenizerConfig, split: DataConf
 
 def run(config: TokenizerStageConfig) -> Path:
     """`lmforge tokenizer`: train and save a tokenizer folder with report.json."""
+    check(config.tokenizer, config.objective)
     sources = documents.resolve_sources(config.data)
     out = Path(config.out)
     folder = RunFolder(out, "tokenizer").start(config, [s.path for s in sources])
