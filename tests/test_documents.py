@@ -45,7 +45,7 @@ def test_non_utf8_names_file_and_byte_offset(tmp_path):
 
 
 def test_blocks_stream_a_large_file_in_order(tmp_path, monkeypatch):
-    monkeypatch.setattr(documents, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(documents.read, "BLOCK_BYTES", 64)
     lines = [f"line {i} ünïcode\n" for i in range(200)]
     path = tmp_path / "big.txt"
     path.write_text("".join(lines), encoding="utf-8")

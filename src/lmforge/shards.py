@@ -25,9 +25,9 @@ import numpy as np
 from lmforge import documents
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
+from lmforge.documents import SplitConfig
 from lmforge.errors import LmforgeError
 from lmforge.runfolder import RunFolder, file_sha256, write_json_atomic
-from lmforge.tokenizer import DataConfig
 
 SPLITS = ("train", "valid")
 # Part of the cache key: shards encoded under older rules (whole blocks; saved padding/truncation on) are not reused.
@@ -39,7 +39,7 @@ class ShardsConfig:
     data: list[str] = option([], "input text: files, folders or globs (.txt .md .rst .jsonl, or a corpus/ folder)")
     out: str = option("runs/shards", "output folder for train.bin / valid.bin / meta.json")
     tokenizer: str = option("", "tokenizer folder (from `lmforge tokenizer` or any HF model folder)")
-    split: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
 
 
 def cache_root() -> Path:
@@ -79,7 +79,7 @@ def _encode_split(tokenizer, blocks, handle, dtype, boundary: int) -> tuple[int,
     return written, starts[:-1] if len(starts) > 1 else starts
 
 
-def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: DataConfig, out: Path) -> dict:
+def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig, out: Path) -> dict:
     """Tokenize both splits into `out` (written atomically). Returns meta.json's content."""
     tokenizer = tokenizer_mod.load(tokenizer_dir)
     vocab = len(tokenizer)
@@ -93,7 +93,7 @@ def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: Dat
     started = time.time()
     try:
         for name in SPLITS:
-            blocks = documents.iter_split(sources, name, split.valid_fraction, split.split, split.encoding_errors, stats, split.text_field)
+            blocks = documents.iter_split(sources, name, split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field)
             with open(tmp / f"{name}.bin", "wb") as handle:
                 count, starts = _encode_split(tokenizer, blocks, handle, dtype, boundary)
             np.save(tmp / f"{name}.docs.npy", np.asarray(starts, dtype=np.int64))
@@ -111,13 +111,13 @@ def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: Dat
     return meta
 
 
-def cache_key(tokenizer_dir: str | Path, split: DataConfig, fingerprint: list[str]) -> str:
+def cache_key(tokenizer_dir: str | Path, split: SplitConfig, fingerprint: list[str]) -> str:
     payload = json.dumps({"tokenizer": tokenizer_hash(tokenizer_dir), "split": split.__dict__, "inputs": fingerprint,
                           "encoding": ENCODING_RULES}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def cached(sources: list[documents.Source], tokenizer_dir: str | Path, split: DataConfig) -> Path:
+def cached(sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig) -> Path:
     """Shards for these inputs and tokenizer, built once and reused (keyed by their hashes)."""
     key = cache_key(tokenizer_dir, split, documents.input_fingerprint(sources))
     folder = cache_root() / "shards" / key
