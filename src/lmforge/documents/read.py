@@ -99,15 +99,15 @@ class TextDecoder:
     """
 
     def __init__(self, errors: EncodingErrors = "strict", start: int = 0, setting: str | None = None):
-        self.errors, self.offset, self.setting = errors, start, setting
-        self.start = start
+        self.start, self.offset, self.setting = start, start, setting
         self.replaced = 0  # in the last decode() call
         self._first = True
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
 
     def decode(self, block: bytes, final: bool = False) -> str:
-        first, self._first = self._first and bool(block), self._first and not block
+        first = self._first and bool(block)  # the first non-empty block: sniff it, look for a BOM
         if first:
+            self._first = False
             check_not_binary(block)
             if self.start == 0 and block.startswith(codecs.BOM_UTF8):
                 block, self.offset = block[len(codecs.BOM_UTF8):], self.offset + len(codecs.BOM_UTF8)
@@ -289,6 +289,11 @@ def line_boundary_after(path: Path, offset: int) -> int:
 
 # --- the text stages (tokenizer, shards, pretrain, evaluate): errors stop the run ---------------
 
+def _plain(path: Path, fmt: str) -> InputFile:
+    # never gzip here: the text stages cut files by byte offsets of the file itself
+    return InputFile(str(path), fmt, False, path.stat().st_size)
+
+
 def read_text_blocks(path: Path, start: int = 0, end: int | None = None, encoding_errors: EncodingErrors = "strict",
                      stats: DecodeStats | None = None, setting: str = ENCODING_SETTING) -> Iterator[str]:
     """Yield decoded blocks of `path` between byte offsets [start, end), cut at line ends.
@@ -296,7 +301,7 @@ def read_text_blocks(path: Path, start: int = 0, end: int | None = None, encodin
     path = Path(path)
     log = ReadLog()
     try:
-        for text in text_blocks(FilePart(input_file(path, fmt="text"), start, end), encoding_errors, log, setting, lines=True):
+        for text in text_blocks(FilePart(_plain(path, "text"), start, end), encoding_errors, log, setting, lines=True):
             if stats is not None and log.replaced_chars:
                 stats.replaced[str(path)] = stats.replaced.get(str(path), 0) + log.replaced_chars
             log.replaced_chars = 0
@@ -309,7 +314,7 @@ def read_jsonl_documents(path: Path, text_field: str = "text", encoding_errors: 
                          setting: str = ENCODING_SETTING) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) for each JSONL line; a bad line is an error naming file:line."""
     try:
-        for number, record in jsonl_values(FilePart(input_file(path, fmt="jsonl")), encoding_errors, ReadLog(), setting, problems=False):
+        for number, record in jsonl_values(FilePart(_plain(Path(path), "jsonl")), encoding_errors, ReadLog(), setting, problems=False):
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                 raise LmforgeError(f"{path}:{number}: expected an object with a string field '{text_field}'; fix the line or set split.text_field")
             yield number, record[text_field]
