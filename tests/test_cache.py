@@ -11,7 +11,8 @@ import pytest
 from lmforge import __version__, cache, documents, shards
 from lmforge import config as config_mod
 from lmforge import tokenizer as tokenizer_mod
-from lmforge.tokenizer import DataConfig, TokenizerConfig
+from lmforge.documents import SplitConfig
+from lmforge.tokenizer import TokenizerConfig
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_root_is_lmforge_cache_or_the_home_cache(monkeypatch, tmp_path):
 def test_keys_are_the_hashes_used_before_the_cache_module(small_text, char_tokenizer):
     """The pre-cache-module formulas, written out: a changed key would orphan every existing entry."""
     fingerprint = documents.input_fingerprint(documents.resolve_sources([small_text]))
-    split, tok_cfg = DataConfig(), TokenizerConfig(kind="char")
+    split, tok_cfg = SplitConfig(), TokenizerConfig(kind="char")
     old_shards = json.dumps({"tokenizer": shards.tokenizer_hash(char_tokenizer), "split": split.__dict__, "inputs": fingerprint,
                              "encoding": shards.ENCODING_RULES}, sort_keys=True)
     assert cache.key(shards.cache_inputs(char_tokenizer, split, fingerprint)) == hashlib.sha256(old_shards.encode()).hexdigest()[:16]
@@ -44,13 +45,13 @@ def test_keys_are_the_hashes_used_before_the_cache_module(small_text, char_token
 def test_cached_shards_get_a_manifest_and_the_same_key_reuses_the_folder(small_text, char_tokenizer, monkeypatch, tmp_path):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
     sources = documents.resolve_sources([small_text])
-    folder = shards.cached(sources, char_tokenizer, DataConfig())
+    folder = shards.cached(sources, char_tokenizer, SplitConfig())
     assert folder.parent == tmp_path / "cache" / "shards" and cache.is_complete("shards", folder)
     manifest = json.loads((folder / cache.MANIFEST).read_text())
     assert manifest["kind"] == "shards" and manifest["key"] == folder.name and manifest["lmforge"] == __version__ and manifest["created"]
-    assert manifest["inputs"] == shards.cache_inputs(char_tokenizer, DataConfig(), documents.input_fingerprint(sources))
+    assert manifest["inputs"] == shards.cache_inputs(char_tokenizer, SplitConfig(), documents.input_fingerprint(sources))
     stamp = (folder / "manifest.json").stat().st_mtime_ns
-    assert shards.cached(sources, char_tokenizer, DataConfig()) == folder
+    assert shards.cached(sources, char_tokenizer, SplitConfig()) == folder
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temp folder left
 

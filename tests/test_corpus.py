@@ -248,7 +248,7 @@ def test_output_folder_manifest_report_and_later_stages_read_it(tmp_path):
     assert sum(report["length_histogram_words"]["counts"]) == 30
     html = (folder / "report.html").read_text()
     assert "<svg" in html and "Length histogram" in html
-    # documents.py (tokenizer, shards, pretrain) takes the folder as a corpus with its splits.
+    # documents/ (tokenizer, shards, pretrain) takes the folder as a corpus with its splits.
     sources = documents.resolve_sources([folder])
     assert {s.split for s in sources} == {"train", "valid", "test"}
     train_text = "".join(text for text, _ in documents.iter_split(sources, "train", 0.1))

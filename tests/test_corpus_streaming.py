@@ -13,9 +13,10 @@ from pathlib import Path
 from corpus_helpers import all_records, prose, run_corpus
 from lmforge import config as config_mod
 from lmforge.corpus import CorpusConfig
-from lmforge.corpus.extract import ReadLog, read_documents
+from lmforge.corpus.extract import read_documents
 from lmforge.corpus.pipeline import KeptDocument, UnitWorker, work_units
-from lmforge.corpus.sources import FilePart, content_size, plan_units, resolve_inputs, unit_target
+from lmforge.corpus.units import content_size, plan_units, resolve_inputs, unit_target
+from lmforge.documents import FilePart, ReadLog
 
 CHUNK = 20_000
 

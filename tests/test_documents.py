@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_non_utf8_names_file_and_byte_offset(tmp_path):
 
 
 def test_blocks_stream_a_large_file_in_order(tmp_path, monkeypatch):
-    monkeypatch.setattr(documents, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(documents.read, "BLOCK_BYTES", 64)
     lines = [f"line {i} ünïcode\n" for i in range(200)]
     path = tmp_path / "big.txt"
     path.write_text("".join(lines), encoding="utf-8")
@@ -110,3 +111,73 @@ def test_files_split_hashes_the_path_under_the_input_folder(tmp_path):
     moved = tmp_path.parent / "moved"
     tmp_path.rename(moved)
     assert [t for t, _ in documents.iter_split(documents.resolve_sources([moved]), "valid", 0.25, mode="files")] == valid
+
+
+# --- find: one walk for every stage -----------------------------------------------------------
+
+def test_every_stage_skips_hidden_entries_and_run_folders(tmp_path):
+    (tmp_path / "a.txt").write_text("kept\n")
+    (tmp_path / ".notes.txt").write_text("hidden\n")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "x.txt").write_text("hidden\n")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"stage": "pretrain"}))
+    (tmp_path / "run" / "b.txt").write_text("a run folder's file\n")
+    assert [s.path.name for s in documents.resolve_sources([tmp_path])] == ["a.txt"]
+    inventory = documents.find([tmp_path])
+    assert [Path(f.path).name for f in inventory.files] == ["a.txt"]
+    assert inventory.skipped["(hidden or lmforge run folder)"] == 2
+
+
+def test_builtin_text_is_found_by_every_stage():
+    assert documents.find(["builtin:tinyshakespeare"]).files[0].format == "text"
+    assert documents.resolve_sources(["builtin:tinyshakespeare"])[0].path.name == "tinyshakespeare.txt"
+    with pytest.raises(LmforgeError, match="builtin:nope: no such built-in text"):
+        documents.find(["builtin:nope"])
+
+
+def test_corpus_folder_keeps_its_splits_and_nothing_else(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"stage": "corpus"}))
+    for name in ("train-00000.jsonl", "valid-00000.jsonl", "dropped.jsonl"):
+        (tmp_path / name).write_text(json.dumps({"text": name}) + "\n")
+    (tmp_path / "report.html").write_text("<html></html>")
+    files = documents.find([tmp_path]).files
+    assert [(Path(f.path).name, f.split) for f in files] == [("train-00000.jsonl", "train"), ("valid-00000.jsonl", "valid")]
+
+
+# --- read: one decoder, one encoding_errors choice ----------------------------------------------
+
+def test_decoder_drops_a_bom_counts_it_in_offsets_and_reads_utf16():
+    with pytest.raises(documents.ReadError, match=r"bytes at offset 5 are not UTF-8 .*set split.encoding_errors: replace"):
+        documents.TextDecoder("strict", setting="split.encoding_errors").decode(b"\xef\xbb\xbfab\xff", final=True)
+    decoder = documents.TextDecoder("replace")
+    assert decoder.decode("caf\u00e9 au lait, cr\u00e8me".encode("utf-16"), final=True) == "caf\u00e9 au lait, cr\u00e8me"
+    with pytest.raises(documents.ReadError, match="binary data"):
+        documents.TextDecoder().decode(b"PK\x00\x00")
+
+
+def test_jsonl_error_names_file_and_line_and_replace_applies_there_too(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(LmforgeError, match=r"d\.jsonl:2: bytes are not UTF-8 .*split\.encoding_errors: replace"):
+        list(documents.read_jsonl_documents(path))
+    assert [t for _, t in documents.read_jsonl_documents(path, encoding_errors="replace")] == ["fine", "caf\ufffd"]
+    path.write_text('{"text": "fine"}\n{"body": "x"}\n')
+    with pytest.raises(LmforgeError, match=r"d\.jsonl:2: expected an object with a string field 'text'; .*split\.text_field"):
+        list(documents.read_jsonl_documents(path))
+
+
+def test_table_rows_give_the_line_a_row_ends_on(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('text,n\n"two\nlines",1\n\nthird,3\n', encoding="utf-8-sig")
+    rows = list(documents.table_rows(documents.whole(path), "strict", documents.ReadLog(), quoting=True))
+    assert rows == [(1, ["text", "n"]), (3, ["two\nlines", "1"]), (5, ["third", "3"])]
+
+
+# --- split: one stable hash ---------------------------------------------------------------------
+
+def test_corpus_and_text_stage_splits_draw_from_one_hash():
+    fractions = [documents.stable_fraction(f"7:doc{i}") for i in range(200)]
+    assigned = [documents.assign_split(f"doc{i}", 0.2, 0.1, 7) for i in range(200)]
+    assert assigned == ["test" if f < 0.1 else "valid" if f < 0.3 else "train" for f in fractions]
+    assert 0 < assigned.count("test") < assigned.count("valid") < assigned.count("train")

@@ -16,7 +16,7 @@ from lmforge import tokenizer as tokenizer_mod
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import EvaluateConfig, causal_scores, masked_scores, pseudo_log_likelihood, read_tokens, run as evaluate
 from lmforge.pretrain import PretrainConfig, run as pretrain
-from lmforge.tokenizer import DataConfig
+from lmforge.documents import SplitConfig
 
 
 def evaluate_report(out, **values) -> dict:
@@ -112,7 +112,7 @@ def test_evaluate_reads_the_tokens_the_shards_hold(unigram_llama, small_text, tm
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text("".join(json.dumps({"text": f"Second Citizen:\nWe are accounted poor citizens, {i}.\n"}) + "\n" for i in range(3)))
     sources = documents.resolve_sources([text, jsonl])
-    shards.build(sources, unigram_llama, DataConfig(valid_fraction=0.0), tmp_path / "shards")
+    shards.build(sources, unigram_llama, SplitConfig(valid_fraction=0.0), tmp_path / "shards")
     held = shards.TokenShards.open(tmp_path / "shards").train
     scored = read_tokens(sources, tokenizer_mod.load(unigram_llama), "strict", None)
     assert scored.tokens.tolist() == held.tolist()
@@ -126,7 +126,7 @@ def test_evaluate_loss_equals_the_training_objective_loss(unigram_llama, small_t
     text.write_text(small_text.read_text()[:3000])
     context, windows = 32, 5
     report = evaluate_report(tmp_path / "eval", model=str(unigram_llama), data=[str(text)], stride=context, max_tokens=windows * context + 1)
-    shards.build(documents.resolve_sources([text]), unigram_llama, DataConfig(valid_fraction=0.0), tmp_path / "shards")
+    shards.build(documents.resolve_sources([text]), unigram_llama, SplitConfig(valid_fraction=0.0), tmp_path / "shards")
     held = np.asarray(shards.TokenShards.open(tmp_path / "shards").train[: windows * context + 1], dtype=np.int64)
     objective = objectives.CausalLM(held, context, windows, seed=0)
     batch = {"tokens": objectives.gather(held, np.arange(windows) * context, objective.window)}

@@ -171,3 +171,19 @@ def test_every_task_declares_the_task_interface(tiny_bert):
     with pytest.raises(LmforgeError, match=r"--mode head trains the dropout \+ classifier of a BERT-style classification model; "
                                            r"BertModel has no dropout, classifier; use --mode full or lora"):
         freeze_encoder(AutoModel.from_pretrained(str(tiny_bert)), tasks[0])
+
+
+def test_tables_are_read_through_documents_gz_and_bad_bytes_named(tmp_path):
+    import gzip
+
+    path = tmp_path / "t.tsv.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("sentence\tlabel\nfine\t1\nalso fine\t0\n")
+    assert [r.text for r in data.read_table(path, FMT)] == ["fine", "also fine"]
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"sentence,label\ncaf\xe9,1\n")
+    with pytest.raises(LmforgeError, match=r"bad\.csv: bytes after line \d+ are not UTF-8 .*convert the file to UTF-8"):
+        data.read_table(bad, FMT)
+    jsonl = write(tmp_path / "d.jsonl", '{"sentence": "a", "label": 1}\n[1, 2]\n')
+    with pytest.raises(LmforgeError, match=r"d\.jsonl:2: expected a JSON object per line, got list"):
+        data.read_table(jsonl, FMT)

@@ -74,12 +74,12 @@ def test_encode_text_encodes_line_by_line_as_training_does(unigram_tokenizer):
 
 def test_statistics_count_the_tokens_the_shards_hold(unigram_tokenizer, small_text, tmp_path):
     from lmforge import documents, shards
-    from lmforge.tokenizer import DataConfig
+    from lmforge.documents import SplitConfig
 
     text = tmp_path / "play.txt"
     text.write_text(small_text.read_text()[:3000])  # speeches separated by blank lines
     unigram_tokenizer.save_pretrained(str(tmp_path / "tok"))
-    meta = shards.build(documents.resolve_sources([text]), tmp_path / "tok", DataConfig(valid_fraction=0.0), tmp_path / "shards")
+    meta = shards.build(documents.resolve_sources([text]), tmp_path / "tok", SplitConfig(valid_fraction=0.0), tmp_path / "shards")
     stats = tokenizer_mod.statistics(unigram_tokenizer, [(text.read_text(), True)])
     assert stats["heldout_tokens"] == meta["splits"]["train"]["tokens"] - 1  # all but the closing boundary token
     assert stats["heldout_words"] == len(text.read_text().split())

@@ -83,10 +83,10 @@ def _documents(sources: list[documents.Source], encoding_errors: str) -> Iterato
     """(text block, ends_document) over whole sources: a text file is one document, a JSONL line is one."""
     for source in sources:
         if source.kind == "jsonl":
-            for _, text in documents.read_jsonl_documents(source.path):
+            for _, text in documents.read_jsonl_documents(source.path, encoding_errors=encoding_errors, setting="encoding_errors"):
                 yield text, True
             continue
-        blocks = documents.read_text_blocks(source.path, encoding_errors=encoding_errors)
+        blocks = documents.read_text_blocks(source.path, encoding_errors=encoding_errors, setting="encoding_errors")
         previous = next(blocks, None)
         for block in blocks:
             yield previous, False

@@ -22,10 +22,11 @@ from lmforge import cache, checkpoint, documents, hardware, objectives, report, 
 from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
+from lmforge.documents import SplitConfig
 from lmforge.errors import LmforgeError
 from lmforge.loop import Process, TrainConfig, fit, validation_loss
 from lmforge.runfolder import RunFolder, write_json_atomic
-from lmforge.tokenizer import DataConfig, TokenizerConfig
+from lmforge.tokenizer import TokenizerConfig
 
 
 @dataclass
@@ -35,7 +36,7 @@ class PretrainConfig:
     resume: bool = option(False, "continue from the newest checkpoint in --out (its config.yaml is reused unless --config is given)")
     shards: Optional[str] = option(None, "use this shards folder (from `lmforge shards`) instead of tokenizing --data")
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    split: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     model: model_mod.ModelConfig = field(default_factory=model_mod.ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

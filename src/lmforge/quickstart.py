@@ -18,7 +18,7 @@ from lmforge.pretrain import run as pretrain
 DEMO = {
     "data": ["builtin:tinyshakespeare"],
     "tokenizer": {"kind": "char"},
-    "split": {"valid_fraction": 0.1, "split": "tail"},
+    "split": {"valid_fraction": 0.1, "mode": "tail"},
     "model": {"family": "llama", "layers": 4, "heads": 4, "width": 128, "context": 64},
     "train": {"batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100, "beta2": 0.99,
               "eval_every": 500, "eval_windows": None, "log_every": 100, "save_every": 1000, "compile": "auto"},

@@ -23,9 +23,9 @@ import numpy as np
 from lmforge import cache, documents, publish
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
+from lmforge.documents import SplitConfig
 from lmforge.errors import LmforgeError
 from lmforge.runfolder import RunFolder, file_sha256
-from lmforge.tokenizer import DataConfig
 
 SPLITS = ("train", "valid")
 # Part of the cache key: shards encoded under older rules (whole blocks; saved padding/truncation on) are not reused.
@@ -37,7 +37,7 @@ class ShardsConfig:
     data: list[str] = option([], "input text: files, folders or globs (.txt .md .rst .jsonl, or a corpus/ folder)")
     out: str = option("runs/shards", "output folder for train.bin / valid.bin / meta.json")
     tokenizer: str = option("", "tokenizer folder (from `lmforge tokenizer` or any HF model folder)")
-    split: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
 
 
 def tokenizer_hash(folder: str | Path) -> str:
@@ -72,14 +72,14 @@ def _encode_split(tokenizer, blocks, handle, dtype, boundary: int) -> tuple[int,
     return written, starts[:-1] if len(starts) > 1 else starts
 
 
-def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: DataConfig, out: Path) -> dict:
+def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig, out: Path) -> dict:
     """Tokenize both splits into `out`, published whole (an earlier `out` is swapped out). Returns meta.json's content."""
     with publish.publish_folder(out) as tmp:
         meta = _tokenize_into(tmp, sources, tokenizer_dir, split)
     return meta
 
 
-def _tokenize_into(folder: Path, sources: list[documents.Source], tokenizer_dir: str | Path, split: DataConfig) -> dict:
+def _tokenize_into(folder: Path, sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig) -> dict:
     """Write both splits' token files and meta.json into the (temp) `folder`; return meta.json's content."""
     tokenizer = tokenizer_mod.load(tokenizer_dir)
     vocab = len(tokenizer)
@@ -90,7 +90,7 @@ def _tokenize_into(folder: Path, sources: list[documents.Source], tokenizer_dir:
             "tokenizer_hash": tokenizer_hash(tokenizer_dir), "tokenizer": str(tokenizer_dir), "splits": {}}
     started = time.time()
     for name in SPLITS:
-        blocks = documents.iter_split(sources, name, split.valid_fraction, split.split, split.encoding_errors, stats, split.text_field)
+        blocks = documents.iter_split(sources, name, split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field)
         with open(folder / f"{name}.bin", "wb") as handle:
             count, starts = _encode_split(tokenizer, blocks, handle, dtype, boundary)
         np.save(folder / f"{name}.docs.npy", np.asarray(starts, dtype=np.int64))
@@ -102,12 +102,12 @@ def _tokenize_into(folder: Path, sources: list[documents.Source], tokenizer_dir:
     return meta
 
 
-def cache_inputs(tokenizer_dir: str | Path, split: DataConfig, fingerprint: list[str]) -> dict:
+def cache_inputs(tokenizer_dir: str | Path, split: SplitConfig, fingerprint: list[str]) -> dict:
     """What cached shards depend on (`cache.key` hashes it into the entry name)."""
     return {"tokenizer": tokenizer_hash(tokenizer_dir), "split": split.__dict__, "inputs": fingerprint, "encoding": ENCODING_RULES}
 
 
-def cached(sources: list[documents.Source], tokenizer_dir: str | Path, split: DataConfig) -> Path:
+def cached(sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig) -> Path:
     """Shards for these inputs and tokenizer, built once and reused (keyed by their hashes)."""
     inputs = cache_inputs(tokenizer_dir, split, documents.input_fingerprint(sources))
     folder = cache.folder("shards", inputs)

@@ -20,6 +20,7 @@ from tokenizers import Encoding, Regex, Tokenizer, decoders, models, normalizers
 
 from lmforge import documents
 from lmforge.config import option
+from lmforge.documents import SplitConfig
 from lmforge.errors import LmforgeError
 from lmforge.publish import write_json_atomic
 from lmforge.runfolder import RunFolder
@@ -43,20 +44,12 @@ class TokenizerConfig:
 
 
 @dataclass
-class DataConfig:
-    valid_fraction: float = option(0.1, "fraction of the text held out for validation")
-    split: Literal["auto", "tail", "files"] = option("auto", "tail: last part of each file is valid (in order); files: whole files go to valid; auto: files when >= 10 text files")
-    encoding_errors: Literal["strict", "replace"] = option("strict", "non-UTF-8 bytes: strict stops with file and byte offset; replace substitutes U+FFFD and counts them")
-    text_field: str = option("text", "field holding the text in .jsonl inputs")
-
-
-@dataclass
 class TokenizerStageConfig:
     data: list[str] = option([], "input text: files, folders or globs (.txt .md .rst .jsonl, or a corpus/ folder)")
     out: str = option("runs/tokenizer", "output folder: an HF tokenizer folder plus report.json")
     objective: Objective = option("clm", "which special tokens to add: clm (<|endoftext|>) or mlm (BERT's [CLS] [SEP] [MASK] ...)")
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    split: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
 
 
 def _sample(blocks: Iterable[tuple[str, bool]], limit: int) -> Iterator[list[str]]:
@@ -210,20 +203,20 @@ def load(path: str | Path):
     return tokenizer
 
 
-def cache_inputs(cfg: TokenizerConfig, split: DataConfig, objective: str, fingerprint: list[str]) -> dict:
+def cache_inputs(cfg: TokenizerConfig, split: SplitConfig, objective: str, fingerprint: list[str]) -> dict:
     """What a cached tokenizer depends on (`cache.key` hashes it into the entry name)."""
     return {"tokenizer": cfg.__dict__, "split": split.__dict__, "objective": objective, "inputs": fingerprint}
 
 
-def build(sources: list[documents.Source], cfg: TokenizerConfig, split: DataConfig, objective: Objective, out: Path) -> dict:
+def build(sources: list[documents.Source], cfg: TokenizerConfig, split: SplitConfig, objective: Objective, out: Path) -> dict:
     """Train on the train split, save into `out`, and return the held-out statistics."""
     stats = documents.DecodeStats()
     started = time.time()
-    tokenizer = train(documents.iter_split(sources, "train", split.valid_fraction, split.split, split.encoding_errors, stats, split.text_field), cfg, objective)
+    tokenizer = train(documents.iter_split(sources, "train", split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field), cfg, objective)
     seconds = time.time() - started
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out))
-    heldout = documents.iter_split(sources, "valid", split.valid_fraction, split.split, split.encoding_errors, stats, split.text_field)
+    heldout = documents.iter_split(sources, "valid", split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field)
     report = {"kind": cfg.kind, "objective": objective, "train_seconds": round(seconds, 2), **statistics(tokenizer, heldout)}
     report["replaced_characters"] = stats.total
     write_json_atomic(out / "report.json", report)

@@ -6,7 +6,9 @@ header permalinks such as Sphinx's `¶` are dropped), PDF (see pdf.py), JSONL (o
 text in `extract.text_field`), CSV/TSV (one document per row, text in `extract.text_column`),
 DOCX (python-docx paragraphs and tables, in order), and gzip of any of them.
 
-A broken file raises ExtractionError; a broken record (a JSONL line that is not JSON) is
+The text, JSONL and CSV/TSV bytes are read by `documents.read`; this module turns its records into
+documents (`extract.text_field`, `extract.text_column`, `extract.metadata_fields`). A broken file
+raises ExtractionError; a broken record (a JSONL line that is not JSON) is
 appended to `problems` as (position, "file:line: why") and the rest of the file is still read, so
 nothing read before a failure is lost.
 
@@ -16,53 +18,28 @@ documents to the workers in batches of about one work unit, in file order.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import gzip
 import html
 import io
-import json
 import re
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 from lmforge.corpus.config import ExtractConfig
 from lmforge.corpus.errors import ExtractionError
 from lmforge.corpus.pdf import pdf_text
-from lmforge.corpus.sources import FilePart
+from lmforge.documents.read import (
+    EncodingErrors, FilePart, RawDocument, ReadError, ReadLog, check_not_binary, decode, jsonl_values, read_all, read_plain_text, table_rows,
+)
 
-BLOCK_BYTES = 1 << 20
-SNIFF_BYTES = 8192
-# Above this share of U+FFFD after decoding, a "text" file is really binary.
-MAX_REPLACED_FRACTION = 0.1
+ENCODING_SETTING = "extract.encoding_errors"
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 # Permalinks next to headings and definitions: Sphinx and MkDocs `<a class="headerlink">¶</a>`,
 # and other generators' anchors whose only text is a mark.
 _PERMALINKS = ("//a[contains(concat(' ', normalize-space(@class), ' '), ' headerlink ')]"
                " | //a[starts-with(@href, '#') and (normalize-space(.) = '¶' or normalize-space(.) = '§' or normalize-space(.) = '#')]")
-_PARAGRAPH_BREAK = "\n\n"
-
-
-@dataclass
-class RawDocument:
-    """Extracted text before cleaning; `position` (line, chunk) makes its doc_id unique in the file."""
-
-    text: str
-    position: str
-    meta: dict = field(default_factory=dict)
-
-
-@dataclass
-class ReadLog:
-    """What reading one file noticed besides documents; `raw` is the open file under any gzip
-    layer, whose position says how much of the input has been read."""
-
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (position, "file:line: why")
-    replaced_chars: int = 0
-    raw: BinaryIO | None = None
 
 
 @dataclass
@@ -77,105 +54,9 @@ class DocumentBatch:
     failure: str | None = None
 
 
-@contextmanager
-def _open(part: FilePart, log: ReadLog | None = None) -> Iterator[BinaryIO]:
-    with open(part.file.path, "rb") as raw:
-        if log is not None:
-            log.raw = raw
-        if part.file.gzip:
-            with gzip.GzipFile(fileobj=raw, mode="rb") as handle:
-                yield handle
-        else:
-            yield raw
-
-
-def _read_all(part: FilePart) -> bytes:
-    with _open(part) as handle:
-        return handle.read()
-
-
-def _check_not_binary(head: bytes) -> None:
-    # UTF-16 text has NUL bytes too, but starts with a byte-order mark.
-    if b"\x00" in head[:SNIFF_BYTES] and not head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise ExtractionError("binary data (NUL bytes) where text was expected; remove the file or give it its real suffix")
-
-
-def decode(data: bytes, errors: str, log: ReadLog) -> str:
-    """Bytes of a whole file to text: UTF-8 (BOM allowed) or BOM-marked UTF-16."""
-    _check_not_binary(data)
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return data.decode("utf-16", errors="replace")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        if errors == "skip":
-            raise ExtractionError(f"bytes at offset {err.start} are not UTF-8; convert the file to UTF-8 or set extract.encoding_errors: replace") from None
-    text = data.decode("utf-8-sig", errors="replace")
-    replaced = text.count("\ufffd")
-    if replaced > MAX_REPLACED_FRACTION * max(len(text), 1):
-        raise ExtractionError(f"{replaced} of {len(text)} characters are not UTF-8: this is not text; convert it to UTF-8 or leave it out")
-    log.replaced_chars += replaced
-    return text
-
-
-def _byte_blocks(part: FilePart, log: ReadLog) -> Iterator[bytes]:
-    with _open(part, log) as handle:
-        if part.start:
-            handle.seek(part.start)
-        remaining = None if part.end is None else part.end - part.start
-        # gzip: read1 returns what one step of decompression gives, so a stream that ends early
-        # loses only its last piece; read(n) would drop everything decompressed in the call.
-        read = handle.read1 if part.file.gzip else handle.read
-        while remaining is None or remaining > 0:
-            block = read(BLOCK_BYTES if remaining is None else min(BLOCK_BYTES, remaining))
-            if not block:
-                return
-            if remaining is not None:
-                remaining -= len(block)
-            yield block
-
-
-def _text_blocks(part: FilePart, errors: str, log: ReadLog) -> Iterator[str]:
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict" if errors == "skip" else "replace")
-    offset = part.start
-    for number, block in enumerate(_byte_blocks(part, log)):
-        if number == 0:
-            _check_not_binary(block)
-            if part.start == 0 and block.startswith(codecs.BOM_UTF8):
-                block = block[len(codecs.BOM_UTF8):]
-            elif part.start == 0 and block.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-                decoder = codecs.getincrementaldecoder("utf-16")(errors="replace")
-        try:
-            text = decoder.decode(block)
-        except UnicodeDecodeError as err:
-            raise ExtractionError(f"bytes at offset {offset + err.start} are not UTF-8; convert the file to UTF-8 or set extract.encoding_errors: replace") from None
-        replaced = text.count("\ufffd")
-        if number == 0 and replaced > MAX_REPLACED_FRACTION * max(len(text), 1):
-            raise ExtractionError(f"{replaced} of the first {len(text)} characters are not UTF-8: this is not text; convert it to UTF-8 or leave it out")
-        log.replaced_chars += replaced
-        offset += len(block)
-        yield text
-    yield decoder.decode(b"", final=True)
-
-
-def read_plain_text(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[RawDocument]:
-    """A text file is one document; past `max_document_chars` it is cut at paragraph breaks."""
-    limit = cfg.max_document_chars
-    buffer = ""
-    pieces = 0
-    for text in _text_blocks(part, cfg.encoding_errors, log):
-        buffer += text
-        while len(buffer) > limit:
-            cut = buffer.rfind(_PARAGRAPH_BREAK, 0, limit)
-            if cut <= 0:
-                cut = buffer.rfind("\n", 0, limit)
-            if cut <= 0:
-                cut = limit
-            yield RawDocument(buffer[:cut], f"{part.chunk}.{pieces}", {"piece": pieces})
-            buffer = buffer[cut:].lstrip("\n")
-            pieces += 1
-    if buffer or pieces == 0:
-        yield RawDocument(buffer, f"{part.chunk}.{pieces}", {"piece": pieces} if pieces else {})
+def _errors(cfg: ExtractConfig) -> EncodingErrors:
+    # "skip": the reader stops at the first bad byte and the file is recorded as failed
+    return "strict" if cfg.encoding_errors == "skip" else "replace"
 
 
 def _copy_fields(record: dict, names: list[str]) -> dict:
@@ -183,59 +64,28 @@ def _copy_fields(record: dict, names: list[str]) -> dict:
 
 
 def read_jsonl(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[RawDocument]:
-    """One document per line; a bad line is logged as file:line and skipped."""
-    path = part.file.path
-    errors = "strict" if cfg.encoding_errors == "skip" else "replace"
-    pending = b""
-    line = part.first_line
-    for number, block in enumerate(_byte_blocks(part, log)):
-        if number == 0:
-            _check_not_binary(block)
-        lines = (pending + block).split(b"\n")
-        pending = lines.pop()
-        for raw in lines:
-            yield from _jsonl_record(raw, path, line, cfg, errors, log)
-            line += 1
-    if pending.strip():
-        yield from _jsonl_record(pending, path, line, cfg, errors, log)
-
-
-def _jsonl_record(raw: bytes, path: str, line: int, cfg: ExtractConfig, errors: str, log: ReadLog) -> Iterator[RawDocument]:
-    if not raw.strip():
-        return
-    try:
-        record = json.loads(raw.decode("utf-8", errors=errors))
-    except UnicodeDecodeError as err:
-        log.problems.append((f"line{line}", f"{path}:{line}: bytes are not UTF-8 ({err.reason}); convert the file or set extract.encoding_errors: replace"))
-        return
-    except ValueError as err:
-        log.problems.append((f"line{line}", f"{path}:{line}: not valid JSON ({err}); fix or remove that line"))
-        return
-    if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
-        log.problems.append((f"line{line}", f"{path}:{line}: no string field '{cfg.text_field}'; fix the line or set extract.text_field"))
-        return
-    yield RawDocument(record[cfg.text_field], f"line{line}", {"line": line, **_copy_fields(record, cfg.metadata_fields)})
+    """One document per line, text in `extract.text_field`; a bad line is logged as file:line and skipped."""
+    for line, record in jsonl_values(part, _errors(cfg), log, ENCODING_SETTING):
+        if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
+            log.problems.append((f"line{line}", f"{part.file.path}:{line}: no string field '{cfg.text_field}'; fix the line or set extract.text_field"))
+            continue
+        yield RawDocument(record[cfg.text_field], f"line{line}", {"line": line, **_copy_fields(record, cfg.metadata_fields)})
 
 
 def read_table(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[RawDocument]:
-    """One document per row of a .csv (RFC 4180 quoting) or .tsv (tabs, no quoting)."""
-    csv.field_size_limit(1 << 30)
-    tsv = part.file.format == "tsv"
-    with _open(part, log) as raw:
-        _check_not_binary(raw.peek(SNIFF_BYTES)[:SNIFF_BYTES] if hasattr(raw, "peek") else b"")
-        errors = "strict" if cfg.encoding_errors == "skip" else "replace"
-        handle = io.TextIOWrapper(raw, encoding="utf-8-sig", errors=errors, newline="")
-        reader = csv.DictReader(handle, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
-        columns = reader.fieldnames or []
-        if cfg.text_column not in columns:
-            shown = ", ".join(columns[:12]) or "none: the file is empty"
-            raise ExtractionError(f"no column '{cfg.text_column}' (columns: {shown}); set extract.text_column to the column with the text")
-        for row in reader:
-            text = row.get(cfg.text_column)
-            if text is None:
-                log.problems.append((f"row{reader.line_num}", f"{part.file.path}:{reader.line_num}: the row has no '{cfg.text_column}' value; fix the row"))
-                continue
-            yield RawDocument(text, f"row{reader.line_num}", {"line": reader.line_num, **_copy_fields(row, cfg.metadata_fields)})
+    """One document per row of a .csv (RFC 4180 quoting) or .tsv (tabs, no quoting), text in `extract.text_column`."""
+    rows = table_rows(part, _errors(cfg), log, quoting=part.file.format != "tsv", setting=ENCODING_SETTING)
+    columns = next(rows, (0, []))[1]
+    if cfg.text_column not in columns:
+        shown = ", ".join(columns[:12]) or "none: the file is empty"
+        raise ExtractionError(f"no column '{cfg.text_column}' (columns: {shown}); set extract.text_column to the column with the text")
+    for line, fields in rows:
+        row = dict(zip(columns, fields))
+        text = row.get(cfg.text_column)
+        if text is None:
+            log.problems.append((f"row{line}", f"{part.file.path}:{line}: the row has no '{cfg.text_column}' value; fix the row"))
+            continue
+        yield RawDocument(text, f"row{line}", {"line": line, **_copy_fields(row, cfg.metadata_fields)})
 
 
 def markdown_to_text(source: str) -> str:
@@ -319,17 +169,17 @@ def docx_to_text(data: bytes) -> str:
 
 
 def _whole_file_document(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> RawDocument:
-    data = _read_all(part)
+    data = read_all(part)
     fmt = part.file.format
     if fmt == "html":
-        _check_not_binary(data)
+        check_not_binary(data)
         text, meta = html_to_text(data, cfg.html_focus, cfg.html_fallback)
     elif fmt == "pdf":
         text, meta = pdf_text(data, cfg.pdf_repeat_fraction)
     elif fmt == "docx":
         text, meta = docx_to_text(data), {}
     else:  # markdown
-        text, meta = markdown_to_text(decode(data, cfg.encoding_errors, log)), {}
+        text, meta = markdown_to_text(decode(data, _errors(cfg), log, ENCODING_SETTING)), {}
     return RawDocument(text, "0", meta)
 
 
@@ -338,7 +188,7 @@ def read_documents(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator
     try:
         fmt = part.file.format
         if fmt == "text":
-            yield from read_plain_text(part, cfg, log)
+            yield from read_plain_text(part, _errors(cfg), log, cfg.max_document_chars, ENCODING_SETTING)
         elif fmt == "jsonl":
             yield from read_jsonl(part, cfg, log)
         elif fmt in ("csv", "tsv"):
@@ -347,6 +197,8 @@ def read_documents(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator
             yield _whole_file_document(part, cfg, log)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise ExtractionError(f"the gzip stream is broken or ends early ({err}); re-download or re-compress the file") from None
+    except ReadError as err:
+        raise ExtractionError(str(err)) from None
     except UnicodeDecodeError as err:
         raise ExtractionError(f"bytes at offset {err.start} are not UTF-8; convert the file to UTF-8 or set extract.encoding_errors: replace") from None
     except csv.Error as err:

@@ -32,12 +32,13 @@ from lmforge.corpus.clean import Cleaner
 from lmforge.corpus.config import CorpusConfig, ExtractConfig
 from lmforge.corpus.dedup import DuplicateIndex, Signer, canonical_words, normalised_hash
 from lmforge.corpus.errors import ExtractionError
-from lmforge.corpus.extract import RawDocument, ReadLog, read_documents, read_in_batches
+from lmforge.corpus.extract import read_documents, read_in_batches
 from lmforge.corpus.filters import QualityFilter
 from lmforge.corpus.output import DROPPED_LOG, SPLITS, DroppedLog, ShardWriter, prepare_out_folder
 from lmforge.corpus.report import CorpusReport, Tally, excerpt
 from lmforge.corpus.snippets import Snipper, load_token_counter
-from lmforge.corpus.sources import FilePart, WorkUnit, content_size, plan_units, resolve_inputs, unit_target
+from lmforge.corpus.units import WorkUnit, content_size, plan_units, resolve_inputs, unit_target
+from lmforge.documents import FilePart, RawDocument, ReadLog, assign_split
 from lmforge.errors import LmforgeError
 from lmforge.runfolder import RunFolder
 
@@ -192,17 +193,6 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callab
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
-
-
-def assign_split(doc_id: str, valid_fraction: float, test_fraction: float, seed: int) -> str:
-    """train / valid / test from a hash of the document id: stable under reordering of inputs."""
-    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode("utf-8"), digest_size=8).digest()
-    position = int.from_bytes(digest, "big") / 2**64
-    if position < test_fraction:
-        return "test"
-    if position < test_fraction + valid_fraction:
-        return "valid"
-    return "train"
 
 
 def validate(config: CorpusConfig) -> None:

@@ -1,4 +1,4 @@
-"""Readers for labelled data: CSV/TSV/JSONL tables, CoNLL column files and SQuAD JSON.
+"""Task parsing of labelled data: CSV/TSV/JSONL tables (read by documents.read), CoNLL column files, SQuAD JSON.
 
 Every record keeps the line it came from, so a bad label or a malformed line is reported as
 `file:line`. Label maps are built from the train split only; a label seen first at eval time
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from lmforge import documents
 from lmforge.config import option
 from lmforge.errors import LmforgeError
 
@@ -94,28 +94,26 @@ def _empty(path: Path, role: str) -> LmforgeError:
 # --- tables -------------------------------------------------------------------------------------
 
 def read_rows(path: Path, cfg: FormatConfig) -> tuple[list[str], list[tuple[int, Any]]]:
-    """(column names, [(line, row)]) of a CSV/TSV (rows are lists) or JSONL file (rows are dicts)."""
-    if path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        with open(path, encoding="utf-8-sig") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise LmforgeError(f"{path}:{number}: not valid JSON ({err.msg}); each line must be one JSON object") from None
+    """(column names, [(line, row)]) of a CSV/TSV (rows are lists) or JSONL file (rows are dicts),
+    read with documents.read (a .gz of any of them too)."""
+    name = path.name.lower().removesuffix(".gz")
+    fmt = "jsonl" if name.endswith((".jsonl", ".json")) else "tsv" if name.endswith((".tsv", ".tab")) else "csv"
+    part = documents.whole(path, fmt)
+    try:
+        if fmt == "jsonl":
+            rows = []
+            for number, row in documents.jsonl_values(part, "strict", documents.ReadLog(), problems=False):
                 if not isinstance(row, dict):
                     raise LmforgeError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
                 rows.append((number, row))
-        names = list(rows[0][1]) if rows else []
-        return names, rows
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    csv.field_size_limit(sys.maxsize)
-    # utf-8-sig: a BOM (MRPC's files have one) would otherwise stick to the first column name
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if cfg.quoting else csv.QUOTE_NONE)
-        rows = [(reader.line_num, row) for row in reader if row]
+            names = list(rows[0][1]) if rows else []
+            return names, rows
+        # a BOM (MRPC's files have one) is dropped, not stuck to the first column name
+        rows = list(documents.table_rows(part, "strict", documents.ReadLog(), cfg.quoting))
+    except documents.ReadError as err:
+        raise LmforgeError(str(err) if str(err).startswith(str(path)) else f"{path}: {err}") from None
+    except csv.Error as err:
+        raise LmforgeError(f"{path}: not valid {fmt.upper()} ({err}); fix the quoting, or set --format.quoting false") from None
     if cfg.header and rows:
         names = [name.strip() for name in rows[0][1]]
         return names, rows[1:]

@@ -1,9 +1,8 @@
-"""Find the documents named by `--data` and cut them into work units for the worker processes.
+"""Order the corpus stage's inputs and cut them into work units for the worker processes.
 
-Inputs are files, folders (searched recursively, hidden entries skipped) and globs. The format
-comes from the suffix, under an optional `.gz`. Rendered formats (HTML, PDF, DOCX) are processed
-first, so that the copy the main process keeps from a near-duplicate cluster is the rendered page,
-not its source; a Sphinx `_sources/PAGE.rst.txt` whose `PAGE.html` is also an input is left out.
+Inputs come from `documents.find`. Rendered formats (HTML, PDF, DOCX) are processed first, so that
+the copy the main process keeps from a near-duplicate cluster is the rendered page, not its
+source; a Sphinx `_sources/PAGE.rst.txt` whose `PAGE.html` is also an input is left out.
 
 Every unit is about `chunk_bytes` of input or less, which keeps the memory in flight bounded:
 big uncompressed .txt/.jsonl files are cut into line-aligned byte ranges; big CSV/TSV files and
@@ -14,26 +13,16 @@ grouped.
 
 from __future__ import annotations
 
-import glob
 import os
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmforge.errors import LmforgeError
-from lmforge.runfolder import stage_of
+from lmforge.documents import FilePart, InputFile, Inventory, find
 
-if TYPE_CHECKING:  # extract.py imports this module
+if TYPE_CHECKING:  # annotations only
     from lmforge.corpus.extract import DocumentBatch
 
-FORMATS = {
-    ".txt": "text", ".text": "text", ".rst": "text",
-    ".md": "markdown", ".markdown": "markdown",
-    ".html": "html", ".htm": "html", ".xhtml": "html",
-    ".pdf": "pdf", ".docx": "docx",
-    ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv",
-}
 # Formats a worker reads as a stream of lines, so a big file can be cut by byte ranges.
 SPLITTABLE = {"text", "jsonl"}
 # Formats read record by record: a big file of these (or a big .gz of SPLITTABLE) is streamed.
@@ -49,25 +38,6 @@ MIN_UNIT_BYTES = 1 << 14
 FORMAT_COST = {"html": 3, "pdf": 12, "docx": 8}
 
 
-@dataclass(frozen=True)
-class InputFile:
-    path: str
-    format: str
-    gzip: bool
-    size: int
-
-
-@dataclass(frozen=True)
-class FilePart:
-    """A whole file, or the byte range [start, end) of one that begins at line `first_line`."""
-
-    file: InputFile
-    start: int = 0
-    end: int | None = None
-    first_line: int = 1
-    chunk: int = 0
-
-
 @dataclass
 class WorkUnit:
     """Files or ranges a worker reads; or, when `stream` is set, one big file that the main process
@@ -77,52 +47,6 @@ class WorkUnit:
     parts: list[FilePart]
     stream: bool = False
     batch: DocumentBatch | None = None
-
-
-@dataclass
-class Inventory:
-    """What `--data` names: readable files, inputs that yielded nothing, and skipped suffixes."""
-
-    files: list[InputFile] = field(default_factory=list)
-    roots: list[str] = field(default_factory=list)
-    failures: list[dict] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)
-    source_copies: list[dict] = field(default_factory=list)  # {"path", "rendered"} left out
-
-
-def detect_format(path: Path) -> tuple[str | None, bool]:
-    """(format, gzipped) from the file name; format is None for an unsupported suffix."""
-    name = path.name.lower()
-    gzipped = name.endswith(".gz")
-    if gzipped:
-        name = name[:-3]
-    return FORMATS.get(Path(name).suffix), gzipped
-
-
-def _walk(folder: Path, out: Path, inventory: Inventory) -> list[Path]:
-    """Supported files under `folder`, sorted; hidden entries and lmforge run folders (our own
-    output among them: report.html is not a document) are left out."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        here = Path(root)
-        kept_dirs = []
-        for name in sorted(dirs):
-            sub = here / name
-            if name.startswith(".") or sub.resolve() == out or stage_of(sub) is not None:
-                inventory.skipped["(hidden or lmforge run folder)"] += 1
-                continue
-            kept_dirs.append(name)
-        dirs[:] = kept_dirs
-        for name in sorted(files):
-            path = here / name
-            if name.startswith(".") or not path.is_file():
-                continue
-            fmt, _ = detect_format(path)
-            if fmt is None:
-                inventory.skipped[path.suffix.lower() or "(no suffix)"] += 1
-                continue
-            found.append(path)
-    return sorted(found)
 
 
 def _rendered_page_of(path: str, html_pages: set[str]) -> str | None:
@@ -161,50 +85,16 @@ def _order_and_drop_copies(files: list[InputFile], inventory: Inventory, skip_so
 
 
 def resolve_inputs(data: list[str], out: str | Path, skip_source_copies: bool = True) -> Inventory:
-    """Expand `--data` into files in a stable order: rendered formats (HTML, PDF, DOCX) first, then
-    the rest, each in `--data` order. With `skip_source_copies`, Sphinx `_sources/` copies of pages
-    that are also inputs are left out (listed in `inventory.source_copies`).
+    """`documents.find` for the corpus stage (every format, .gz too; `out` is not walked), in the
+    order the stage processes files: rendered formats (HTML, PDF, DOCX) first, then the rest, each
+    in `--data` order. With `skip_source_copies`, Sphinx `_sources/` copies of pages that are also
+    inputs are left out (listed in `inventory.source_copies`).
 
     A path or glob that matches nothing raises LmforgeError (a typo, before any work); a folder
     with no supported document is recorded as a failure, so other inputs still go ahead.
     """
-    if not data:
-        raise LmforgeError("no input given; pass documents with --data PATH ... (files, folders or globs)")
-    out = Path(out).resolve()
-    inventory = Inventory()
-    paths: list[Path] = []
-    for raw in data:
-        if any(ch in raw for ch in "*?["):
-            matches = [Path(m) for m in sorted(glob.glob(raw, recursive=True)) if Path(m).is_file()]
-            if not matches:
-                raise LmforgeError(f"--data {raw}: the glob matches no file; check the pattern (quote it so the shell does not expand it)")
-            paths.extend(matches)
-            inventory.roots.extend(str(m) for m in matches)
-            continue
-        path = Path(raw)
-        if not path.exists():
-            raise LmforgeError(f"--data {path}: no such file or folder; check the path")
-        inventory.roots.append(str(path))
-        if path.is_dir():
-            found = _walk(path, out, inventory)
-            if not found:
-                suffixes = " ".join(sorted(FORMATS))
-                inventory.failures.append({"path": str(path), "format": "folder",
-                                           "error": f"the folder holds no supported documents ({suffixes}, optionally .gz)"})
-            paths.extend(found)
-        else:
-            paths.append(path)
-    seen: set[Path] = set()
-    files: list[InputFile] = []
-    for path in paths:
-        key = path.resolve()
-        if key in seen:
-            continue
-        seen.add(key)
-        fmt, gzipped = detect_format(path)
-        # A file named explicitly with an unknown suffix is read as text; a binary one fails there.
-        files.append(InputFile(str(path), fmt or "text", gzipped, path.stat().st_size))
-    inventory.files = _order_and_drop_copies(files, inventory, skip_source_copies)
+    inventory = find(data, out)
+    inventory.files = _order_and_drop_copies(inventory.files, inventory, skip_source_copies)
     return inventory
 
 

@@ -1,0 +1,26 @@
+"""The one input layer: find what `--data` names, read it, split it.
+
+    find.py   files, folders, globs, builtin: names, corpus folders -> InputFile / Source
+    read.py   one incremental decoder and one `encoding_errors` choice for text, JSONL, CSV/TSV, .gz
+    split.py  the text stages' SplitConfig (`--split.*`) and the one stable hash behind every split
+
+Every stage finds its inputs here; the corpus stage adds its own extractors (HTML, PDF, DOCX,
+Markdown) on top of these readers, and `tasks/` parses labelled rows read here.
+"""
+
+from lmforge.documents.find import FORMATS, InputFile, Inventory, Source, builtin_path, detect_format, find, input_file, resolve_sources
+from lmforge.documents.read import (
+    DecodeStats, EncodingErrors, FilePart, RawDocument, ReadError, ReadLog, TextDecoder, jsonl_values, line_boundary_after,
+    read_jsonl_documents, read_plain_text, read_text_blocks, table_rows, text_blocks, whole,
+)
+from lmforge.documents.split import (
+    SPLIT_RULES, SplitConfig, assign_split, choose_split_mode, input_fingerprint, iter_split, normalised_text, stable_fraction,
+)
+
+__all__ = [
+    "FORMATS", "InputFile", "Inventory", "Source", "builtin_path", "detect_format", "find", "input_file", "resolve_sources",
+    "DecodeStats", "EncodingErrors", "FilePart", "RawDocument", "ReadError", "ReadLog", "TextDecoder", "jsonl_values",
+    "line_boundary_after", "read_jsonl_documents", "read_plain_text", "read_text_blocks", "table_rows", "text_blocks", "whole",
+    "SPLIT_RULES", "SplitConfig", "assign_split", "choose_split_mode", "input_fingerprint", "iter_split", "normalised_text",
+    "stable_fraction",
+]
