@@ -7,18 +7,7 @@ import io
 import json
 from pathlib import Path
 
-
-def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # blank, or a row cut short by a kill mid-append
-            continue
-    return rows
+from lmforge.metrics_log import MetricsLog
 
 
 def pyplot():
@@ -88,7 +77,7 @@ def write_training_report(run_dir: str | Path, summary: dict, first: list[tuple[
     """report.html of a training run: `first` sections (e.g. the result), the loss curve from
     metrics.jsonl, then the summary table."""
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = MetricsLog(run_dir).rows()
     sections = [*first, ("Loss", loss_curve_svg(rows)), ("Summary", table_html(summary))]
     path = run_dir / "report.html"
     write_html(path, f"lmforge run: {run_dir.name}", sections)
