@@ -162,11 +162,11 @@ def materialise(task: Task, folder: Path) -> tuple[Path, Path]:
 
 def lmforge_config(task: Task, train: Path, valid: Path, out: Path, seed: int, mode: str = "full") -> finetune.FinetuneConfig:
     fmt = FormatConfig(**{"max_length": HPARAMS["max_length"], **task.fmt})
-    training = finetune.FinetuneTrainConfig(batch_size=HPARAMS["batch_size"], lr=HPARAMS["lr"] if mode == "full" else None,
-                                            weight_decay=HPARAMS["weight_decay"], seed=seed, best_metric=task.metric,
-                                            log_every=50, eval_every=10**9)  # evaluated once, at the end: no selection on the scored split
-    return finetune.FinetuneConfig(task=task.task, model="minilm", train=str(train), valid=str(valid), out=str(out), mode=mode,
-                                   epochs=HPARAMS["epochs"], format=fmt, training=training)
+    training = finetune.train_defaults(batch_size=HPARAMS["batch_size"], lr=HPARAMS["lr"] if mode == "full" else None,
+                                       weight_decay=HPARAMS["weight_decay"], seed=seed, best_metric=task.metric,
+                                       log_every=50, eval_every=10**9)  # evaluated once, at the end: no selection on the scored split
+    return finetune.FinetuneConfig(task=task.task, model="minilm", train_file=str(train), valid_file=str(valid), out=str(out), mode=mode,
+                                   epochs=HPARAMS["epochs"], format=fmt, train=training)
 
 
 def run_lmforge(config: finetune.FinetuneConfig, keep: bool = False) -> dict:
@@ -197,7 +197,7 @@ def run_trainer(config: finetune.FinetuneConfig, out: Path, expert: bool, kernel
     started = time.perf_counter()
     prepared = finetune.prepare(config)
     task = prepared.task
-    seed = config.training.seed
+    seed = config.train.seed
     torch.manual_seed(seed)  # the new head's initial weights, as lmforge seeds them
     model, tokenizer = backbone.load(prepared.model_dir, task)
     if expert and kernel:

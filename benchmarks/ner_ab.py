@@ -77,7 +77,7 @@ CONCLUSION = """
   tokens per batch, +0.11 over 6 seeds; it changes the gradient share of short CoNLL sentences from 40% to 15%),
   warm-up 3% vs 6% of the steps (-0.02). Not differences here: which sub-tokens carry labels and sentence splitting
   (both sides train on the same encoded rows; no CoNLL sentence exceeds 128 sub-tokens, 3 of 2,000 NCBI ones do).
-- Fix (src/lmforge/finetune.py, `--training.group_by_length auto`): NER training batches are random (`TaskObjective(group_chunk=1)`;
+- Fix (src/lmforge/finetune.py, `--train.group_by_length auto`): NER training batches are random (`TaskObjective(group_chunk=1)`;
   classification and QA still group by length);
   inference still sorts by length. After it (`lmforge_default`): CoNLL-2003 77.59 ± 0.61 vs Trainer 76.95 ± 1.16
   (+0.65 ± 0.91), NCBI-disease 73.98 ± 0.80 vs 73.83 ± 0.82 (+0.14 ± 1.14), 6 seeds each: within the Trainer's seed
@@ -95,7 +95,7 @@ class Variant:
 
     side: str  # lmforge | trainer
     about: str
-    lmforge: dict = field(default_factory=dict)    # FinetuneTrainConfig fields
+    lmforge: dict = field(default_factory=dict)    # finetune.train_defaults fields
     objective: dict = field(default_factory=dict)  # TaskObjective arguments: group_chunk (1: random batches), normaliser
     trainer: dict = field(default_factory=dict)    # TrainingArguments fields
     warmup: float = HPARAMS["warmup"]              # warm-up as a fraction of the total optimizer steps
@@ -111,16 +111,16 @@ VARIANTS = {
                        "loss / this batch's labelled tokens", objective=GROUPED),
     "lmforge_default": Variant("lmforge", "lmforge after the fix, every default: precision auto (bf16), attention auto, random batches"),
     "lmforge_warmup3": Variant("lmforge", "lmforge after the fix, warm-up 3% of the steps (finetune_seeds' Trainer: 6% of one of 2 epochs)", warmup=0.03),
-    "lmforge_fp32": Variant("lmforge", "lmforge, training.precision fp32", lmforge={"precision": "fp32"}, objective=GROUPED),
+    "lmforge_fp32": Variant("lmforge", "lmforge, train.precision fp32", lmforge={"precision": "fp32"}, objective=GROUPED),
     "lmforge_random": Variant("lmforge", "lmforge, random batches (no length grouping)", objective={"group_chunk": 1, "normaliser": "batch"}),
     "lmforge_chunk2": Variant("lmforge", "lmforge, length sorting within chunks of 2 batches (1.7x the tokens of 50 on CoNLL)", objective={"group_chunk": 2, "normaliser": "batch"}),
     "lmforge_chunk4": Variant("lmforge", "lmforge, length sorting within chunks of 4 batches (1.4x the tokens of 50 on CoNLL)", objective={"group_chunk": 4, "normaliser": "batch"}),
     "lmforge_fp32_random": Variant("lmforge", "lmforge, fp32 and random batches", lmforge={"precision": "fp32"}, objective={"group_chunk": 1, "normaliser": "batch"}),
     "lmforge_split": Variant("lmforge", "lmforge, length-grouped batches, loss / the split's mean labelled tokens per batch (normaliser split)",
                              objective={**GROUPED, "normaliser": "split"}),
-    "lmforge_sdpa": Variant("lmforge", "lmforge bf16, training.attention sdpa (no kernel choice)", lmforge={"attention": "sdpa"}, objective=GROUPED),
-    "lmforge_eager": Variant("lmforge", "lmforge bf16, training.attention eager", lmforge={"attention": "eager"}, objective=GROUPED),
-    "lmforge_sdpa_fp32": Variant("lmforge", "lmforge bf16, training.attention sdpa_fp32", lmforge={"attention": "sdpa_fp32"}, objective=GROUPED),
+    "lmforge_sdpa": Variant("lmforge", "lmforge bf16, train.attention sdpa (no kernel choice)", lmforge={"attention": "sdpa"}, objective=GROUPED),
+    "lmforge_eager": Variant("lmforge", "lmforge bf16, train.attention eager", lmforge={"attention": "eager"}, objective=GROUPED),
+    "lmforge_sdpa_fp32": Variant("lmforge", "lmforge bf16, train.attention sdpa_fp32", lmforge={"attention": "sdpa_fp32"}, objective=GROUPED),
 }
 
 
@@ -130,11 +130,11 @@ def materialise(dataset: str, folder: Path) -> tuple[Path, Path]:
 
 
 def config_for(train: Path, valid: Path, out: Path, seed: int, variant: Variant, warmup_steps: int) -> finetune.FinetuneConfig:
-    training = finetune.FinetuneTrainConfig(batch_size=HPARAMS["batch_size"], lr=HPARAMS["lr"], warmup_steps=warmup_steps,
-                                            schedule=HPARAMS["schedule"], weight_decay=HPARAMS["weight_decay"], seed=seed,
-                                            best_metric="f1", eval_every=10**9, log_every=50, **variant.lmforge)  # one evaluation, at the end
-    return finetune.FinetuneConfig(task="ner", model="minilm", train=str(train), valid=str(valid), out=str(out), mode="full",
-                                   epochs=HPARAMS["epochs"], format=FormatConfig(max_length=HPARAMS["max_length"]), training=training)
+    training = finetune.train_defaults(batch_size=HPARAMS["batch_size"], lr=HPARAMS["lr"], warmup_steps=warmup_steps,
+                                       schedule=HPARAMS["schedule"], weight_decay=HPARAMS["weight_decay"], seed=seed,
+                                       best_metric="f1", eval_every=10**9, log_every=50, **variant.lmforge)  # one evaluation, at the end
+    return finetune.FinetuneConfig(task="ner", model="minilm", train_file=str(train), valid_file=str(valid), out=str(out), mode="full",
+                                   epochs=HPARAMS["epochs"], format=FormatConfig(max_length=HPARAMS["max_length"]), train=training)
 
 
 def total_steps(rows: int) -> int:
@@ -169,7 +169,7 @@ def run_trainer(config: finetune.FinetuneConfig, variant: Variant, prepared: fin
     rows = lambda features: [{k: v[i] for k, v in features.columns.items()} for i in range(len(features))]  # noqa: E731
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=HPARAMS["batch_size"], per_device_eval_batch_size=32,
-        learning_rate=HPARAMS["lr"], num_train_epochs=HPARAMS["epochs"], warmup_steps=config.training.warmup_steps,
+        learning_rate=HPARAMS["lr"], num_train_epochs=HPARAMS["epochs"], warmup_steps=config.train.warmup_steps,
         weight_decay=HPARAMS["weight_decay"], lr_scheduler_type=HPARAMS["schedule"], seed=seed, use_cpu=True,
         report_to=[], save_strategy="no", eval_strategy="no", logging_steps=50, disable_tqdm=True, **variant.trainer,
     )

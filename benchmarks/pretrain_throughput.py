@@ -308,7 +308,9 @@ def run_lmforge(task: Task, workdir: Path, side: str, compile_setting: str, tag:
     child = run_child(lmforge_command(task, out, compile_setting), log_path, env)
     if child["returncode"] != 0:
         raise RuntimeError(f"lmforge run failed ({child['returncode']}); log: {log_path}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from lmforge.metrics_log import MetricsLog
+
+    rows = MetricsLog(out).rows()
     report = json.loads((out / "report.json").read_text())
     marks = [(r["step"], r["elapsed_seconds"]) for r in rows if r.get("tokens_per_second") is not None or r["step"] == report["steps"]]
     compile_info = report.get("compile") or {"setting": compile_setting, "choice": {"true": "compiled", "false": "eager"}.get(compile_setting)}

@@ -55,8 +55,8 @@ run evaluate --model "$OUT/gpt" --data "$OUT/corpus" --out "$OUT/gpt-eval"
 run generate --model "$OUT/gpt" --prompt "ROMEO:" --max_new_tokens 20
 run fill-mask --model "$OUT/bert" --text "to be or not to [MASK]"
 # clf/: the masked LM fine-tuned to tell questions: best/, final/ (with labels), test metrics in report.json
-run finetune --task classification --model "$OUT/bert" --train "$OUT/train.tsv" --valid "$OUT/dev.tsv" --test "$OUT/test.tsv" \
-    --epochs 3 --training.batch_size 16 --training.lr 1e-3 --training.precision fp32 --out "$OUT/clf"
+run finetune --task classification --model "$OUT/bert" --train_file "$OUT/train.tsv" --valid_file "$OUT/dev.tsv" --test_file "$OUT/test.tsv" \
+    --epochs 3 --train.batch_size 16 --train.lr 1e-3 --train.precision fp32 --out "$OUT/clf"
 # clf-eval/: per-class table, confusion matrix and errors.jsonl on the dev file
 run evaluate --task classification --model "$OUT/clf" --data "$OUT/dev.tsv" --out "$OUT/clf-eval"
 # pred/: one prediction row per input line, with its scores

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import tiny_overrides
 from lmforge import attention, config as config_mod, objectives
-from lmforge.loop import LossModule, TrainConfig, fit, trial_step
+from lmforge.loop import LossModule, Process, Runtime, TrainConfig, fit
 from lmforge.pretrain import PretrainConfig, run
 
 
@@ -64,7 +64,8 @@ def test_choose_times_every_kernel_and_leaves_no_state():
     module = LossModule(model, objectives.CausalLM(np.arange(200, dtype=np.uint16) % 40, 16, 4, 0))
     sample = module.objective.batch(0)
     rng = torch.get_rng_state()
-    kernel, times = attention.choose(module, lambda: trial_step(module, sample, torch.device("cpu"), torch.bfloat16),
+    runtime = Runtime(torch.device("cpu"), torch.bfloat16, Process(), 4)
+    kernel, times = attention.choose(module, lambda: attention.trial_step(module, sample, runtime),
                                      torch.bfloat16, torch.device("cpu"))
     assert set(times) == {"sdpa", "sdpa_fp32", "eager"} and all(t > 0 for t in times.values())
     assert kernel == min(times, key=times.get)
@@ -105,4 +106,4 @@ def test_bf16_run_records_its_kernel_and_resume_keeps_it(small_text, tmp_path):
 def test_an_explicit_kernel_is_used_without_timing(tmp_path):
     objective = objectives.CausalLM(np.arange(400, dtype=np.uint16) % 40, 16, 4, 0)
     summary = fit(tiny_llama(), objective, TrainConfig(max_steps=2, precision="bf16", attention="eager", eval_every=0), tmp_path)
-    assert summary["attention"] == "eager" and summary["attention_ms"] == {}
+    assert summary.attention == "eager" and summary.attention_ms == {}

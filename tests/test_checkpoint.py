@@ -7,7 +7,6 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from lmforge import checkpoint, publish
-from lmforge.loop import MetricsLog
 
 
 def tiny_model(seed=0):
@@ -67,11 +66,3 @@ def test_pruning_deletes_whole_checkpoints_only(tmp_path):
         checkpoint.save(tmp_path / "checkpoints" / f"step_{step}", model, None, optimizer, {"step": step})
     checkpoint.prune(tmp_path, keep_last=1)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_3"]
-
-
-def test_metrics_rewrite_on_resume_keeps_earlier_rows_and_skips_a_torn_one(tmp_path):
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "loss": 1.4}\n{"step": 4, "lo')
-    MetricsLog(path, True).truncate_after(2)
-    assert path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temp file left

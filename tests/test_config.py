@@ -79,3 +79,15 @@ def test_unknown_stage_is_an_error():
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["bogus"])
     assert exit_info.value.code == 2
+
+
+def test_a_section_built_by_a_default_factory_keeps_its_defaults_under_overrides(capsys):
+    from lmforge.finetune import FinetuneConfig
+
+    cfg = config_mod.resolve(FinetuneConfig, None, {"train.lr": "1e-3", "seeds": ["1,2"]})
+    assert cfg.train.lr == 1e-3 and cfg.seeds == [1, 2]
+    assert (cfg.train.min_lr, cfg.train.schedule, cfg.train.seed, cfg.train.warmup_steps) == (0.0, "linear", 42, None)  # fine-tuning's, not pretraining's
+    with pytest.raises(SystemExit):
+        cli.main(["finetune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--train_file" in text and "--train.lr" in text and "default: 42]" in text

@@ -55,8 +55,8 @@ def test_torchrun_finetune_matches_one_process(tmp_path):
     tokenizer.save_pretrained(str(model))
     for name, n, seed in (("train.tsv", 96, 0), ("dev.tsv", 30, 1)):
         (tmp_path / name).write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(n, seed)))
-    args = ["finetune", "--model", str(model), "--train", str(tmp_path / "train.tsv"), "--valid", str(tmp_path / "dev.tsv"), "--epochs", "2",
-            "--training.batch_size", "16", "--training.lr", "1e-3", "--training.log_every", "1", "--training.precision", "fp32"]
+    args = ["finetune", "--model", str(model), "--train_file", str(tmp_path / "train.tsv"), "--valid_file", str(tmp_path / "dev.tsv"), "--epochs", "2",
+            "--train.batch_size", "16", "--train.lr", "1e-3", "--train.log_every", "1", "--train.precision", "fp32"]
     assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lmforge", *args, "--out", str(tmp_path / "two")]

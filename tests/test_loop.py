@@ -44,9 +44,9 @@ def test_budget_counts_training_time_not_evaluation(tmp_path):
 
     cfg = TrainConfig(max_steps=4, eval_every=1, log_every=1, precision="fp32", warmup_steps=1, save_every=0)
     summary = fit(tiny_llama(), clm_objective(), cfg, tmp_path, evaluator=slow_evaluator, flops_per_token=1.0)
-    assert summary["evaluation_seconds"] >= 4 * 0.3
-    assert summary["training_seconds"] < 0.3  # four steps of a tiny model; the 1.2 s of evaluation are not in it
-    assert rows_of(tmp_path)[-1]["elapsed_seconds"] == pytest.approx(summary["training_seconds"], abs=0.01)
+    assert summary.evaluation_seconds >= 4 * 0.3
+    assert summary.training_seconds < 0.3  # four steps of a tiny model; the 1.2 s of evaluation are not in it
+    assert rows_of(tmp_path)[-1]["elapsed_seconds"] == pytest.approx(summary.training_seconds, abs=0.01)
 
 
 def test_time_budget_is_not_spent_on_evaluation(tmp_path):
@@ -56,8 +56,8 @@ def test_time_budget_is_not_spent_on_evaluation(tmp_path):
 
     cfg = TrainConfig(max_minutes=0.5 / 60, eval_every=20, log_every=1000, precision="fp32", warmup_steps=1, save_every=0)
     summary = fit(tiny_llama(), clm_objective(), cfg, tmp_path, evaluator=slow_evaluator, flops_per_token=1.0)
-    assert summary["stopped_by"] == "max_minutes" and summary["training_seconds"] >= 0.5
-    assert summary["steps"] > 20  # with evaluation counted, the first evaluation alone would have spent the budget
+    assert summary.stopped_by == "max_minutes" and summary.training_seconds >= 0.5
+    assert summary.steps > 20  # with evaluation counted, the first evaluation alone would have spent the budget
 
 
 def test_warmup_is_capped_by_the_budget(small_text, tmp_path):
@@ -144,16 +144,16 @@ def test_best_checkpoint_by_a_loss_keeps_the_lowest(tmp_path):
     values = iter([3.0, 1.0, 2.0])
     cfg = TrainConfig(max_steps=3, eval_every=1, precision="fp32", warmup_steps=1, best_metric="val_loss")
     summary = fit(tiny_llama(), clm_objective(), cfg, tmp_path, evaluator=lambda m, r: {"val_loss": next(values)}, flops_per_token=1.0)
-    assert summary["best"]["value"] == 1.0 and summary["best"]["step"] == 2
+    assert summary.best["value"] == 1.0 and summary.best["step"] == 2
 
 
 def test_compile_auto_times_both_and_records_the_choice(tmp_path):
     cfg = TrainConfig(max_steps=2, eval_every=1000, precision="fp32", warmup_steps=1, compile="auto", save_every=0)
     summary = fit(tiny_llama(), clm_objective(), cfg, tmp_path, flops_per_token=1.0)
-    assert summary["compile"]["setting"] == "auto" and summary["compile"]["choice"] in ("compiled", "eager")
-    assert set(summary["compile"]["ms"]) == {"eager", "compiled"}
-    faster = min(summary["compile"]["ms"], key=summary["compile"]["ms"].get)
-    assert summary["compile"]["choice"] == faster
+    assert summary.compile["setting"] == "auto" and summary.compile["choice"] in ("compiled", "eager")
+    assert set(summary.compile["ms"]) == {"eager", "compiled"}
+    faster = min(summary.compile["ms"], key=summary.compile["ms"].get)
+    assert summary.compile["choice"] == faster
     assert checkpoint.read_state(checkpoint.latest(tmp_path))["compile"] == faster  # a resumed run keeps it
 
 
@@ -170,7 +170,7 @@ def test_compile_times_eager_attention_beside_the_uncompiled_choice(tmp_path, mo
     cfg = TrainConfig(max_steps=2, eval_every=1000, precision="bf16", warmup_steps=1, compile="auto", save_every=0)
     model = tiny_llama()
     summary = fit(model, clm_objective(), cfg, tmp_path, flops_per_token=1.0)
-    info = summary["compile"]
+    info = summary.compile
     assert set(info["ms"]["compiled_by_attention"]) == {"eager", "sdpa"}
     assert info["ms"]["compiled"] == min(info["ms"]["compiled_by_attention"].values())
     if info["choice"] == "compiled":
@@ -179,7 +179,7 @@ def test_compile_times_eager_attention_beside_the_uncompiled_choice(tmp_path, mo
     else:
         assert info["ms"]["eager"] <= info["ms"]["compiled"]
         expected = "sdpa"
-    assert summary["attention"] == expected == model.config._attn_implementation
+    assert summary.attention == expected == model.config._attn_implementation
     assert checkpoint.read_state(checkpoint.latest(tmp_path))["attention"] == expected  # a resume keeps it
 
 
@@ -190,6 +190,11 @@ def test_compile_flag_parses_from_yaml_and_cli():
     assert config_mod.from_dict(PretrainConfig, {"train": {"compile": False}}).train.compile is False
     with pytest.raises(LmforgeError, match="train.compile"):
         config_mod.resolve(PretrainConfig, None, {"train.compile": "maybe"})
+
+
+def test_a_null_learning_rate_outside_fine_tuning_is_an_error(tmp_path):
+    with pytest.raises(LmforgeError, match=r"train\.lr is null here, and only fine-tuning picks a value for null; give one, e\.g\. --train\.lr 0\.001"):
+        fit(tiny_llama(), clm_objective(), TrainConfig(max_steps=1, lr=None), tmp_path)
 
 
 def test_resume_with_nothing_to_resume_is_an_error(small_text, tmp_path, capsys):

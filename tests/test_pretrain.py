@@ -280,8 +280,8 @@ def test_best_checkpoint_by_metric_and_early_stopping(tmp_path):
     cfg = TrainConfig(max_steps=50, eval_every=2, log_every=1, precision="fp32", best_metric="accuracy", best_mode="max",
                       early_stopping_patience=2)
     summary = fit(tiny_llama(), objective, cfg, tmp_path, evaluator=lambda module, runtime: {"accuracy": next(scores)}, flops_per_token=1.0)
-    assert summary["stopped_by"] == "early_stopping" and summary["steps"] == 8
-    assert summary["best"] == {"metric": "accuracy", "value": 0.7, "step": 4, "mode": "max"}
+    assert summary.stopped_by == "early_stopping" and summary.steps == 8
+    assert summary.best == {"metric": "accuracy", "value": 0.7, "step": 4, "mode": "max"}
     assert (tmp_path / "best" / "model.safetensors").is_file() and (tmp_path / "best" / "config.json").is_file()
     with pytest.raises(LmforgeError, match="train.best_metric 'f1' is not among the evaluation metrics \\(accuracy\\)"):
         fit(tiny_llama(), objective, TrainConfig(max_steps=4, eval_every=2, best_metric="f1"), tmp_path / "x",
@@ -338,5 +338,5 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, capsys):
     tokens = np.random.default_rng(0).integers(0, 40, size=3000).astype(np.uint16)
     objective = objectives.CausalLM(tokens, context=16, global_batch=4, seed=0)
     summary = fit(tiny_llama(), objective, TrainConfig(max_steps=2, eval_every=1000, compile=True), tmp_path, flops_per_token=1.0)
-    assert summary["steps"] == 2
+    assert summary.steps == 2
     assert "torch.compile failed (RuntimeError: no C++ compiler found); training without it" in capsys.readouterr().out

@@ -129,8 +129,10 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")
 
 
-def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a nested dict, checking every key and type."""
+def from_dict(cls: type, data: dict | None, prefix: str = "", base: Any = None) -> Any:
+    """Build dataclass `cls` from a nested dict, checking every key and type. Keys not given keep
+    `base`'s values (a section's `default_factory` instance: fine-tuning's `train` defaults), else
+    the class defaults."""
     data = data or {}
     if not isinstance(data, dict):
         where = prefix.rstrip(".") or "the recipe"
@@ -143,31 +145,33 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys here: {', '.join(names)}"
             raise LmforgeError(f"unknown config key '{prefix}{key}'{hint}")
     kwargs = {}
-    for name in names:
-        if name not in data:
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
             continue
-        tp = hints[name]
+        tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, data[name], f"{prefix}{name}.")
+            kwargs[f.name] = from_dict(tp, data[f.name], f"{prefix}{f.name}.", _default_of(f))
         else:
-            kwargs[name] = coerce(tp, data[name], f"{prefix}{name}")
-    return cls(**kwargs)
+            kwargs[f.name] = coerce(tp, data[f.name], f"{prefix}{f.name}")
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def to_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
 
 
-def leaves(cls: type, prefix: str = "") -> list[tuple[str, Any, dataclasses.Field]]:
-    """Every leaf field as (dotted key, type, field), depth first."""
+def leaves(cls: type, prefix: str = "", defaults: Any = None) -> list[tuple[str, Any, dataclasses.Field, Any]]:
+    """Every leaf field as (dotted key, type, field, default), depth first; a section built by a
+    `default_factory` gives its leaves that instance's values as defaults."""
     out = []
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
+        default = getattr(defaults, f.name) if defaults is not None else _default_of(f)
         if dataclasses.is_dataclass(tp):
-            out.extend(leaves(tp, f"{prefix}{f.name}."))
+            out.extend(leaves(tp, f"{prefix}{f.name}.", default))
         else:
-            out.append((f"{prefix}{f.name}", tp, f))
+            out.append((f"{prefix}{f.name}", tp, f, default))
     return out
 
 
@@ -192,13 +196,12 @@ def _metavar(tp: Any) -> str:
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """One `--dotted.key VALUE` option per leaf field, documented from the field's help."""
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for key, tp, f in leaves(cls):
+    for key, tp, f, default in leaves(cls):
         if key in skip:
             continue
         section = key.rsplit(".", 1)[0] if "." in key else "general"
         group = groups.setdefault(section, parser.add_argument_group(f"{section} options"))
         help_text = f.metadata.get("help", "")
-        default = _default_of(f)
         kwargs: dict[str, Any] = {"dest": f"cfg:{key}", "default": argparse.SUPPRESS, "metavar": _metavar(tp)}
         if typing.get_origin(_is_optional(tp)[1]) is list:
             kwargs["nargs"] = "+"

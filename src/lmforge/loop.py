@@ -15,7 +15,7 @@ Multi-process runs use torch's DDP under `torchrun`.
 from __future__ import annotations
 
 import collections
-import json
+import dataclasses
 import math
 import os
 import signal
@@ -32,6 +32,7 @@ from lmforge import attention as attention_mod
 from lmforge import checkpoint, hardware, optim, publish
 from lmforge.config import option
 from lmforge.errors import LmforgeError, RunInterrupted
+from lmforge.metrics_log import MetricsLog
 
 
 LOWER_IS_BETTER = ("loss", "mse", "mae", "error", "perplexity")
@@ -39,27 +40,31 @@ LOWER_IS_BETTER = ("loss", "mse", "mae", "error", "perplexity")
 
 @dataclass
 class TrainConfig:
-    objective: Literal["clm", "mlm"] = option("clm", "clm: next-token prediction (decoders); mlm: masked tokens (encoders)")
+    """The loop's settings: the `train` section of every stage that trains (`--train.lr` means the
+    same in pretraining and fine-tuning). The defaults are pretraining's; fine-tuning starts from
+    its own (`finetune.train_defaults`), where a null lr, warmup_steps or eval_every is filled in
+    from the mode and the epoch length. A stage's own settings live in a subclass
+    (`pretrain.PretrainTrainConfig`: the objective; `finetune.FinetuneTrainConfig`: batching)."""
+
     batch_size: int = option(32, "global batch in sequences per optimizer step (all processes, all accumulation steps)")
     micro_batch_size: Optional[int] = option(None, "sequences per forward pass in one process; default: batch_size / processes (no accumulation)")
-    lr: float = option(1e-3, "peak learning rate")
+    lr: Optional[float] = option(1e-3, "peak learning rate (fine-tuning's null: 5e-5 full, 2e-3 lora, 1e-3 head)")
     min_lr: float = option(1e-4, "learning rate at the end of the budget")
-    warmup_steps: int = option(100, "linear warm-up steps (ended earlier by warmup_fraction)")
+    warmup_steps: Optional[int] = option(100, "linear warm-up steps (ended earlier by warmup_fraction; fine-tuning's null: 6% of the training steps)")
     warmup_fraction: float = option(0.1, "warm-up ends by this fraction of the budget at the latest, so a short time, token or FLOP budget still ends annealed (1: no cap)")
     schedule: Literal["cosine", "linear", "constant"] = option("cosine", "decay from lr to min_lr over the budget")
     weight_decay: float = option(0.1, "AdamW weight decay on matrices (not on biases or norms)")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.99, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0 disables)")
-    layer_decay: float = option(1.0, "layer-wise LR decay: the block k below the top trains at lr x layer_decay^k (1: off)")
-    max_steps: Optional[int] = option(None, "budget: optimizer steps")
+    layer_decay: float = option(1.0, "layer-wise LR decay: the block k below the top trains at lr x layer_decay^k, e.g. 0.8 (1: off)")
+    max_steps: Optional[int] = option(None, "budget: optimizer steps (fine-tuning: default from --epochs)")
     max_tokens: Optional[int] = option(None, "budget: training tokens")
     max_minutes: Optional[float] = option(None, "budget: minutes of training (evaluation and checkpoint writes not counted)")
-    max_flops: Optional[float] = option(None, "budget: training FLOPs (6N + attention per token)")
+    max_flops: Optional[float] = option(None, "budget: training FLOPs (6N + attention per token; pretraining only)")
     stop_at_step: Optional[int] = option(None, "stop after this step as if interrupted, keeping the full budget's schedule (resume later; not saved in config.yaml)")
-    eval_every: int = option(250, "evaluate on the validation split every N steps and at the end (0: only at the end)")
-    eval_windows: Optional[int] = option(512, "validation windows per evaluation, evenly spread over the split (null: the whole split)")
-    best_metric: Optional[str] = option(None, "keep a best/ model folder chosen by this evaluation metric (e.g. val_loss, accuracy)")
+    eval_every: Optional[int] = option(250, "evaluate on the validation split every N steps and at the end (0: only at the end; fine-tuning's null: once per epoch)")
+    best_metric: Optional[str] = option(None, "keep a best/ model folder chosen by this evaluation metric (e.g. val_loss, accuracy; fine-tuning's null: accuracy, pearson, f1_micro, or entity/SQuAD f1)")
     best_mode: Literal["auto", "max", "min"] = option("auto", "whether a larger (max) or smaller (min) best_metric is better; auto: min for losses and errors (val_loss, mse, ...), else max")
     early_stopping_patience: int = option(0, "stop after this many evaluations without a better best_metric (0: never)")
     save_every: int = option(0, "write a resumable checkpoint every N steps (0: only by time and at the end)")
@@ -71,8 +76,6 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast where the hardware supports it (auto), or force fp32 / bf16")
     compile: Literal[True, False, "auto"] = option(False, "torch.compile the model: true, false, or auto (compile, time steps both ways on the run's own batch, keep the faster)")
     attention: attention_mod.Kernel = option("auto", "attention kernel; auto: under bf16 on CPU, time sdpa, sdpa in fp32 and eager on the first micro-batch and keep the fastest (else the model's default)")
-    mlm_probability: float = option(0.15, "mlm: fraction of tokens masked")
-    sparse_prediction: bool = option(True, "mlm: send only masked rows through the vocabulary projection (Cramming)")
 
     def budget(self) -> optim.Budget:
         return optim.Budget(self.max_steps, self.max_tokens, self.max_minutes * 60 if self.max_minutes else None, self.max_flops)
@@ -82,6 +85,15 @@ class TrainConfig:
         if self.best_mode != "auto":
             return self.best_mode == "max"
         return not any(word in (self.best_metric or "") for word in LOWER_IS_BETTER)
+
+    def check_ready(self) -> None:
+        """Raise unless a budget is set and no field is left null for a stage to fill in."""
+        if not self.budget().is_set():
+            raise LmforgeError("no budget set: give one of --train.max_steps, --train.max_tokens, --train.max_minutes, --train.max_flops")
+        for name, value in (("lr", self.lr), ("warmup_steps", self.warmup_steps), ("eval_every", self.eval_every)):
+            if value is None:  # only fine-tuning fills these in
+                default = TrainConfig.__dataclass_fields__[name].default
+                raise LmforgeError(f"train.{name} is null here, and only fine-tuning picks a value for null; give one, e.g. --train.{name} {default}")
 
 
 class TrainingDiverged(LmforgeError):
@@ -163,8 +175,19 @@ class Runtime:
     proc: Process
     micro: int
 
+    @classmethod
+    def start(cls, cfg: TrainConfig) -> "Runtime":
+        """Device, dtype and process of `cfg`; joins the torchrun job (see `Process.from_env`)."""
+        device = hardware.resolve_device(cfg.device)
+        dtype = hardware.resolve_precision(cfg.precision, device)
+        proc = Process.from_env(device)
+        return cls(device, dtype, proc, cfg.micro_batch_size or cfg.batch_size // proc.world)
+
     def autocast(self):
         return autocast(self.device, self.dtype)
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
 
 Evaluator = Callable[[torch.nn.Module, Runtime], dict]
@@ -178,10 +201,6 @@ def micro_batches(batch: dict[str, torch.Tensor], rank: int, world: int, micro: 
     share = rows // world
     mine = {k: v[rank * share : (rank + 1) * share] for k, v in batch.items()}
     return [{k: v[i : i + micro] for k, v in mine.items()} for i in range(0, share, micro)]
-
-
-def _device_batch(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def autocast(device: torch.device, dtype: torch.dtype):
@@ -214,7 +233,7 @@ def validation_loss(module: torch.nn.Module, objective, batch: dict[str, torch.T
         if count == 0:
             continue
         with runtime.autocast():
-            loss = module(**_device_batch(part, runtime.device))
+            loss = module(**runtime.to_device(part))
         total += torch.tensor([float(loss), count], dtype=torch.float64)
     module.train()
     total = proc.sum(total)
@@ -223,7 +242,8 @@ def validation_loss(module: torch.nn.Module, objective, batch: dict[str, torch.T
 
 @dataclass
 class LoopState:
-    """What a checkpoint's `training_state/state.json` holds, and what the loop updates each step."""
+    """What a checkpoint's `training_state/state.json` holds (read through `read` and `restore`
+    only), and what the loop updates each step."""
 
     step: int = 0
     tokens: int = 0
@@ -245,9 +265,88 @@ class LoopState:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
-    def as_dict(self) -> dict:
-        import dataclasses
+    @classmethod
+    def read(cls, folder: Path) -> "LoopState":
+        """The state saved in checkpoint `folder` (nothing restored)."""
+        return cls.from_dict(checkpoint.read_state(folder))
 
+    @classmethod
+    def restore(cls, folder: Path, optimizer) -> "LoopState":
+        """The state saved in checkpoint `folder`, with the optimizer and RNG restored from it."""
+        return cls.from_dict(checkpoint.load_state(folder, optimizer))
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def progress(self, budget: optim.Budget) -> float:
+        """The fraction of `budget` spent (1.0 or more: the run is over)."""
+        return budget.progress(self.step, self.tokens, self.seconds, self.flops)
+
+    def keep_training(self, budget: optim.Budget, stop_at: int | None) -> bool:
+        """The loop's condition: budget left, no early stop, `stop_at` (a stop_at_step) not reached."""
+        return self.progress(budget) < 1.0 and not self.stopped_early and (stop_at is None or self.step < stop_at)
+
+    def advance(self, tokens: int, flops: float, seconds: float) -> None:
+        """Count one finished optimizer step."""
+        self.step += 1
+        self.tokens += tokens
+        self.flops += flops
+        self.seconds += seconds
+
+    def in_warmup(self, cfg: TrainConfig, budget: optim.Budget) -> bool:
+        return self.warmup_end_progress is None and not optim.warmup_done(self.step, self.progress(budget), cfg.warmup_steps, cfg.warmup_fraction)
+
+
+@dataclass
+class RunSummary:
+    """What `fit` returns; `as_dict()` is the core of the stage's report.json."""
+
+    val_loss: Optional[float]
+    metrics: dict  # the last evaluation's
+    best: Optional[dict]  # {"metric", "value", "step", "mode"} with train.best_metric
+    train_loss: Optional[float]  # mean over the last 50 steps
+    steps: int
+    tokens: int
+    training_seconds: float
+    evaluation_seconds: float
+    checkpoint_seconds: float
+    tokens_per_second: float
+    flops: float
+    mfu: float
+    peak_flops: float
+    precision: str
+    attention: Optional[str]
+    attention_ms: dict
+    compile: dict
+    device: str
+    processes: int
+    stopped_by: str  # a budget's name (max_steps, ...), early_stopping or stop_at_step
+    stopped_in_warmup: bool
+    finished: bool
+
+    @classmethod
+    def of(cls, state: LoopState, cfg: TrainConfig, runtime: Runtime, metrics: dict, recent: collections.deque, attention: dict,
+           compiled: dict, flops_per_token: float, peak: float) -> "RunSummary":
+        tokens_per_second = state.tokens / max(state.seconds, 1e-9)
+        if state.stopped_early:
+            stopped_by = "early_stopping"
+        elif state.finished:
+            stopped_by = cfg.budget().limiting(state.step, state.tokens, state.seconds, state.flops)
+        else:
+            stopped_by = "stop_at_step"
+        best = {"metric": cfg.best_metric, "value": state.best, "step": state.best_step, "mode": "max" if cfg.larger_is_better() else "min"}
+        return cls(
+            val_loss=metrics.get("val_loss"), metrics=metrics, best=best if cfg.best_metric else None,
+            train_loss=sum(recent) / len(recent) if recent else None, steps=state.step, tokens=state.tokens,
+            training_seconds=round(state.seconds, 2), evaluation_seconds=round(state.eval_seconds, 2),
+            checkpoint_seconds=round(state.checkpoint_seconds, 2), tokens_per_second=round(tokens_per_second, 1),
+            flops=state.flops, mfu=flops_per_token * tokens_per_second / peak, peak_flops=peak,
+            precision=str(runtime.dtype).replace("torch.", ""), attention=attention["kernel"], attention_ms=attention["ms"],
+            compile=compiled, device=str(runtime.device), processes=runtime.proc.world, stopped_by=stopped_by,
+            stopped_in_warmup=state.in_warmup(cfg, cfg.budget()), finished=state.finished or state.stopped_early,
+        )
+
+    def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
@@ -271,155 +370,6 @@ def _track_best(state: LoopState, metrics: dict, cfg: TrainConfig, run_dir: Path
 def _format_seconds(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class MetricsLog:
-    """metrics.jsonl, appended a row at a time; on resume, cut back to the checkpoint's step
-    (rewritten through a temp file and a rename, so a kill never loses the earlier rows)."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path = path
-        self.enabled = enabled
-
-    def truncate_after(self, step: int) -> None:
-        if not (self.enabled and self.path.is_file()):
-            return
-        rows = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if line.strip() and json.loads(line)["step"] <= step:
-                    rows.append(line)
-            except (ValueError, KeyError):  # a row cut short by a kill mid-append
-                continue
-        publish.write_text_atomic(self.path, "".join(r + "\n" for r in rows))
-
-    def append(self, row: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
-
-
-def trial_step(module: torch.nn.Module, sample: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> None:
-    """One forward+backward of `sample` that leaves no gradients and no RNG draws behind."""
-    try:
-        with torch.random.fork_rng(devices=[]):
-            with autocast(device, dtype):
-                loss = module(**_device_batch(sample, device))
-            loss.backward()
-    finally:
-        for param in module.parameters():
-            param.grad = None
-
-
-def choose_attention(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg: "TrainConfig", runtime: Runtime,
-                     resumed: str | None = None) -> dict:
-    """Set the attention kernel `cfg.attention` names, or with `auto` the fastest on `sample`
-    (rank 0 times, every rank follows); a resumed run keeps the kernel it chose (`resumed`), so its
-    numbers match an uninterrupted run. Returns {"kernel": name or None, "ms": {kernel: ms}}."""
-    fixed = cfg.attention if cfg.attention != "auto" else resumed
-    if fixed is not None:
-        attention_mod.use(module, fixed)
-        return {"kernel": fixed, "ms": {}}
-    kernel, times = attention_mod.choose(module, lambda: trial_step(module, sample, runtime.device, runtime.dtype), runtime.dtype, runtime.device)
-    if kernel is None:
-        return {"kernel": None, "ms": {}}
-    names = list(attention_mod.KERNELS)
-    kernel = names[runtime.proc.from_main(names.index(kernel))]
-    attention_mod.use(module, kernel)
-    if runtime.proc.main:
-        print(f"attention: {kernel} (forward+backward of one micro-batch: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()) + ")", flush=True)
-    return {"kernel": kernel, "ms": times}
-
-
-def _best_step_ms(step: Callable[[], None], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - started)
-    return round(best * 1e3, 2)
-
-
-def choose_compile(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg: TrainConfig, runtime: Runtime,
-                   attention: dict, resumed: str | None = None, repeats: int = 5, rounds: int = 3) -> tuple[torch.nn.Module, dict]:
-    """The module to train with, compiled or not, and {"setting", "choice", "kernel", "ms"}.
-
-    `true` compiles (eager, with a warning, if compiling fails: no C++ compiler, an unsupported op);
-    `auto` compiles, then times forward+backward of `sample` both ways and keeps the faster (on some
-    hosts of one machine kind compiling made the step 7-20% slower). A resumed run keeps its choice.
-    The attention kernel is chosen with it: `attention` is the uncompiled choice, and when that was
-    timed (`--train.attention auto`) and is not `eager`, the compiled step is timed with `eager`
-    attention too, because inductor fuses eager attention's matmuls and softmax into few kernels (at
-    T=64 the compiled eager step measured 27.9 ms and the compiled SDPA one 41.3 ms; uncompiled, an
-    SDPA kernel can be the fastest). The winner's kernel is left set on the model.
-    Trials leave no gradients and no RNG draws behind.
-    """
-    setting = cfg.compile
-    info = {"setting": setting, "choice": "eager", "ms": {}}
-    if setting is False or (setting == "auto" and resumed == "eager"):
-        return module, info
-    step = lambda m: lambda: trial_step(m, sample, runtime.device, runtime.dtype)  # noqa: E731
-    uncompiled_kernel = attention["kernel"]
-    kernels = [uncompiled_kernel]
-    if attention["ms"] and uncompiled_kernel != "eager" and "eager" in attention["ms"]:
-        kernels = ["eager", uncompiled_kernel]
-    race_eager = setting == "auto" and resumed is None
-    timed = race_eager or len(kernels) > 1
-    compiled = torch.compile(module)
-    started = time.perf_counter()
-    failed = False
-    for kernel in kernels:  # compile every candidate (one first call each)
-        if kernel is not None:
-            attention_mod.use(module, kernel)
-        try:
-            step(compiled)()
-        except Exception as err:  # noqa: BLE001 - any compiler failure means: train eagerly
-            print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:120]}); training without it", flush=True)
-            failed = True
-        if runtime.proc.any(failed)[0]:  # one rank's failure makes every rank train eagerly
-            if uncompiled_kernel is not None:
-                attention_mod.use(module, uncompiled_kernel)
-            return module, info
-    compile_seconds = time.perf_counter() - started
-    # candidates: (compiled?, kernel); timed in interleaved rounds, best of each, so a stall of the
-    # machine during one candidate's turn does not decide the race (one sequential pass picked the
-    # slower side in 1 of 6 runs on a busy 2-core host)
-    candidates = [(True, k) for k in kernels] + ([(False, uncompiled_kernel)] if race_eager else [])
-    ms = {c: float("inf") for c in candidates}
-    if timed:
-        if race_eager:
-            if uncompiled_kernel is not None:
-                attention_mod.use(module, uncompiled_kernel)
-            step(module)()  # eager warm-up
-        for _ in range(rounds):
-            for is_compiled, kernel in candidates:
-                if kernel is not None:
-                    attention_mod.use(module, kernel)
-                ms[(is_compiled, kernel)] = min(ms[(is_compiled, kernel)], _best_step_ms(step(compiled if is_compiled else module), repeats))
-    # rank 0's timings decide for every rank (untimed: every ms is inf, the first candidate wins)
-    winner = candidates[runtime.proc.from_main(min(range(len(candidates)), key=lambda i: ms[candidates[i]]))]
-    best = min(kernels, key=lambda k: ms[(True, k)])  # the fastest compiled step, for the record
-    info["kernel"] = winner[1]
-    if winner[1] is not None:
-        attention_mod.use(module, winner[1])
-    if timed:
-        info["ms"] = {"compiled": ms[(True, best)]}
-        if len(kernels) > 1:
-            info["ms"]["compiled_by_attention"] = {str(k): ms[(True, k)] for k in kernels}
-        if race_eager:
-            info["ms"]["eager"] = ms[(False, uncompiled_kernel)]
-    if not winner[0]:
-        if runtime.proc.main:
-            print(f"compile: eager is faster ({info['ms']['eager']:.1f} ms vs {info['ms']['compiled']:.1f} ms compiled per micro-batch); training without it", flush=True)
-        return module, info
-    info["choice"] = "compiled"
-    if runtime.proc.main:
-        timing = f"; {info['ms']['compiled']:.1f} ms vs {info['ms']['eager']:.1f} ms eager per micro-batch" if "eager" in info["ms"] else ""
-        kernel_text = f", {winner[1]} attention" if winner[1] is not None else ""
-        if len(kernels) > 1:
-            kernel_text += " (compiled: " + ", ".join(f"{k} {v:.1f} ms" for k, v in info["ms"]["compiled_by_attention"].items()) + ")"
-        print(f"compiled the model in {compile_seconds:.0f} s{kernel_text}{timing}", flush=True)
-    return compiled, info
 
 
 class StopSignals:
@@ -453,16 +403,134 @@ class StopSignals:
         self._previous = {}
 
 
-def _resume(model, optimizer, run_dir: Path, log: MetricsLog, proc: Process) -> LoopState | None:
-    last = checkpoint.latest(run_dir)
+def _start_state(model, optimizer, run_dir: Path, log: MetricsLog, proc: Process, resume: bool) -> LoopState:
+    """With `resume`, the newest checkpoint's state (weights, optimizer and RNG restored from it,
+    metrics.jsonl cut back to its step); else a fresh state and no rows of an earlier attempt."""
+    if proc.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.clean_leftovers(run_dir)
+    last = checkpoint.latest(run_dir) if resume else None
     if last is None:
-        return None
+        log.clear()
+        return LoopState()
     checkpoint.load_weights(model, last)
-    state = LoopState.from_dict(checkpoint.load_state(last, optimizer))
+    state = LoopState.restore(last, optimizer)
     log.truncate_after(state.step)
     if proc.main:
         print(f"resuming from {last} (step {state.step}, {state.tokens:,} tokens)", flush=True)
     return state
+
+
+def _training_module(loss_module: LossModule, objective, cfg: TrainConfig, runtime: Runtime, state: LoopState) -> tuple[torch.nn.Module, dict, dict]:
+    """The module the steps run, with the attention kernel and compile choice made on the first
+    micro-batch (a resumed run keeps those in `state`; new ones are recorded there), DDP-wrapped
+    under torchrun. Also returns the attention and compile records for the summary."""
+    proc = runtime.proc
+    sample = micro_batches(objective.batch(state.step), proc.rank, proc.world, runtime.micro)[0]
+    attention = attention_mod.choose_attention(loss_module, sample, cfg, runtime, state.attention)
+    # compile (and its trials) before DDP wraps the module: a trial that fails inside DDP would leave
+    # a reduction half done; DDP over a compiled module is supported and syncs the same gradients
+    module, compiled = attention_mod.choose_compile(loss_module, sample, cfg, runtime, attention, state.compile)
+    state.compile = compiled["choice"]
+    attention["kernel"] = compiled.get("kernel", attention["kernel"])  # compiled, another kernel may have won
+    state.attention = attention["kernel"]
+    if proc.world > 1:
+        module = torch.nn.parallel.DistributedDataParallel(module)
+    return module, attention, compiled
+
+
+def _set_lr(optimizer, cfg: TrainConfig, state: LoopState, progress: float) -> float:
+    """The learning rate of the coming step, set on every parameter group (times its layer-decay scale)."""
+    lr = optim.learning_rate(state.step, progress, state.warmup_end_progress, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.schedule,
+                             cfg.warmup_fraction)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    return lr
+
+
+def _train_step(module: torch.nn.Module, objective, step: int, seed: int, runtime: Runtime) -> tuple[float, int]:
+    """Forward and backward of step `step`'s global batch, this process's micro-batches of it,
+    leaving the gradients for the optimizer; returns (mean loss per target over all processes, tokens)."""
+    proc = runtime.proc
+    torch.manual_seed(step_seed(seed, step, proc.rank))
+    batch = objective.batch(step)
+    count = objective.targets(batch)
+    parts = micro_batches(batch, proc.rank, proc.world, runtime.micro)
+    step_loss = torch.zeros((), dtype=torch.float64)
+    for i, part in enumerate(parts):
+        sync = nullcontext() if (proc.world == 1 or i == len(parts) - 1) else module.no_sync()
+        with sync:
+            with runtime.autocast():
+                loss_sum = module(**runtime.to_device(part))
+            # / global count: every target weighs the same whatever the split; x world undoes DDP's mean
+            (loss_sum * (proc.world / count)).backward()
+        step_loss += loss_sum.detach().double().cpu()
+    return float(proc.sum(step_loss)) / count, objective.tokens(batch)
+
+
+def _check_finite(step_loss: float, step: int, optimizer, run_dir: Path) -> None:
+    if not math.isfinite(step_loss):
+        optimizer.zero_grad(set_to_none=True)
+        last = checkpoint.latest(run_dir)
+        keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingDiverged(f"loss became {step_loss} at step {step + 1}; stopped without saving ({keep}); lower train.lr, raise train.warmup_steps or use train.precision fp32")
+
+
+class _Throughput:
+    """Training seconds and tokens since the last logged row: that row's tokens_per_second."""
+
+    def __init__(self):
+        self.seconds, self.tokens = 0.0, 0
+
+    def add(self, seconds: float, tokens: int) -> None:
+        self.seconds += seconds
+        self.tokens += tokens
+
+    def take(self) -> float:
+        """The rate since the last call, and a new window."""
+        rate = round(self.tokens / max(self.seconds, 1e-9), 1)
+        self.seconds, self.tokens = 0.0, 0
+        return rate
+
+
+def _log_row(state: LoopState, step_loss: float, lr: float, tokens_per_second: float | None) -> dict:
+    """A metrics.jsonl row (evaluation metrics are added to it on evaluated steps)."""
+    return {"step": state.step, "tokens": state.tokens, "loss": step_loss, "lr": lr,
+            "tokens_per_second": tokens_per_second, "elapsed_seconds": round(state.seconds, 2)}
+
+
+def _evaluate(evaluator: Evaluator, loss_module, runtime: Runtime, state: LoopState, cfg: TrainConfig, run_dir: Path, model, tokenizer) -> dict:
+    """Run `evaluator`, keep best/ when `cfg.best_metric` improved; the time goes to `state.eval_seconds`."""
+    started = time.perf_counter()
+    metrics = evaluator(loss_module, runtime)
+    if cfg.best_metric:
+        _track_best(state, metrics, cfg, run_dir, model, tokenizer, runtime.proc)
+    state.eval_seconds += time.perf_counter() - started
+    return metrics
+
+
+class _Checkpoints:
+    """Writes checkpoints/step_N (rank 0; every rank waits), timed apart from training."""
+
+    def __init__(self, run_dir: Path, model, tokenizer, optimizer, cfg: TrainConfig, proc: Process):
+        self.run_dir, self.model, self.tokenizer, self.optimizer, self.cfg, self.proc = run_dir, model, tokenizer, optimizer, cfg, proc
+        self.last_save = time.monotonic()
+
+    def due_by_time(self) -> bool:
+        """On rank 0 (its clock decides for everyone): save_every_minutes of wall time since the last write."""
+        minutes = self.cfg.save_every_minutes
+        return self.proc.main and minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes
+
+    def save(self, state: LoopState) -> Path:
+        started = time.perf_counter()
+        folder = self.run_dir / "checkpoints" / f"step_{state.step}"
+        if self.proc.main:
+            checkpoint.save(folder, self.model, self.tokenizer, self.optimizer, state.as_dict())
+            checkpoint.prune(self.run_dir, self.cfg.keep_last)
+        self.proc.barrier()
+        state.checkpoint_seconds += time.perf_counter() - started
+        self.last_save = time.monotonic()
+        return folder
 
 
 def _progress_line(state: LoopState, row: dict, metrics: dict, progress: float) -> str:
@@ -474,7 +542,7 @@ def _progress_line(state: LoopState, row: dict, metrics: dict, progress: float) 
 
 
 def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None, *, evaluator: Evaluator | None = None,
-        flops_per_token: float = 0.0, resume: bool = False) -> dict:
+        flops_per_token: float = 0.0, resume: bool = False) -> RunSummary:
     """Train `model` on `objective` until the budget in `cfg` is spent; return the run summary.
 
     `evaluator(module, runtime)` returns a dict of metrics (e.g. `val_loss`), called every
@@ -485,169 +553,64 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     RunInterrupted after checkpointing when Ctrl-C or SIGTERM asked it to stop.
     """
     run_dir = Path(run_dir)
-    device = hardware.resolve_device(cfg.device)
-    dtype = hardware.resolve_precision(cfg.precision, device)
-    proc = Process.from_env(device)
-    budget = cfg.budget()
-    if not budget.is_set():
-        raise LmforgeError("no budget set: give one of --train.max_steps, --train.max_tokens, --train.max_minutes, --train.max_flops")
-    micro = cfg.micro_batch_size or cfg.batch_size // proc.world
+    runtime = Runtime.start(cfg)
+    proc, budget = runtime.proc, cfg.budget()
+    cfg.check_ready()
     torch.manual_seed(cfg.seed)
-    model.to(device)
+    model.to(runtime.device)
     optimizer = optim.adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), layer_decay=cfg.layer_decay)
-    if proc.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.clean_leftovers(run_dir)
-    log = MetricsLog(run_dir / "metrics.jsonl", proc.main)
-    state = (_resume(model, optimizer, run_dir, log, proc) if resume else None) or LoopState()
-    if state.step == 0 and proc.main:  # a fresh start: no rows of an earlier attempt
-        log.path.unlink(missing_ok=True)
+    log = MetricsLog(run_dir, proc.main)
+    state = _start_state(model, optimizer, run_dir, log, proc, resume)
     stop_at = cfg.stop_at_step if (cfg.stop_at_step or 0) > state.step else None  # a resumed run goes past an old stop
-    runtime = Runtime(device, dtype, proc, micro)
     model.train()
     loss_module = LossModule(model, objective)
-    sample = micro_batches(objective.batch(state.step), proc.rank, proc.world, micro)[0]
-    attention = choose_attention(loss_module, sample, cfg, runtime, state.attention)
-    # compile (and its trials) before DDP wraps the module: a trial that fails inside DDP would leave
-    # a reduction half done; DDP over a compiled module is supported and syncs the same gradients
-    module, compiled = choose_compile(loss_module, sample, cfg, runtime, attention, state.compile)
-    state.compile = compiled["choice"]
-    attention["kernel"] = compiled.get("kernel", attention["kernel"])  # compiled, another kernel may have won
-    state.attention = attention["kernel"]
-    if proc.world > 1:
-        module = torch.nn.parallel.DistributedDataParallel(module)
-    peak = hardware.peak_flops(device, dtype) * proc.world
-    recent = collections.deque(maxlen=50)
+    module, attention, compiled = _training_module(loss_module, objective, cfg, runtime, state)
+    peak = hardware.peak_flops(runtime.device, runtime.dtype) * proc.world
+    recent = collections.deque(maxlen=50)  # the summary's train_loss
+    throughput = _Throughput()
+    checkpoints = _Checkpoints(run_dir, model, tokenizer, optimizer, cfg, proc)
     metrics: dict = {}
-    window_seconds, window_tokens = 0.0, 0
-    last_save = time.monotonic()
 
-    def progress() -> float:
-        return budget.progress(state.step, state.tokens, state.seconds, state.flops)
-
-    def in_warmup() -> bool:
-        return state.warmup_end_progress is None and not optim.warmup_done(state.step, progress(), cfg.warmup_steps, cfg.warmup_fraction)
-
-    def save_checkpoint() -> Path:
-        nonlocal last_save
-        started = time.perf_counter()
-        folder = run_dir / "checkpoints" / f"step_{state.step}"
-        if proc.main:
-            checkpoint.save(folder, model, tokenizer, optimizer, state.as_dict())
-            checkpoint.prune(run_dir, cfg.keep_last)
-        proc.barrier()
-        state.checkpoint_seconds += time.perf_counter() - started
-        last_save = time.monotonic()
-        return folder
-
-    signals = StopSignals(proc.main)
-    with signals:
-        while progress() < 1.0 and not state.stopped_early and (stop_at is None or state.step < stop_at):
+    with StopSignals(proc.main) as signals:
+        while state.keep_training(budget, stop_at):
             step_started = time.perf_counter()
-            step = state.step
-            lr = optim.learning_rate(step, progress(), state.warmup_end_progress, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.schedule,
-                                     cfg.warmup_fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            torch.manual_seed(step_seed(cfg.seed, step, proc.rank))
-            batch = objective.batch(step)
-            count = objective.targets(batch)
-            tokens_per_step = objective.tokens(batch)
-            parts = micro_batches(batch, proc.rank, proc.world, micro)
-            step_loss = torch.zeros((), dtype=torch.float64)
-            for i, part in enumerate(parts):
-                last_part = i == len(parts) - 1
-                sync = nullcontext() if (proc.world == 1 or last_part) else module.no_sync()
-                with sync:
-                    with autocast(device, dtype):
-                        loss_sum = module(**_device_batch(part, device))
-                    # / global count: every target weighs the same whatever the split; x world undoes DDP's mean
-                    (loss_sum * (proc.world / count)).backward()
-                step_loss += loss_sum.detach().double().cpu()
-            step_loss = float(proc.sum(step_loss)) / count
-            if not math.isfinite(step_loss):
-                optimizer.zero_grad(set_to_none=True)
-                last = checkpoint.latest(run_dir)
-                keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-                raise TrainingDiverged(f"loss became {step_loss} at step {step + 1}; stopped without saving ({keep}); lower train.lr, raise train.warmup_steps or use train.precision fp32")
+            lr = _set_lr(optimizer, cfg, state, state.progress(budget))
+            step_loss, tokens = _train_step(module, objective, state.step, cfg.seed, runtime)
+            _check_finite(step_loss, state.step, optimizer, run_dir)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.tokens += tokens_per_step
-            state.flops += flops_per_token * tokens_per_step
             step_seconds = time.perf_counter() - step_started
-            state.seconds += step_seconds
-            window_seconds += step_seconds
-            window_tokens += tokens_per_step
-            if state.warmup_end_progress is None and optim.warmup_done(state.step, progress(), cfg.warmup_steps, cfg.warmup_fraction):
-                state.warmup_end_progress = progress()
+            state.advance(tokens, flops_per_token * tokens, step_seconds)
+            throughput.add(step_seconds, tokens)
+            if state.warmup_end_progress is None and not state.in_warmup(cfg, budget):  # warm-up ended at this step
+                state.warmup_end_progress = state.progress(budget)
             recent.append(step_loss)
-            done = progress() >= 1.0
+            done = state.progress(budget) >= 1.0
             interrupted = state.step == stop_at  # as if killed here: a checkpoint, no extra log or eval row
-            row = None
-            if (cfg.log_every and state.step % cfg.log_every == 0) or state.step == 1 or done:
-                row = {"step": state.step, "tokens": state.tokens, "loss": step_loss, "lr": lr,
-                       "tokens_per_second": round(window_tokens / max(window_seconds, 1e-9), 1), "elapsed_seconds": round(state.seconds, 2)}
-                window_seconds, window_tokens = 0.0, 0
-            if evaluator is not None and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done):
-                eval_started = time.perf_counter()
-                metrics = evaluator(loss_module, runtime)
-                row = row or {"step": state.step, "tokens": state.tokens, "loss": step_loss, "lr": lr,
-                              "tokens_per_second": None, "elapsed_seconds": round(state.seconds, 2)}
-                row.update(metrics)
-                if cfg.best_metric:
-                    _track_best(state, metrics, cfg, run_dir, model, tokenizer, proc)
+            logged = (cfg.log_every and state.step % cfg.log_every == 0) or state.step == 1 or done
+            evaluated = evaluator is not None and ((cfg.eval_every and state.step % cfg.eval_every == 0) or done)
+            if logged or evaluated:
+                row = _log_row(state, step_loss, lr, throughput.take() if logged else None)
+                if evaluated:
+                    metrics = _evaluate(evaluator, loss_module, runtime, state, cfg, run_dir, model, tokenizer)
+                    row.update(metrics)
                     done = done or state.stopped_early
-                state.eval_seconds += time.perf_counter() - eval_started
-            if row is not None:
                 log.append(row)
                 if proc.main:
-                    print(_progress_line(state, row, metrics, progress()), flush=True)
-            state.finished = progress() >= 1.0 or state.stopped_early
-            # rank 0's clock decides for everyone; any rank's signal stops every rank at this step
-            by_time = proc.main and cfg.save_every_minutes > 0 and time.monotonic() - last_save >= 60 * cfg.save_every_minutes
-            stop_requested, by_time = proc.any(signals.received is not None, by_time)
+                    print(_progress_line(state, row, metrics, state.progress(budget)), flush=True)
+            state.finished = state.progress(budget) >= 1.0 or state.stopped_early
+            # any rank's signal stops every rank at this step
+            stop_requested, by_time = proc.any(signals.received is not None, checkpoints.due_by_time())
             if (cfg.save_every and state.step % cfg.save_every == 0) or done or interrupted or by_time or stop_requested:
-                save_checkpoint()
+                checkpoints.save(state)
             if stop_requested and not done:
                 raise RunInterrupted(state.step, run_dir / "checkpoints" / f"step_{state.step}")
 
     if evaluator is not None and not metrics and state.finished:  # resumed a finished run whose end a kill cut short
         metrics = evaluator(loss_module, runtime)
-    if in_warmup() and proc.main:
+    if state.in_warmup(cfg, budget) and proc.main:
         print(f"note: the run stopped at step {state.step}, inside warm-up (the learning rate was still rising); "
               "resume with a larger budget, or lower train.warmup_steps", flush=True)
-    tokens_per_second = state.tokens / max(state.seconds, 1e-9)
-    if state.stopped_early:
-        stopped_by = "early_stopping"
-    elif state.finished:
-        stopped_by = budget.limiting(state.step, state.tokens, state.seconds, state.flops)
-    else:
-        stopped_by = "stop_at_step"
-    return {
-        "val_loss": metrics.get("val_loss"),
-        "metrics": metrics,
-        "best": {"metric": cfg.best_metric, "value": state.best, "step": state.best_step,
-                 "mode": "max" if cfg.larger_is_better() else "min"} if cfg.best_metric else None,
-        "train_loss": sum(recent) / len(recent) if recent else None,
-        "steps": state.step,
-        "tokens": state.tokens,
-        "training_seconds": round(state.seconds, 2),
-        "evaluation_seconds": round(state.eval_seconds, 2),
-        "checkpoint_seconds": round(state.checkpoint_seconds, 2),
-        "tokens_per_second": round(tokens_per_second, 1),
-        "flops": state.flops,
-        "mfu": flops_per_token * tokens_per_second / peak,
-        "peak_flops": peak,
-        "precision": str(dtype).replace("torch.", ""),
-        "attention": attention["kernel"],
-        "attention_ms": attention["ms"],
-        "compile": compiled,
-        "device": str(device),
-        "processes": proc.world,
-        "stopped_by": stopped_by,
-        "stopped_in_warmup": in_warmup(),
-        "finished": state.finished or state.stopped_early,
-    }
+    return RunSummary.of(state, cfg, runtime, metrics, recent, attention, compiled, flops_per_token, peak)

@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 
@@ -24,9 +24,20 @@ from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
 from lmforge.documents import SplitConfig
 from lmforge.errors import LmforgeError
-from lmforge.loop import Process, TrainConfig, fit, validation_loss
+from lmforge.loop import LoopState, Process, TrainConfig, fit, validation_loss
 from lmforge.runfolder import RunFolder, write_json_atomic
 from lmforge.tokenizer import TokenizerConfig
+
+
+@dataclass
+class PretrainTrainConfig(TrainConfig):
+    """The loop's settings plus the pretraining objective's, all in the `train` section
+    (`--train.objective mlm`), as in the recipes."""
+
+    objective: Literal["clm", "mlm"] = option("clm", "clm: next-token prediction (decoders); mlm: masked tokens (encoders)")
+    mlm_probability: float = option(0.15, "mlm: fraction of tokens masked")
+    sparse_prediction: bool = option(True, "mlm: send only masked rows through the vocabulary projection (Cramming)")
+    eval_windows: Optional[int] = option(512, "validation windows per evaluation, evenly spread over the split (null: the whole split)")
 
 
 @dataclass
@@ -38,7 +49,7 @@ class PretrainConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     model: model_mod.ModelConfig = field(default_factory=model_mod.ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
 
 
 def init_tokenizer(config: PretrainConfig) -> Path:
@@ -133,10 +144,9 @@ def check_resume(config: PretrainConfig) -> None:
             raise LmforgeError(f"--resume true: {out} holds no checkpoint to continue from (the run stopped before its first one); "
                                f"start it anew without --resume, e.g. --config {out / 'config.yaml'} --out NEW_DIR")
         raise LmforgeError(f"--resume true: there is no run to resume in {out}; check --out, or start a new run without --resume")
-    state = checkpoint.read_state(last)
-    spent = config.train.budget().progress(state["step"], state["tokens"], state["seconds"], state["flops"])
-    if spent >= 1.0 and (out / "final" / "config.json").is_file() and (out / "report.json").is_file():
-        raise LmforgeError(f"{out}: this run already finished at step {state['step']} ({state['tokens']:,} tokens); nothing to resume. "
+    state = LoopState.read(last)
+    if state.progress(config.train.budget()) >= 1.0 and (out / "final" / "config.json").is_file() and (out / "report.json").is_file():
+        raise LmforgeError(f"{out}: this run already finished at step {state.step} ({state.tokens:,} tokens); nothing to resume. "
                            "Raise the budget (e.g. --train.max_steps) to train further, or choose a new --out")
 
 
@@ -170,22 +180,22 @@ def run(config: PretrainConfig) -> Path:
               f"valid {len(token_shards.valid):,} tokens ({len(windows)} windows per evaluation)", flush=True)
     summary = fit(model, objective, config.train, out, tokenizer, evaluator=lambda module, runtime: {"val_loss": validation_loss(module, objective, valid, runtime)},
                   flops_per_token=flops_per_token, resume=config.resume)
-    if proc.main and summary["finished"]:
+    if proc.main and summary.finished:
         checkpoint.save(out / "final", model, tokenizer)
     if proc.main:
-        summary.update(params=params, peak_rss_mb=round(hardware.peak_rss_mb(), 1), wall_seconds=round(time.time() - wall_started, 2),
-                       flops_per_token=flops_per_token, tokenizer=str(tok_dir), shards=str(shard_dir),
-                       valid_windows=len(windows), valid_tokens=int(windows.numel()),
-                       tokenize_tokens_per_second=token_shards.meta.get("tokens_per_second"))
-        write_json_atomic(out / "report.json", summary)
-        html = report.write_training_report(out, summary, report_lead(config, summary), stage="pretrain")
+        report_data = summary.as_dict() | dict(
+            params=params, peak_rss_mb=round(hardware.peak_rss_mb(), 1), wall_seconds=round(time.time() - wall_started, 2),
+            flops_per_token=flops_per_token, tokenizer=str(tok_dir), shards=str(shard_dir), valid_windows=len(windows),
+            valid_tokens=int(windows.numel()), tokenize_tokens_per_second=token_shards.meta.get("tokens_per_second"))
+        write_json_atomic(out / "report.json", report_data)
+        html = report.write_training_report(out, report_data, report_lead(config, report_data), stage="pretrain")
         folder.finish(report=str(out / "report.json"))
-        where = out / "final" if summary["finished"] else checkpoint.latest(out)
-        if summary["finished"]:
-            print(f"done: val loss {summary['val_loss']:.4f}, {summary['tokens_per_second']:,.0f} tokens/s, MFU {summary['mfu']:.1%}; "
+        where = out / "final" if summary.finished else checkpoint.latest(out)
+        if summary.finished:
+            print(f"done: val loss {summary.val_loss:.4f}, {summary.tokens_per_second:,.0f} tokens/s, MFU {summary.mfu:.1%}; "
                   f"model in {where}; report {html}", flush=True)
         else:
-            print(f"stopped at step {summary['steps']} ({summary['tokens_per_second']:,.0f} tokens/s); checkpoint {where}; "
+            print(f"stopped at step {summary.steps} ({summary.tokens_per_second:,.0f} tokens/s); checkpoint {where}; "
                   f"continue with --resume true --out {out}", flush=True)
     return out
 

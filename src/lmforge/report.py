@@ -16,18 +16,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # blank, or a row cut short by a kill mid-append
-            continue
-    return rows
+from lmforge.metrics_log import MetricsLog
 
 
 def pyplot():
@@ -240,6 +229,6 @@ def write_training_report(run_dir: str | Path, summary: dict, lead: Lead, sectio
     """report.html of a training run: the lead, the curves from metrics.jsonl, the stage's own
     `sections` (result tables, per-class tables), then the run facts."""
     run_dir = Path(run_dir)
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = MetricsLog(run_dir).rows()
     page = [("Training curves", curves_svg(rows, x, steps_per_epoch) if rows else ""), *sections, ("Run facts", facts_html(summary))]
     return write_html(run_dir / "report.html", f"lmforge {stage}: {run_dir.name}", page, lead)

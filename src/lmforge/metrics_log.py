@@ -1,0 +1,66 @@
+"""`metrics.jsonl`, a run folder's log: one JSON row per logged or evaluated step, written by the
+loop and read back by report.html and by fine-tuning (the best checkpoint's metrics).
+
+    {"step": 20, "tokens": 40960, "loss": 2.31, "lr": 0.001, "tokens_per_second": 8123.4,
+     "elapsed_seconds": 5.04, "val_loss": 2.35, ...evaluation metrics on evaluated steps}
+
+Rows are appended as they happen; a resumed run cuts the log back to its checkpoint's step first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FILENAME = "metrics.jsonl"
+
+
+class MetricsLog:
+    """The metrics.jsonl of `run_dir`; `enabled=False` (ranks other than 0) makes writes no-ops."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.path = Path(run_dir) / FILENAME
+        self.enabled = enabled
+
+    def rows(self) -> list[dict]:
+        """Every complete row, in order ([] without a log)."""
+        if not self.path.is_file():
+            return []
+        rows = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # blank, or a row cut short by a kill mid-append
+                continue
+        return rows
+
+    def evaluation_at(self, step: int | None) -> dict | None:
+        """The evaluation row (one with `val_loss`) of `step`, the last if a resume wrote it twice."""
+        rows = [r for r in self.rows() if r.get("step") == step and "val_loss" in r]
+        return rows[-1] if rows else None
+
+    def clear(self) -> None:
+        """A fresh start: no rows of an earlier attempt."""
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
+
+    def truncate_after(self, step: int) -> None:
+        """Keep the rows up to `step` (a resume's checkpoint), rewritten through a temp file and a
+        rename, so a kill never loses the earlier rows."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        from lmforge.publish import write_text_atomic
+
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if line.strip() and json.loads(line)["step"] <= step:
+                    rows.append(line)
+            except (ValueError, KeyError):  # a row cut short by a kill mid-append
+                continue
+        write_text_atomic(self.path, "".join(r + "\n" for r in rows))
+
+    def append(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
