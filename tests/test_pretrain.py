@@ -233,13 +233,13 @@ def test_continued_pretraining_keeps_the_models_own_tokenizer(small_text, tmp_pa
     assert AutoTokenizer.from_pretrained(second / "final").get_vocab() == AutoTokenizer.from_pretrained(first / "final").get_vocab()
 
 
-@pytest.mark.parametrize("vocab_size", [40, 400])
-def test_continued_pretraining_refuses_another_vocabulary(small_text, tmp_path, vocab_size):
+@pytest.mark.parametrize("kind, vocab_size", [("char", 20), ("bpe", 400)])  # smaller and larger than the char model's
+def test_continued_pretraining_refuses_another_vocabulary(small_text, tmp_path, kind, vocab_size):
     first = tmp_path / "first"
     pretrain(small_text, first, **{"train.max_steps": 1})
     other = tmp_path / "othertok"
-    cli.main(["tokenizer", "--data", str(small_text), "--out", str(other), "--tokenizer.kind", "bpe",
-              "--tokenizer.vocab_size", str(vocab_size), "--tokenizer.min_frequency", "1"])
+    assert cli.main(["tokenizer", "--data", str(small_text), "--out", str(other), "--tokenizer.kind", kind,
+                     "--tokenizer.vocab_size", str(vocab_size), "--tokenizer.min_frequency", "1"]) == 0
     with pytest.raises(LmforgeError, match=r"--tokenizer.path .*othertok: its vocabulary differs from that of --model.init_from .*final .*drop --tokenizer.path"):
         pretrain(small_text, tmp_path / "second", **{"tokenizer.path": str(other), "model.init_from": str(first / "final")})
 
