@@ -295,6 +295,9 @@ def run(config: FinetuneConfig) -> Path:
     seeds = check_seeds(config.seeds) or [config.train.seed]
     seed_dirs = [out] if len(seeds) == 1 else [out / f"seed_{seed}" for seed in seeds]
     check_out_folder(config, seed_dirs)
+    config.train.check_values()  # before reading and tokenizing the files
+    if config.epochs <= 0:
+        raise LmforgeError(f"--epochs {config.epochs}: must be more than 0 (e.g. 3), or give a budget such as --train.max_steps")
     prepared = prepare(config)
     main = is_main_process()
     # stop_at_step controls one invocation; saved, it would stop every resume at the same step

@@ -86,8 +86,39 @@ class TrainConfig:
             return self.best_mode == "max"
         return not any(word in (self.best_metric or "") for word in LOWER_IS_BETTER)
 
+    def check_values(self) -> None:
+        """Values outside their meaning are one-line errors before any data is read (a negative lr
+        trained backwards; batch_size 0 ended in "need at least one array to stack" or a ZeroDivisionError)."""
+        rules = [
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("micro_batch_size", self.micro_batch_size is None or 1 <= self.micro_batch_size <= self.batch_size, "between 1 and train.batch_size, or null"),
+            ("lr", self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "a positive number"),
+            ("min_lr", math.isfinite(self.min_lr) and self.min_lr >= 0, "0 or more"),
+            ("warmup_steps", self.warmup_steps is None or self.warmup_steps >= 0, "0 or more"),
+            ("warmup_fraction", 0 < self.warmup_fraction <= 1, "in (0, 1]"),
+            ("weight_decay", self.weight_decay >= 0, "0 or more"),
+            ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
+            ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
+            ("grad_clip", self.grad_clip >= 0, "0 (off) or more"),
+            ("layer_decay", 0 < self.layer_decay <= 1, "in (0, 1]"),
+            ("max_steps", self.max_steps is None or self.max_steps >= 1, "at least 1, or null"),
+            ("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "at least 1, or null"),
+            ("max_minutes", self.max_minutes is None or self.max_minutes > 0, "more than 0, or null"),
+            ("max_flops", self.max_flops is None or self.max_flops > 0, "more than 0, or null"),
+            ("eval_every", self.eval_every is None or self.eval_every >= 0, "0 (only at the end) or more"),
+            ("early_stopping_patience", self.early_stopping_patience >= 0, "0 (never) or more"),
+            ("save_every", self.save_every >= 0, "0 (off) or more"),
+            ("save_every_minutes", self.save_every_minutes >= 0, "0 (off) or more"),
+            ("keep_last", self.keep_last >= 1, "at least 1"),
+            ("log_every", self.log_every >= 0, "0 or more"),
+        ]
+        for name, ok, wanted in rules:
+            if not ok:
+                raise LmforgeError(f"--train.{name} {getattr(self, name)}: must be {wanted}")
+
     def check_ready(self) -> None:
-        """Raise unless a budget is set and no field is left null for a stage to fill in."""
+        """Raise unless the values make sense, a budget is set and no field is left null for a stage to fill in."""
+        self.check_values()
         if not self.budget().is_set():
             raise LmforgeError("no budget set: give one of --train.max_steps, --train.max_tokens, --train.max_minutes, --train.max_flops")
         for name, value in (("lr", self.lr), ("warmup_steps", self.warmup_steps), ("eval_every", self.eval_every)):

@@ -130,6 +130,29 @@ def run_inputs(config: PretrainConfig, sources, tok_dir: Path, shard_dir: Path) 
     return [s.path for s in sources] + given
 
 
+def check_before_data(config: PretrainConfig) -> None:
+    """What can be checked without reading any text, checked first: a mistake in the budget, the
+    model family, the tokenizer settings or a given tokenizer's [MASK] must not wait for
+    tokenizing (minutes on a large corpus) to be reported."""
+    train = config.train
+    train.check_ready()
+    if train.eval_windows is not None and train.eval_windows < 1:
+        raise LmforgeError(f"--train.eval_windows {train.eval_windows}: must be at least 1, or null for the whole valid split")
+    if not 0 < train.mlm_probability < 1:
+        raise LmforgeError(f"--train.mlm_probability {train.mlm_probability}: must be in (0, 1), e.g. 0.15")
+    if config.model.init_from:
+        model_mod.check_init_objective(model_mod.folder_of(config.model.init_from), train.objective, config.model.init_from)
+        return
+    model_mod.check_family(config.model, train.objective)
+    if config.tokenizer.path is None and config.shards is None:
+        tokenizer_mod.check(config.tokenizer, train.objective)
+    elif train.objective == "mlm":
+        given = config.tokenizer.path or shards.TokenShards.open(config.shards).meta["tokenizer"]
+        if tokenizer_mod.load(given).mask_token_id is None:
+            raise LmforgeError(f"{given}: this tokenizer has no [MASK] token, which --train.objective mlm needs; train one with "
+                               "`lmforge tokenizer --objective mlm` (BERT specials), or drop --tokenizer.path to train one here")
+
+
 def check_resume(config: PretrainConfig) -> None:
     """`--resume true` needs a checkpoint to continue from and a budget left to spend (or a run whose
     final/ and reports a kill kept from being written); a fresh run needs a folder without checkpoints."""
@@ -155,6 +178,7 @@ def run(config: PretrainConfig) -> Path:
     out = Path(config.out)
     wall_started = time.time()
     check_resume(config)
+    check_before_data(config)
     device = hardware.resolve_device(config.train.device)
     proc = Process.from_env(device)
     sources = [] if config.shards else documents.resolve_sources(config.data)
