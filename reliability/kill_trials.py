@@ -66,7 +66,8 @@ def run_to_end(argv: list[str], env: dict, timeout: float = 600) -> subprocess.C
 
 def started_write(out: Path, trigger: str) -> bool:
     """Whether the write `trigger` names has begun (its temp file or folder exists)."""
-    names = [p.name for p in out.rglob(".tmp-*")] if out.exists() else []
+    # os.walk skips folders renamed away while it lists them (the run goes on while we look)
+    names = [n for _, dirs, files in os.walk(out) for n in dirs + files if n.startswith(".tmp-")]
     if trigger == "checkpoint":
         return any(n.startswith(".tmp-step_") for n in names)
     if trigger == "final":
@@ -76,10 +77,10 @@ def started_write(out: Path, trigger: str) -> bool:
     return False
 
 
-def run_and_kill(argv: list[str], env: dict, out: Path, trigger: str, deadline: float, rng: random.Random) -> bool:
+def run_and_kill(argv: list[str], env: dict, out: Path, trigger: str, deadline: float, rng: random.Random) -> int | None:
     """Start `argv`; SIGKILL it at the trigger (or at a random moment before `deadline` seconds).
-    Returns True if it was killed, False if it finished first."""
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    Returns None if it was killed, else its exit code (it finished first)."""
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started = time.monotonic()
     kill_at = started + rng.uniform(0.3, deadline)
     while process.poll() is None:
@@ -87,9 +88,11 @@ def run_and_kill(argv: list[str], env: dict, out: Path, trigger: str, deadline: 
         if (trigger == "random" and now >= kill_at) or (trigger != "random" and started_write(out, trigger)) or now - started > 600:
             process.send_signal(signal.SIGKILL)
             process.wait()
-            return True
+            return None
         time.sleep(0.002)
-    return False
+    process.last_stderr = process.stderr.read()
+    run_and_kill.last_stderr = process.last_stderr
+    return process.returncode
 
 
 def weights_digest(folder: Path) -> str:
@@ -97,6 +100,8 @@ def weights_digest(folder: Path) -> str:
 
 
 def losses(run: Path) -> list:
+    if not (run / "metrics.jsonl").is_file():  # a seeds run keeps its logs in seed_N/
+        return []
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return [(r["step"], r["loss"], r.get("val_loss")) for r in rows]
 
@@ -106,16 +111,19 @@ def model_folders(run: Path) -> list[Path]:
     return folders + [p for p in (run / "final", run / "best") if p.exists()]
 
 
-def integrity(run: Path) -> list[str]:
-    """What a user would find broken: a model folder without its files, or a folder half there."""
+def integrity(run: Path, seed_dirs: list[str]) -> list[str]:
+    """What a user would find broken: a model folder without its files, or an empty config.yaml.
+    A LoRA folder holds adapter_config.json and adapter weights instead of config.json."""
     problems = []
-    for folder in model_folders(run):
-        if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-            problems.append(f"{folder.relative_to(run)} lacks config.json or weights")
-        if folder.parent.name == "checkpoints" and not (folder / "training_state" / "state.json").is_file():
-            problems.append(f"{folder.relative_to(run)} lacks training_state/state.json")
-    if (run / "config.yaml").is_file() and not (run / "config.yaml").read_text().strip():
-        problems.append("config.yaml is empty")
+    for root in [run, *(run / d for d in seed_dirs)]:
+        for folder in model_folders(root):
+            has_config = (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
+            if not has_config or not any(folder.glob("*.safetensors")):
+                problems.append(f"{folder.relative_to(run)} lacks its config or weights")
+            if folder.parent.name == "checkpoints" and not (folder / "training_state" / "state.json").is_file():
+                problems.append(f"{folder.relative_to(run)} lacks training_state/state.json")
+        if (root / "config.yaml").is_file() and not (root / "config.yaml").read_text().strip():
+            problems.append(f"{(root / 'config.yaml').relative_to(run)} is empty")
     return problems
 
 
@@ -123,40 +131,54 @@ def leftovers(run: Path) -> list[str]:
     return [str(p.relative_to(run)) for p in run.rglob("*") if p.name.startswith((".tmp-", ".old-", ".trash"))]
 
 
-def finished_checks(run: Path, reference: Path, final_name: str = "final") -> list[str]:
+def finished_checks(run: Path, reference: Path) -> list[str]:
+    """The run equals the uninterrupted `reference`: same losses and final weights, and every file
+    the reference ended with (final/, reports, the manifest's end time)."""
     problems = []
     if losses(run) != losses(reference):
         problems.append("losses differ from the uninterrupted run")
-    if weights_digest(run / final_name) != weights_digest(reference / final_name):
+    if weights_digest(run / "final") != weights_digest(reference / "final"):
         problems.append("final weights differ from the uninterrupted run")
-    if not (run / "report.json").is_file() or not (run / "report.html").is_file():
-        problems.append("report.json/html missing")
-    manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").is_file() else {}
-    if not manifest.get("finished"):
+    for name in ("final/config.json", "report.json", "report.html", "manifest.json"):
+        if (reference / name).is_file() and not (run / name).is_file():
+            problems.append(f"{name} missing")
+    ended = lambda folder: json.loads((folder / "manifest.json").read_text()).get("finished") if (folder / "manifest.json").is_file() else None  # noqa: E731
+    if ended(reference) and not ended(run):
         problems.append("manifest has no end time")
     return problems
 
 
 def trial(kind: str, argv_fresh: list[str], out: Path, reference: Path, trigger: str, deadline: float, rng: random.Random,
           seed_dirs: list[str], env: dict) -> Trial:
+    """Kill the run, check the folder, resume (killing again in half of the attempts), until it ends."""
     result = Trial(kind, trigger)
     resume = lmforge(argv_fresh[3], "--out", str(out), "--resume", "true")
     argv = argv_fresh
-    for attempt in range(4):  # kill, resume (maybe killed again), ... then run to the end
-        kill_this_time = attempt == 0 or (attempt < 3 and rng.random() < 0.5)
-        if kill_this_time:
-            this_trigger = trigger if attempt == 0 else "random"
-            if run_and_kill(argv, env, out, this_trigger, deadline, rng):
-                result.kills += 1
-                result.problems += [f"after kill {result.kills}: {p}" for p in integrity(out)]
-                argv = resume if has_checkpoint(out, seed_dirs) else argv_fresh
-                continue
-        done = run_to_end(argv, env)
-        if done.returncode != 0:
-            if argv is resume and "no checkpoint" in done.stderr:
-                argv = argv_fresh
-                continue
-            result.problems.append(f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ''}")
+    for attempt in range(5):
+        if attempt == 0:  # the first kill: at a random moment, or the instant a checkpoint / final/ write starts
+            this_trigger = "random" if trigger == "resume-rewrite" else trigger
+        elif attempt == 1 and trigger == "resume-rewrite":  # inside the resume's rewrite of metrics.jsonl / config.yaml
+            this_trigger = trigger
+        else:
+            this_trigger = "random" if attempt < 3 and rng.random() < 0.5 else None
+        if this_trigger is None:
+            code, stderr = (done := run_to_end(argv, env)).returncode, done.stderr
+        else:
+            code = run_and_kill(argv, env, out, this_trigger, deadline, rng)
+            stderr = getattr(run_and_kill, "last_stderr", "") if code is not None else ""
+        if code is None:  # killed: what does a user find?
+            result.kills += 1
+            result.problems += [f"after kill {result.kills}: {p}" for p in integrity(out, seed_dirs)]
+            argv = resume if has_checkpoint(out, seed_dirs) else argv_fresh
+            continue
+        if code != 0 and argv is resume and "already finished" in stderr and not finished_checks(out, reference):
+            break  # killed after the end was written: a complete run, nothing to resume
+        if code != 0 and argv is resume and "no checkpoint" in stderr:
+            argv = argv_fresh  # killed before the first checkpoint: the message says start again
+            continue
+        if code != 0:
+            last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+            result.problems.append(f"exit {code}: {last}")
             result.verdict = "failed"
             return result
         break

@@ -51,3 +51,42 @@ def test_disk_fault_in_a_checkpoint_is_one_line_and_the_run_resumes_exactly(smal
     assert cli.main(["pretrain", "--out", str(faulty), "--resume", "true"]) == 0  # the disk has room again
     assert losses(faulty) == losses(whole)
     assert not [p for p in faulty.rglob("*") if p.name.startswith(".tmp")]  # no half-written folder left
+
+
+def test_resume_finishes_a_run_whose_end_a_kill_cut_short(small_text, tmp_path, capsys):
+    """Killed after the last checkpoint, before report.html and the manifest's end time: resume writes
+    them (it said "already finished" and exited, leaving the run without its reports)."""
+    out = tmp_path / "run"
+    assert cli.main(["pretrain", *argv_of(tiny_overrides(small_text, out))]) == 0
+    (out / "report.html").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "finished": None}))
+    before = losses(out)
+    assert cli.main(["pretrain", "--out", str(out), "--resume", "true"]) == 0
+    assert (out / "report.html").is_file() and json.loads((out / "manifest.json").read_text())["finished"]
+    assert losses(out) == before  # nothing trained twice
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--out", str(out), "--resume", "true"]) == 2  # now it is finished
+    assert "already finished" in capsys.readouterr().err
+
+
+def sentiment_file(path, n: int, seed: int):
+    import random
+
+    rng = random.Random(seed)
+    rows = [(f"the film was {rng.choice(['great', 'superb'] if y else ['awful', 'dull'])}", y) for y in (rng.randint(0, 1) for _ in range(n))]
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["head", "lora"])
+def test_head_and_lora_fine_tunes_resume_exactly(tiny_bert, tmp_path, mode):
+    train, dev = sentiment_file(tmp_path / "train.tsv", 96, 0), sentiment_file(tmp_path / "dev.tsv", 24, 1)
+    base = ["finetune", "--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--mode", mode,
+            "--epochs", "2", "--train.batch_size", "16", "--train.log_every", "1", "--train.precision", "fp32"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert cli.main([*base, "--out", str(whole)]) == 0
+    assert cli.main([*base, "--out", str(parts), "--train.stop_at_step", "5"]) == 0
+    assert cli.main(["finetune", "--out", str(parts), "--resume", "true"]) == 0  # head mode: "checkpoint does not match the model"
+    assert losses(parts) == losses(whole)
+    assert json.loads((parts / "report.json").read_text())["metrics"] == json.loads((whole / "report.json").read_text())["metrics"]

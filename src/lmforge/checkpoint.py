@@ -18,6 +18,7 @@ half-deleted `step_N` behind; `clean_leftovers` removes what a killed run left. 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -109,6 +110,14 @@ def load_weights(model, folder: Path) -> None:
     tensors = {}
     for path in sorted(Path(folder).glob("*.safetensors")):
         tensors.update(load_file(str(path)))
+    peft = sys.modules.get("peft")  # a PeftModel implies peft is imported
+    if peft is not None and isinstance(model, peft.PeftModel):
+        # its checkpoint holds the adapters (and saved heads) under names without the adapter's
+        # name; peft maps them back (load_state_dict found none of them: LoRA runs never resumed)
+        result = peft.set_peft_model_state_dict(model, tensors)
+        if result.unexpected_keys:
+            raise RuntimeError(f"checkpoint {folder} does not match the LoRA model: unexpected {sorted(result.unexpected_keys)[:3]}")
+        return
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = {k for k in missing if "embed" in k or "lm_head" in k or "decoder" in k or "predictions" in k}
     if set(missing) - tied or unexpected:

@@ -30,7 +30,7 @@ from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.loop import TrainConfig, fit
 from lmforge.metrics_log import MetricsLog
-from lmforge.runfolder import RunFolder, write_json_atomic
+from lmforge.runfolder import RunFolder, has_ended, write_json_atomic
 from lmforge.tasks import TASKS, Task, TaskName, backbone, format_for
 from lmforge.tasks.data import FormatConfig
 from lmforge.tasks.features import GROUP_CHUNK, TaskObjective, predict_logits
@@ -179,9 +179,9 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
         trainable_parameters=params, train_rows=len(train_features), valid_rows=len(valid_features),
         test_rows=len(prepared.test) if prepared.test is not None else None,
         wall_seconds=round(time.time() - started, 2))
-    write_json_atomic(out / "report.json", summary)
     report.write_training_report(out, summary, report_lead(config, summary), [result_section(summary)], x="step",
                                  steps_per_epoch=-(-len(train_features) // config.train.batch_size), stage="finetune")
+    write_json_atomic(out / "report.json", summary)  # last: a seed with report.json is finished (resume keeps it)
     return summary
 
 
@@ -280,7 +280,7 @@ def check_out_folder(config: FinetuneConfig, seed_dirs: list[Path]) -> None:
                 raise LmforgeError(f"{seed_dir} already holds checkpoints; pass --resume true to continue that run, or choose a new --out")
         return
     finished = [d for d in seed_dirs if finished_report(d) is not None]
-    if len(finished) == len(seed_dirs) and (out / "report.json").is_file() and (out / "final" / "config.json").is_file():
+    if len(finished) == len(seed_dirs) and has_ended(out) and (out / "final" / "config.json").is_file():
         raise LmforgeError(f"{out}: this fine-tuning run already finished; nothing to resume. Choose a new --out to train again")
     if not finished and all(checkpoint.latest(d) is None for d in seed_dirs):
         raise LmforgeError(f"--resume true: there is no run to resume in {out} (no checkpoint and no finished seed); check --out, "

@@ -25,7 +25,7 @@ from lmforge.config import option
 from lmforge.documents import SplitConfig
 from lmforge.errors import LmforgeError
 from lmforge.loop import LoopState, Process, TrainConfig, fit, validation_loss
-from lmforge.runfolder import RunFolder, write_json_atomic
+from lmforge.runfolder import RunFolder, has_ended, write_json_atomic
 from lmforge.tokenizer import TokenizerConfig
 
 
@@ -168,7 +168,7 @@ def check_resume(config: PretrainConfig) -> None:
                                f"start it anew without --resume, e.g. --config {out / 'config.yaml'} --out NEW_DIR")
         raise LmforgeError(f"--resume true: there is no run to resume in {out}; check --out, or start a new run without --resume")
     state = LoopState.read(last)
-    if state.progress(config.train.budget()) >= 1.0 and (out / "final" / "config.json").is_file() and (out / "report.json").is_file():
+    if state.progress(config.train.budget()) >= 1.0 and (out / "final" / "config.json").is_file() and has_ended(out):  # else resume writes what a kill cut short
         raise LmforgeError(f"{out}: this run already finished at step {state.step} ({state.tokens:,} tokens); nothing to resume. "
                            "Raise the budget (e.g. --train.max_steps) to train further, or choose a new --out")
 
@@ -211,8 +211,8 @@ def run(config: PretrainConfig) -> Path:
             params=params, peak_rss_mb=round(hardware.peak_rss_mb(), 1), wall_seconds=round(time.time() - wall_started, 2),
             flops_per_token=flops_per_token, tokenizer=str(tok_dir), shards=str(shard_dir), valid_windows=len(windows),
             valid_tokens=int(windows.numel()), tokenize_tokens_per_second=token_shards.meta.get("tokens_per_second"))
-        write_json_atomic(out / "report.json", report_data)
         html = report.write_training_report(out, report_data, report_lead(config, report_data), stage="pretrain")
+        write_json_atomic(out / "report.json", report_data)
         folder.finish(report=str(out / "report.json"))
         where = out / "final" if summary.finished else checkpoint.latest(out)
         if summary.finished:

@@ -92,6 +92,16 @@ class RunFolder:
         write_json_atomic(self.path / "manifest.json", self.manifest)
 
 
+def has_ended(folder: str | Path) -> bool:
+    """Whether the run in `folder` wrote its end: the manifest's end time is its last write, so a
+    run killed while writing final/ or its reports has none, and `--resume` finishes that part."""
+    manifest = Path(folder) / "manifest.json"
+    try:
+        return bool(json.loads(manifest.read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
 def stage_of(folder: str | Path) -> str | None:
     """The stage that wrote `folder` (its manifest.json's "stage"), or None for any other folder."""
     manifest = Path(folder) / "manifest.json"

@@ -152,6 +152,11 @@ class HeadModel(torch.nn.Module):
     def save_pretrained(self, path, **kwargs):
         self.hf_model.save_pretrained(path, **kwargs)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A checkpoint holds the whole HF model (`save_pretrained`), so it loads into that; the
+        head's parameters are the model's own, so a resumed head run continues from them."""
+        return self.hf_model.load_state_dict(state_dict, strict=strict, assign=assign)
+
 
 def head_forward(model, batch: dict) -> torch.Tensor:
     return model(batch["hidden"])
