@@ -90,3 +90,15 @@ def test_head_and_lora_fine_tunes_resume_exactly(tiny_bert, tmp_path, mode):
     assert cli.main(["finetune", "--out", str(parts), "--resume", "true"]) == 0  # head mode: "checkpoint does not match the model"
     assert losses(parts) == losses(whole)
     assert json.loads((parts / "report.json").read_text())["metrics"] == json.loads((whole / "report.json").read_text())["metrics"]
+
+
+def test_resume_that_would_change_the_model_is_refused_before_anything_is_written(small_text, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["pretrain", *argv_of(tiny_overrides(small_text, out, **{"train.stop_at_step": 6}))]) == 0
+    saved = (out / "config.yaml").read_text()
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--out", str(out), "--resume", "true", "--model.width", "32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--resume true cannot change model.width" in err and "drop --model.width" in err
+    assert (out / "config.yaml").read_text() == saved  # it was rewritten before, then the load failed
+    assert cli.main(["pretrain", "--out", str(out), "--resume", "true", "--train.max_steps", "14"]) == 0  # a budget may change

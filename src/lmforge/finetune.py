@@ -30,7 +30,7 @@ from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.loop import TrainConfig, fit
 from lmforge.metrics_log import MetricsLog
-from lmforge.runfolder import RunFolder, has_ended, write_json_atomic
+from lmforge.runfolder import RunFolder, check_unchanged_on_resume, has_ended, write_json_atomic
 from lmforge.tasks import TASKS, Task, TaskName, backbone, format_for
 from lmforge.tasks.data import FormatConfig
 from lmforge.tasks.features import GROUP_CHUNK, TaskObjective, predict_logits
@@ -270,6 +270,11 @@ def finished_report(out: Path) -> dict | None:
     return None
 
 
+# what a resumed fine-tune must keep: task, model, mode, files, formats, seeds and batch
+RESUME_FROZEN = ("task", "model", "mode", "lora.", "format.", "train_file", "valid_file", "test_file", "seeds", "reset_head",
+                 "train.batch_size", "train.seed")
+
+
 def check_out_folder(config: FinetuneConfig, seed_dirs: list[Path]) -> None:
     """A fresh run refuses a folder holding another run's checkpoints; `--resume true` needs something
     to continue (a checkpoint, or a finished seed beside unfinished ones) and is refused when all is done."""
@@ -279,6 +284,7 @@ def check_out_folder(config: FinetuneConfig, seed_dirs: list[Path]) -> None:
             if checkpoint.latest(seed_dir) is not None:
                 raise LmforgeError(f"{seed_dir} already holds checkpoints; pass --resume true to continue that run, or choose a new --out")
         return
+    check_unchanged_on_resume(out, config, RESUME_FROZEN)
     finished = [d for d in seed_dirs if finished_report(d) is not None]
     if len(finished) == len(seed_dirs) and has_ended(out) and (out / "final" / "config.json").is_file():
         raise LmforgeError(f"{out}: this fine-tuning run already finished; nothing to resume. Choose a new --out to train again")

@@ -25,7 +25,7 @@ from lmforge.config import option
 from lmforge.documents import SplitConfig
 from lmforge.errors import LmforgeError
 from lmforge.loop import LoopState, Process, TrainConfig, fit, validation_loss
-from lmforge.runfolder import RunFolder, has_ended, write_json_atomic
+from lmforge.runfolder import RunFolder, check_unchanged_on_resume, has_ended, write_json_atomic
 from lmforge.tokenizer import TokenizerConfig
 
 
@@ -153,6 +153,11 @@ def check_before_data(config: PretrainConfig) -> None:
                                "`lmforge tokenizer --objective mlm` (BERT specials), or drop --tokenizer.path to train one here")
 
 
+# what a resumed run must keep: its data, model, tokenizer, split, objective, batch and seed
+RESUME_FROZEN = ("data", "shards", "model.", "tokenizer.", "split.", "train.objective", "train.batch_size", "train.seed",
+                 "train.mlm_probability", "train.sparse_prediction")
+
+
 def check_resume(config: PretrainConfig) -> None:
     """`--resume true` needs a checkpoint to continue from and a budget left to spend (or a run whose
     final/ and reports a kill kept from being written); a fresh run needs a folder without checkpoints."""
@@ -162,6 +167,7 @@ def check_resume(config: PretrainConfig) -> None:
         if last is not None:
             raise LmforgeError(f"{out} already holds checkpoints; pass --resume true to continue that run, or choose a new --out")
         return
+    check_unchanged_on_resume(out, config, RESUME_FROZEN)
     if last is None:
         if (out / "config.yaml").is_file():
             raise LmforgeError(f"--resume true: {out} holds no checkpoint to continue from (the run stopped before its first one); "

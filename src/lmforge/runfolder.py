@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge import config as config_mod
+from lmforge.errors import LmforgeError
 from lmforge.publish import write_json_atomic
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate", "numpy", "peft")
@@ -90,6 +91,34 @@ class RunFolder:
         self.manifest.update(extra)
         self.manifest["finished"] = now_iso()
         write_json_atomic(self.path / "manifest.json", self.manifest)
+
+
+def check_unchanged_on_resume(folder: str | Path, config: Any, frozen: tuple[str, ...]) -> None:
+    """`--resume true` continues the run in `folder` as it was set up: a flag that changes one of the
+    `frozen` settings (the model's shape, the data, the batch, the seed) is an error before anything
+    is written (it rewrote config.yaml and then failed with a size mismatch, leaving a run that
+    could not be resumed without hand-editing). Budgets and cadences may change."""
+    import yaml
+
+    saved_path = Path(folder) / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _flat(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
+    given = _flat(config_mod.to_dict(config))
+    for key in sorted(given):
+        if key.startswith(frozen) and key in saved and saved[key] != given[key]:
+            raise LmforgeError(f"--resume true cannot change {key} (the run in {folder} has {saved[key]!r}, this command gives {given[key]!r}); "
+                               f"drop --{key} to continue the run, or start a new run with another --out")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def has_ended(folder: str | Path) -> bool:
