@@ -187,3 +187,15 @@ def test_tables_are_read_through_documents_gz_and_bad_bytes_named(tmp_path):
     jsonl = write(tmp_path / "d.jsonl", '{"sentence": "a", "label": 1}\n[1, 2]\n')
     with pytest.raises(LmforgeError, match=r"d\.jsonl:2: expected a JSON object per line, got list"):
         data.read_table(jsonl, FMT)
+
+
+def test_a_squad_question_without_answers_is_an_error_unless_impossible(tmp_path):
+    paragraph = {"context": "Paris is in France.", "qas": [{"id": "q1", "question": "Where is Paris?"}]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [paragraph]}]}))
+    with pytest.raises(LmforgeError, match=r"squad\.json: question q1: no 'answers' field; give its answers, or mark it \"is_impossible\": true"):
+        data.read_squad(path)
+    assert data.read_squad(path, labelled=False)[0].answers == []  # predict needs no answers
+    paragraph["qas"][0]["is_impossible"] = True
+    path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [paragraph]}]}))
+    assert data.read_squad(path)[0].answers == []

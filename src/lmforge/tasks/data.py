@@ -291,7 +291,7 @@ def _field(record, name: str, kind, where: str):
     return value
 
 
-def read_squad(path: str | Path, role: str = "train") -> list[Question]:
+def read_squad(path: str | Path, role: str = "train", labelled: bool = True) -> list[Question]:
     """Questions of a SQuAD v1.1/v2 JSON file; every answer's text must sit at its offset."""
     path = _check_file(path, role)
     try:
@@ -308,6 +308,9 @@ def read_squad(path: str | Path, role: str = "train") -> list[Question]:
                 where = f"{path}: question {qa.get('id')}"
                 _field(qa, "id", (str, int), f"{path}: data[{a}].paragraphs[{p}] question")
                 _field(qa, "question", str, where)
+                if labelled and not qa.get("is_impossible") and "answers" not in qa:
+                    # it trained as unanswerable: only SQuAD v2's is_impossible questions may have no answer
+                    raise LmforgeError(f"{where}: no 'answers' field; give its answers, or mark it \"is_impossible\": true (SQuAD v2) if the context does not answer it")
                 answers = [] if qa.get("is_impossible") else qa.get("answers", [])
                 for answer in answers:
                     start, text = _field(answer, "answer_start", int, f"{where} answer"), _field(answer, "text", str, f"{where} answer")

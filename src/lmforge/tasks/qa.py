@@ -93,7 +93,7 @@ class QaTask:
 
     @staticmethod
     def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True) -> list[data.Question]:
-        return data.read_squad(path, role)
+        return data.read_squad(path, role, labelled)
 
     @staticmethod
     def text_examples(texts: list[tuple[str, str]]) -> list[data.Question]:
