@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench reliability clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/shakespeare_quality.py
 	$(BIN)/python benchmarks/corpus_throughput.py
 	$(BIN)/python benchmarks/finetune_glue.py --threads 2
+
+# kill -9 trials (20 pretraining, 10 fine-tuning) and the bad-input table; CI runs a short version (tests/test_reliability.py)
+reliability: $(STAMP)
+	$(BIN)/python reliability/kill_trials.py --pretrain 20 --finetune 10
+	$(BIN)/python reliability/bad_inputs.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -112,7 +112,7 @@ def run_generate(config: GenerateConfig) -> list[str]:
     from transformers import AutoModelForCausalLM
 
 
-    if config.model and (Path(config.model) / "config.json").is_file() and model_mod.objective_of(config.model) == "mlm":
+    if model_mod.objective_of(model_mod.folder_of(config.model)) == "mlm":
         raise LmforgeError(f"--model {config.model}: this is a masked LM, which predicts masked tokens and cannot write text left to right; "
                            f"use `lmforge fill-mask --model {config.model} --text '... [MASK] ...'`, or give a causal LM folder")
     check_sampling(config)

@@ -37,6 +37,8 @@ def run(config: PredictConfig) -> Path:
     if bool(config.input) == bool(config.text):
         raise LmforgeError("give the examples with --input FILE or with --text \"...\" (one of the two): "
                            + ("both were given" if config.input else "neither was given"))
+    if config.input and not Path(config.input).is_file():  # before loading the model: a typo costs no wait
+        raise LmforgeError(f"--input {config.input}: no such file; check the path")
     task, model, tokenizer, folder = scoring.load_task_model(config.model, config.task, config.format)
     out = Path(config.out)
     run_folder = RunFolder(out, "predict").start(config, [config.input, folder] if config.input else [folder])
