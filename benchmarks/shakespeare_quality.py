@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "shakespeare_char.yaml"
+RECIPE = ROOT / "src" / "lmforge" / "recipes" / "shakespeare_char.yaml"
 TARGET = 1.89
 VARIANTS = {"llama": [], "gpt2": ["--model.family", "gpt2"]}  # llama: the recipe as written
 NANOGPT = {"name": "nanoGPT, the same recipe (README, 'I only have a macbook')", "val_loss": 1.88,

@@ -7,7 +7,7 @@ from lmforge import config as config_mod
 from lmforge.errors import LmforgeError
 from lmforge.pretrain import PretrainConfig
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted(config_mod.RECIPES.glob("*.yaml"))
 
 
 def test_recipes_exist():
@@ -91,3 +91,11 @@ def test_a_section_built_by_a_default_factory_keeps_its_defaults_under_overrides
         cli.main(["finetune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--train_file" in text and "--train.lr" in text and "default: 42]" in text
+
+
+def test_a_packaged_recipe_is_found_by_name(tmp_path):
+    cfg = config_mod.resolve(PretrainConfig, "shakespeare_char")
+    assert cfg.model.width == 128 and cfg.data == ["builtin:tinyshakespeare"]
+    assert config_mod.resolve(PretrainConfig, "shakespeare_char.yaml").model.width == 128
+    with pytest.raises(LmforgeError, match="not found; pass a recipe file to --config, or a packaged recipe: cram_bert_tiny, shakespeare_char"):
+        config_mod.resolve(PretrainConfig, "shakespeare_chr")

@@ -42,3 +42,32 @@ def test_page_leads_with_purpose_and_headline_then_curves_then_facts(tmp_path):
     page = report.write_training_report(tmp_path, SUMMARY, lead, [("Result", report.table_html({"test accuracy": 0.9}))], x="step").read_text()
     order = [page.index(t) for t in ("Fine-tune minilm", "accuracy 0.9000", "on test (scored once)", "Training curves", "Result", "Run facts")]
     assert order == sorted(order)
+
+
+def test_tensorboard_event_files_hold_the_logged_scalars(small_text, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import tiny_overrides
+    from lmforge import config as config_mod
+    from lmforge.pretrain import PretrainConfig, run
+
+    out = tmp_path / "run"
+    run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, out, **{"report.tensorboard": True})))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "valid/loss"} <= set(tags), tags
+    logged = [r["loss"] for r in map(__import__("json").loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert [round(e.value, 5) for e in events.Scalars("train/loss")] == [round(v, 5) for v in logged]
+
+
+def test_tensorboard_without_the_package_is_an_error_before_training(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from lmforge.errors import LmforgeError
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(LmforgeError, match=r"--report.tensorboard true needs the tensorboard package: pip install tensorboard"):
+        report.ReportConfig(tensorboard=True).check()

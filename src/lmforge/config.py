@@ -213,10 +213,26 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
 
 
+RECIPES = Path(__file__).parent / "recipes"  # shipped with the package: `--config shakespeare_char`
+
+
+def packaged_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def recipe_path(name: str | Path) -> Path:
+    """A recipe file, or the packaged recipe of that name (`shakespeare_char` or `shakespeare_char.yaml`)."""
+    path = Path(name)
+    if path.is_file() or len(path.parts) > 1:
+        return path
+    packaged = RECIPES / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    return packaged if packaged.is_file() else path
+
+
 def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
+    path = recipe_path(path)
     if not path.is_file():
-        raise LmforgeError(f"config file {path} not found; pass an existing recipe to --config (see recipes/)")
+        raise LmforgeError(f"config file {path} not found; pass a recipe file to --config, or a packaged recipe: {', '.join(packaged_recipes())}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

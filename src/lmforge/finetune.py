@@ -79,6 +79,7 @@ class FinetuneConfig:
     format: FormatConfig = field(default_factory=FormatConfig)
     lora: LoraOptions = field(default_factory=LoraOptions)
     train: FinetuneTrainConfig = field(default_factory=train_defaults)
+    report: report.ReportConfig = field(default_factory=report.ReportConfig)
 
 
 @dataclass
@@ -162,7 +163,7 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
     params = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
     print(f"{task.name} ({config.mode}): {len(train_features):,} train / {len(valid_features):,} valid rows, "
           f"{params / 1e6:.3f}M trainable parameters, {cfg.max_steps} steps, lr {cfg.lr:g}", flush=True)
-    result = fit(trainable, objective, cfg, out, tokenizer, evaluator=evaluator, resume=config.resume)
+    result = fit(trainable, objective, cfg, out, tokenizer, evaluator=evaluator, resume=config.resume, tensorboard=config.report.tensorboard)
     if not is_main_process():  # under torchrun, rank 0 alone publishes final/ and the reports
         return result.as_dict()
     if not result.finished:  # stopped at --train.stop_at_step: resumable, nothing to publish yet
@@ -302,6 +303,7 @@ def run(config: FinetuneConfig) -> Path:
     seed_dirs = [out] if len(seeds) == 1 else [out / f"seed_{seed}" for seed in seeds]
     check_out_folder(config, seed_dirs)
     config.train.check_values()  # before reading and tokenizing the files
+    config.report.check()
     if config.epochs <= 0:
         raise LmforgeError(f"--epochs {config.epochs}: must be more than 0 (e.g. 3), or give a budget such as --train.max_steps")
     prepared = prepare(config)

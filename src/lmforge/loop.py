@@ -573,7 +573,7 @@ def _progress_line(state: LoopState, row: dict, metrics: dict, progress: float) 
 
 
 def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None, *, evaluator: Evaluator | None = None,
-        flops_per_token: float = 0.0, resume: bool = False) -> RunSummary:
+        flops_per_token: float = 0.0, resume: bool = False, tensorboard: bool = False) -> RunSummary:
     """Train `model` on `objective` until the budget in `cfg` is spent; return the run summary.
 
     `evaluator(module, runtime)` returns a dict of metrics (e.g. `val_loss`), called every
@@ -590,7 +590,7 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     torch.manual_seed(cfg.seed)
     model.to(runtime.device)
     optimizer = optim.adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), layer_decay=cfg.layer_decay)
-    log = MetricsLog(run_dir, proc.main)
+    log = MetricsLog(run_dir, proc.main, tensorboard)
     state = _start_state(model, optimizer, run_dir, log, proc, resume)
     stop_at = cfg.stop_at_step if (cfg.stop_at_step or 0) > state.step else None  # a resumed run goes past an old stop
     model.train()
@@ -644,4 +644,5 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     if state.in_warmup(cfg, budget) and proc.main:
         print(f"note: the run stopped at step {state.step}, inside warm-up (the learning rate was still rising); "
               "resume with a larger budget, or lower train.warmup_steps", flush=True)
+    log.close()
     return RunSummary.of(state, cfg, runtime, metrics, recent, attention, compiled, flops_per_token, peak)

@@ -13,14 +13,20 @@ import json
 from pathlib import Path
 
 FILENAME = "metrics.jsonl"
+TRAIN_KEYS = ("loss", "lr", "tokens", "tokens_per_second", "elapsed_seconds")  # the rest of a row is evaluation
 
 
 class MetricsLog:
     """The metrics.jsonl of `run_dir`; `enabled=False` (ranks other than 0) makes writes no-ops."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True):
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = False):
         self.path = Path(run_dir) / FILENAME
         self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:  # event files beside the log, for `tensorboard --logdir RUN/tensorboard`
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
     def rows(self) -> list[dict]:
         """Every complete row, in order ([] without a log)."""
@@ -64,3 +70,13 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
+        if self.writer is not None:  # every number of the row as a scalar at its step: train/loss, valid/accuracy, ...
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    tag = f"train/{key}" if key in TRAIN_KEYS else f"valid/{key.removeprefix('val_')}"
+                    self.writer.add_scalar(tag, value, row["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

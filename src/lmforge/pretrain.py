@@ -50,6 +50,7 @@ class PretrainConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     model: model_mod.ModelConfig = field(default_factory=model_mod.ModelConfig)
     train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
+    report: report.ReportConfig = field(default_factory=report.ReportConfig)
 
 
 def init_tokenizer(config: PretrainConfig) -> Path:
@@ -136,6 +137,7 @@ def check_before_data(config: PretrainConfig) -> None:
     tokenizing (minutes on a large corpus) to be reported."""
     train = config.train
     train.check_ready()
+    config.report.check()
     if train.eval_windows is not None and train.eval_windows < 1:
         raise LmforgeError(f"--train.eval_windows {train.eval_windows}: must be at least 1, or null for the whole valid split")
     if not 0 < train.mlm_probability < 1:
@@ -209,7 +211,7 @@ def run(config: PretrainConfig) -> Path:
         print(f"model: {type(model).__name__}, {params / 1e6:.2f}M parameters; train {len(token_shards.train):,} tokens, "
               f"valid {len(token_shards.valid):,} tokens ({len(windows)} windows per evaluation)", flush=True)
     summary = fit(model, objective, config.train, out, tokenizer, evaluator=lambda module, runtime: {"val_loss": validation_loss(module, objective, valid, runtime)},
-                  flops_per_token=flops_per_token, resume=config.resume)
+                  flops_per_token=flops_per_token, resume=config.resume, tensorboard=config.report.tensorboard)
     if proc.main and summary.finished:
         checkpoint.save(out / "final", model, tokenizer)
     if proc.main:

@@ -1,5 +1,6 @@
-"""`lmforge quickstart`: the embedded demo. A character-level Llama-style model on the packaged
-tinyshakespeare for about three minutes, then its validation loss, a sample and the report."""
+"""`lmforge quickstart`: the embedded demo. The packaged recipe `shakespeare_char` (a character-level
+Llama-style model on the packaged tinyshakespeare) for about three minutes, then its validation
+loss, a sample and the report."""
 
 from __future__ import annotations
 
@@ -14,16 +15,6 @@ from lmforge.generate import generate
 from lmforge.pretrain import PretrainConfig
 from lmforge.pretrain import run as pretrain
 
-# The shape of nanoGPT's documented CPU recipe (recipes/shakespeare_char.yaml), budgeted by time.
-DEMO = {
-    "data": ["builtin:tinyshakespeare"],
-    "tokenizer": {"kind": "char"},
-    "split": {"valid_fraction": 0.1, "mode": "tail"},
-    "model": {"family": "llama", "layers": 4, "heads": 4, "width": 128, "context": 64},
-    "train": {"batch_size": 12, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100, "beta2": 0.99,
-              "eval_every": 500, "eval_windows": None, "log_every": 100, "save_every": 1000, "compile": "auto"},
-}
-
 
 @dataclass
 class QuickstartConfig:
@@ -35,11 +26,10 @@ class QuickstartConfig:
 
 def run(config: QuickstartConfig) -> Path:
     """Pretrain the demo model, then print its validation loss, a sample and where the report is."""
-    overrides = json.loads(json.dumps(DEMO))
-    overrides["out"] = config.out
-    overrides["train"]["max_minutes"] = config.minutes
-    overrides["train"]["max_steps"] = config.max_steps
-    pretrain_config = config_mod.from_dict(PretrainConfig, overrides)
+    # the packaged recipe (nanoGPT's CPU shape), budgeted by time instead of its 2,000 steps
+    overrides = {"out": config.out, "train.max_minutes": config.minutes, "train.max_steps": config.max_steps,
+                 "train.eval_every": 500, "train.log_every": 100, "train.save_every": 1000}
+    pretrain_config = config_mod.resolve(PretrainConfig, "shakespeare_char", overrides)
     print(f"lmforge quickstart: a character-level Llama-style model on tinyshakespeare, budget {config.minutes:g} minutes\n", flush=True)
     out = pretrain(pretrain_config)
     summary = json.loads((out / "report.json").read_text())

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge.errors import LmforgeError
 from lmforge.metrics_log import MetricsLog
 
 
@@ -35,6 +36,21 @@ def svg_figure(fig) -> str:
     fig.savefig(buffer, format="svg", bbox_inches="tight")
     text = buffer.getvalue()
     return text[text.index("<svg") :]
+
+
+@dataclass
+class ReportConfig:
+    """The `--report.*` section of the stages that train."""
+
+    tensorboard: bool = field(default=False, metadata={"help": "also write TensorBoard event files into RUN/tensorboard/ as the run logs (needs the tensorboard package: pip install tensorboard)"})
+
+    def check(self) -> None:
+        """A missing tensorboard package is an error before training, not after the first log row."""
+        if self.tensorboard:
+            import importlib.util
+
+            if importlib.util.find_spec("tensorboard") is None:
+                raise LmforgeError("--report.tensorboard true needs the tensorboard package: pip install tensorboard (or drop the flag)")
 
 
 @dataclass
