@@ -70,7 +70,7 @@ def generated_document(rng: np.random.Generator, words: np.ndarray, probs: np.nd
         sentence = " ".join(tokens[start:end])
         sentences.append(sentence[:1].upper() + sentence[1:] + ".")
         start = end
-    paragraphs = [" ".join(sentences[i:i + 6]) for i in range(0, len(sentences), 6)]
+    paragraphs = [" ".join(sentences[i : i + 6]) for i in range(0, len(sentences), 6)]
     return "\n\n".join(paragraphs)
 
 
@@ -235,15 +235,27 @@ def _sample_rss(root: psutil.Process, peaks: dict) -> None:
     peaks["worker"] = max([peaks["worker"], *workers])
 
 
-def run_stage(name: str, data: list[str], workers: int, extra: list[str] = (), content_bytes: int | None = None,
-              wait: bool = True) -> dict:
+def run_stage(
+    name: str, data: list[str], workers: int, extra: list[str] = (), content_bytes: int | None = None, wait: bool = True
+) -> dict:
     """Run `lmforge corpus` in a subprocess; wall time, peak RSS and the report's numbers."""
     busy_before = wait_for_quiet() if wait else busy_cpu_percent()
     busy_cpu_before = _machine_busy_seconds()
     ours_before = _children_cpu_seconds()
     out = WORK / "out" / f"{name}-w{workers}"
-    command = [sys.executable, "-m", "lmforge", "corpus", "--data", *data, "--out", str(out),
-               "--workers", str(workers), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "lmforge",
+        "corpus",
+        "--data",
+        *data,
+        "--out",
+        str(out),
+        "--workers",
+        str(workers),
+        *extra,
+    ]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     root = psutil.Process(process.pid)
@@ -261,15 +273,25 @@ def run_stage(name: str, data: list[str], workers: int, extra: list[str] = (), c
     report = json.loads((out / "report.json").read_text())
     s = report["summary"]
     return {
-        "collection": name, "workers": workers, "input_mb": round(s["bytes_in"] / 1e6, 1),
+        "collection": name,
+        "workers": workers,
+        "input_mb": round(s["bytes_in"] / 1e6, 1),
         "content_mb": round((content_bytes or s["bytes_in"]) / 1e6, 1),
-        "files": s["files_in"], "documents_in": s["documents_in"], "documents_out": s["documents_out"],
-        "wall_seconds": round(seconds, 1), "stage_seconds": s["seconds"],
-        "mb_per_second": round(s["bytes_in"] / 1e6 / seconds, 2), "stage_mb_per_second": s["mb_per_second"],
-        "peak_rss_mb_tree": round(peaks["tree"] / 2**20, 1), "peak_rss_mb_main": round(peaks["main"] / 2**20, 1),
-        "peak_rss_mb_largest_worker": round(peaks["worker"] / 2**20, 1), "peak_rss_mb_getrusage": s["peak_rss_mb"],
-        "exact_removed": report["dedup"]["exact_removed"], "near_removed": report["dedup"]["near_removed"],
-        "failures": s["files_failed"], "machine_busy_percent_before": busy_before,
+        "files": s["files_in"],
+        "documents_in": s["documents_in"],
+        "documents_out": s["documents_out"],
+        "wall_seconds": round(seconds, 1),
+        "stage_seconds": s["seconds"],
+        "mb_per_second": round(s["bytes_in"] / 1e6 / seconds, 2),
+        "stage_mb_per_second": s["mb_per_second"],
+        "peak_rss_mb_tree": round(peaks["tree"] / 2**20, 1),
+        "peak_rss_mb_main": round(peaks["main"] / 2**20, 1),
+        "peak_rss_mb_largest_worker": round(peaks["worker"] / 2**20, 1),
+        "peak_rss_mb_getrusage": s["peak_rss_mb"],
+        "exact_removed": report["dedup"]["exact_removed"],
+        "near_removed": report["dedup"]["near_removed"],
+        "failures": s["files_failed"],
+        "machine_busy_percent_before": busy_before,
         "other_programs_cpu_percent_during": round(other_load, 1),
     }
 
@@ -281,32 +303,54 @@ def with_rss_limit(row: dict) -> dict:
 
 def markdown(results: dict, command: str) -> str:
     m = results["machine"]
-    lines = ["# Corpus throughput and peak memory", "",
-             f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, {m['date']}.", "",
-             f"Command: `{command}`", "",
-             "| collection | workers | input MB | content MB | docs in | docs out | seconds | MB/s | peak RSS MiB (tree / main / largest worker) | under 2 GB | others' CPU % |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Corpus throughput and peak memory",
+        "",
+        f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, Python {m['python']}, {m['date']}.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| collection | workers | input MB | content MB | docs in | docs out | seconds | MB/s | peak RSS MiB (tree / main / largest worker) | under 2 GB | others' CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["runs"]:
         limit = {True: "yes", False: "**no**"}.get(r.get("under_rss_limit"), "")
         worker = f"{r['peak_rss_mb_largest_worker']:,.0f}" if r["workers"] > 1 else "- (in the main process)"
-        lines.append(f"| {r['collection']} | {r['workers']} | {r['input_mb']} | {r['content_mb']} | {r['documents_in']:,} | {r['documents_out']:,} "
-                     f"| {r['wall_seconds']} | {r['mb_per_second']} | {r['peak_rss_mb_tree']:,.0f} / {r['peak_rss_mb_main']:,.0f} / "
-                     f"{worker} | {limit} | {r['other_programs_cpu_percent_during']} |")
-    lines += ["", f"Speed-up of 2 workers over 1: {results['speedup_2_over_1_workers']}.", "",
-              "Notes:",
-              "- MB/s is input bytes (compressed bytes for .gz) over wall time; *content MB* is what the .gz holds.",
-              "- Peak RSS is sampled every 0.1 s with psutil: the sum over the process tree, the main process alone and the "
-              "largest worker; `peak_rss_mb_getrusage` in the JSON is the stage's own report (ru_maxrss).",
-              "- A single .jsonl.gz or .csv cannot be cut by byte offsets: the main process reads it in order and hands the "
-              "workers batches of about `extract.chunk_bytes` of documents, so memory stays bounded (limit: 2 GB)."]
+        lines.append(
+            f"| {r['collection']} | {r['workers']} | {r['input_mb']} | {r['content_mb']} | {r['documents_in']:,} | {r['documents_out']:,} "
+            f"| {r['wall_seconds']} | {r['mb_per_second']} | {r['peak_rss_mb_tree']:,.0f} / {r['peak_rss_mb_main']:,.0f} / "
+            f"{worker} | {limit} | {r['other_programs_cpu_percent_during']} |"
+        )
+    lines += [
+        "",
+        f"Speed-up of 2 workers over 1: {results['speedup_2_over_1_workers']}.",
+        "",
+        "Notes:",
+        "- MB/s is input bytes (compressed bytes for .gz) over wall time; *content MB* is what the .gz holds.",
+        "- Peak RSS is sampled every 0.1 s with psutil: the sum over the process tree, the main process alone and the "
+        "largest worker; `peak_rss_mb_getrusage` in the JSON is the stage's own report (ru_maxrss).",
+        "- A single .jsonl.gz or .csv cannot be cut by byte offsets: the main process reads it in order and hands the "
+        "workers batches of about `extract.chunk_bytes` of documents, so memory stays bounded (limit: 2 GB).",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def main() -> None:
@@ -314,7 +358,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 MB generated text instead of 1 GB")
     parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES), help="run these cases only")
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSON to write (the markdown goes beside it)")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for idle cores before each run (RSS checks only)")
+    parser.add_argument(
+        "--no-wait", action="store_true", help="do not wait for idle cores before each run (RSS checks only)"
+    )
     args = parser.parse_args()
     total = 100_000_000 if args.quick else 1_000_000_000
     size = f"{total // 1_000_000}mb"
@@ -324,7 +370,9 @@ def main() -> None:
         for workers in (1, 2):
             rows.append(run_stage("python-docs-html", [str(PYTHON_DOCS / "**" / "*.html")], workers, wait=wait))
     elif "python-docs" in args.only:
-        print(f"skipping python-docs-html: {PYTHON_DOCS} is missing (apt-get install -y python3.11-doc)", file=sys.stderr)
+        print(
+            f"skipping python-docs-html: {PYTHON_DOCS} is missing (apt-get install -y python3.11-doc)", file=sys.stderr
+        )
     if "pdfs" in args.only:
         pdfs = make_pdf_collection(WORK / "pdfs", 150)
         for workers in (1, 2):
@@ -337,17 +385,23 @@ def main() -> None:
         rows.append(run_stage(f"generated-text-{size}", [str(text)], 2, wait=wait))
     if "jsonl-gz" in args.only:
         gz = make_jsonl_gz(WORK / f"jsonl-gz-{size}", total)
-        rows.append(with_rss_limit(run_stage(f"generated-jsonl-gz-{size}", [str(gz)], 2, content_bytes=total, wait=wait)))
+        rows.append(
+            with_rss_limit(run_stage(f"generated-jsonl-gz-{size}", [str(gz)], 2, content_bytes=total, wait=wait))
+        )
     if "csv" in args.only:
         table = make_csv(WORK / f"csv-{size}", total)
         rows.append(with_rss_limit(run_stage(f"generated-csv-{size}", [str(table)], 2, wait=wait)))
-    header = (f"{'collection':<26}{'workers':>8}{'MB':>9}{'docs in':>10}{'docs out':>10}{'seconds':>9}{'MB/s':>8}"
-              f"{'peak RSS MB':>13}{'main':>8}{'worker':>8}{'others CPU %':>14}")
+    header = (
+        f"{'collection':<26}{'workers':>8}{'MB':>9}{'docs in':>10}{'docs out':>10}{'seconds':>9}{'MB/s':>8}"
+        f"{'peak RSS MB':>13}{'main':>8}{'worker':>8}{'others CPU %':>14}"
+    )
     print(header)
     for r in rows:
-        print(f"{r['collection']:<26}{r['workers']:>8}{r['input_mb']:>9}{r['documents_in']:>10}{r['documents_out']:>10}"
-              f"{r['wall_seconds']:>9}{r['mb_per_second']:>8}{r['peak_rss_mb_tree']:>13}{r['peak_rss_mb_main']:>8.0f}"
-              f"{r['peak_rss_mb_largest_worker']:>8.0f}{r['other_programs_cpu_percent_during']:>14}")
+        print(
+            f"{r['collection']:<26}{r['workers']:>8}{r['input_mb']:>9}{r['documents_in']:>10}{r['documents_out']:>10}"
+            f"{r['wall_seconds']:>9}{r['mb_per_second']:>8}{r['peak_rss_mb_tree']:>13}{r['peak_rss_mb_main']:>8.0f}"
+            f"{r['peak_rss_mb_largest_worker']:>8.0f}{r['other_programs_cpu_percent_during']:>14}"
+        )
     ratios = {}
     for name in {r["collection"] for r in rows}:
         by_workers = {r["workers"]: r for r in rows if r["collection"] == name}

@@ -48,7 +48,15 @@ from lmforge.tasks import features as task_features  # noqa: E402
 from lmforge.tasks.data import FormatConfig  # noqa: E402
 from lmforge.tasks.features import predict_logits  # noqa: E402
 
-HPARAMS = {"lr": 1e-4, "batch_size": 16, "epochs": 2.0, "warmup": 0.06, "weight_decay": 0.01, "schedule": "linear", "max_length": 128}
+HPARAMS = {
+    "lr": 1e-4,
+    "batch_size": 16,
+    "epochs": 2.0,
+    "warmup": 0.06,
+    "weight_decay": 0.01,
+    "schedule": "linear",
+    "max_length": 128,
+}
 DATASETS = {  # name -> (train file, eval file, train sentences, eval sentences; None: all)
     "conll": (DATA / "conll2003/train.txt", DATA / "conll2003/test.txt", 2000, 1000),
     "ncbi": (DATA / "scibert/ncbi-disease/train.txt", DATA / "scibert/ncbi-disease/test.txt", 2000, None),
@@ -95,46 +103,114 @@ class Variant:
 
     side: str  # lmforge | trainer
     about: str
-    lmforge: dict = field(default_factory=dict)    # finetune.train_defaults fields
-    objective: dict = field(default_factory=dict)  # TaskObjective arguments: group_chunk (1: random batches), normaliser
-    trainer: dict = field(default_factory=dict)    # TrainingArguments fields
-    warmup: float = HPARAMS["warmup"]              # warm-up as a fraction of the total optimizer steps
+    lmforge: dict = field(default_factory=dict)  # finetune.train_defaults fields
+    objective: dict = field(
+        default_factory=dict
+    )  # TaskObjective arguments: group_chunk (1: random batches), normaliser
+    trainer: dict = field(default_factory=dict)  # TrainingArguments fields
+    warmup: float = HPARAMS["warmup"]  # warm-up as a fraction of the total optimizer steps
 
 
 GROUPED = {"group_chunk": task_features.GROUP_CHUNK, "normaliser": "batch"}  # lmforge's batches before the fix
 VARIANTS = {
     "trainer": Variant("trainer", "Trainer defaults: fp32, random batches, mean loss per batch"),
-    "trainer_group": Variant("trainer", "Trainer with train_sampling_strategy=group_by_length (megabatches of 50, as lmforge)",
-                             trainer={"train_sampling_strategy": "group_by_length"}),
-    "trainer_bf16": Variant("trainer", "Trainer with bf16 autocast (training; predict in bf16 too)", trainer={"bf16": True}),
-    "lmforge": Variant("lmforge", "lmforge before the fix: precision auto (bf16 autocast here), attention auto, length-grouped batches, "
-                       "loss / this batch's labelled tokens", objective=GROUPED),
-    "lmforge_default": Variant("lmforge", "lmforge after the fix, every default: precision auto (bf16), attention auto, random batches"),
-    "lmforge_warmup3": Variant("lmforge", "lmforge after the fix, warm-up 3% of the steps (finetune_seeds' Trainer: 6% of one of 2 epochs)", warmup=0.03),
-    "lmforge_fp32": Variant("lmforge", "lmforge, train.precision fp32", lmforge={"precision": "fp32"}, objective=GROUPED),
-    "lmforge_random": Variant("lmforge", "lmforge, random batches (no length grouping)", objective={"group_chunk": 1, "normaliser": "batch"}),
-    "lmforge_chunk2": Variant("lmforge", "lmforge, length sorting within chunks of 2 batches (1.7x the tokens of 50 on CoNLL)", objective={"group_chunk": 2, "normaliser": "batch"}),
-    "lmforge_chunk4": Variant("lmforge", "lmforge, length sorting within chunks of 4 batches (1.4x the tokens of 50 on CoNLL)", objective={"group_chunk": 4, "normaliser": "batch"}),
-    "lmforge_fp32_random": Variant("lmforge", "lmforge, fp32 and random batches", lmforge={"precision": "fp32"}, objective={"group_chunk": 1, "normaliser": "batch"}),
-    "lmforge_split": Variant("lmforge", "lmforge, length-grouped batches, loss / the split's mean labelled tokens per batch (normaliser split)",
-                             objective={**GROUPED, "normaliser": "split"}),
-    "lmforge_sdpa": Variant("lmforge", "lmforge bf16, train.attention sdpa (no kernel choice)", lmforge={"attention": "sdpa"}, objective=GROUPED),
-    "lmforge_eager": Variant("lmforge", "lmforge bf16, train.attention eager", lmforge={"attention": "eager"}, objective=GROUPED),
-    "lmforge_sdpa_fp32": Variant("lmforge", "lmforge bf16, train.attention sdpa_fp32", lmforge={"attention": "sdpa_fp32"}, objective=GROUPED),
+    "trainer_group": Variant(
+        "trainer",
+        "Trainer with train_sampling_strategy=group_by_length (megabatches of 50, as lmforge)",
+        trainer={"train_sampling_strategy": "group_by_length"},
+    ),
+    "trainer_bf16": Variant(
+        "trainer", "Trainer with bf16 autocast (training; predict in bf16 too)", trainer={"bf16": True}
+    ),
+    "lmforge": Variant(
+        "lmforge",
+        "lmforge before the fix: precision auto (bf16 autocast here), attention auto, length-grouped batches, "
+        "loss / this batch's labelled tokens",
+        objective=GROUPED,
+    ),
+    "lmforge_default": Variant(
+        "lmforge", "lmforge after the fix, every default: precision auto (bf16), attention auto, random batches"
+    ),
+    "lmforge_warmup3": Variant(
+        "lmforge",
+        "lmforge after the fix, warm-up 3% of the steps (finetune_seeds' Trainer: 6% of one of 2 epochs)",
+        warmup=0.03,
+    ),
+    "lmforge_fp32": Variant(
+        "lmforge", "lmforge, train.precision fp32", lmforge={"precision": "fp32"}, objective=GROUPED
+    ),
+    "lmforge_random": Variant(
+        "lmforge", "lmforge, random batches (no length grouping)", objective={"group_chunk": 1, "normaliser": "batch"}
+    ),
+    "lmforge_chunk2": Variant(
+        "lmforge",
+        "lmforge, length sorting within chunks of 2 batches (1.7x the tokens of 50 on CoNLL)",
+        objective={"group_chunk": 2, "normaliser": "batch"},
+    ),
+    "lmforge_chunk4": Variant(
+        "lmforge",
+        "lmforge, length sorting within chunks of 4 batches (1.4x the tokens of 50 on CoNLL)",
+        objective={"group_chunk": 4, "normaliser": "batch"},
+    ),
+    "lmforge_fp32_random": Variant(
+        "lmforge",
+        "lmforge, fp32 and random batches",
+        lmforge={"precision": "fp32"},
+        objective={"group_chunk": 1, "normaliser": "batch"},
+    ),
+    "lmforge_split": Variant(
+        "lmforge",
+        "lmforge, length-grouped batches, loss / the split's mean labelled tokens per batch (normaliser split)",
+        objective={**GROUPED, "normaliser": "split"},
+    ),
+    "lmforge_sdpa": Variant(
+        "lmforge",
+        "lmforge bf16, train.attention sdpa (no kernel choice)",
+        lmforge={"attention": "sdpa"},
+        objective=GROUPED,
+    ),
+    "lmforge_eager": Variant(
+        "lmforge", "lmforge bf16, train.attention eager", lmforge={"attention": "eager"}, objective=GROUPED
+    ),
+    "lmforge_sdpa_fp32": Variant(
+        "lmforge", "lmforge bf16, train.attention sdpa_fp32", lmforge={"attention": "sdpa_fp32"}, objective=GROUPED
+    ),
 }
 
 
 def materialise(dataset: str, folder: Path) -> tuple[Path, Path]:
     train, valid, train_size, eval_size = DATASETS[dataset]
-    return subset_conll(train, folder / f"{dataset}_train.txt", train_size), subset_conll(valid, folder / f"{dataset}_eval.txt", eval_size)
+    return subset_conll(train, folder / f"{dataset}_train.txt", train_size), subset_conll(
+        valid, folder / f"{dataset}_eval.txt", eval_size
+    )
 
 
-def config_for(train: Path, valid: Path, out: Path, seed: int, variant: Variant, warmup_steps: int) -> finetune.FinetuneConfig:
-    training = finetune.train_defaults(batch_size=HPARAMS["batch_size"], lr=HPARAMS["lr"], warmup_steps=warmup_steps,
-                                       schedule=HPARAMS["schedule"], weight_decay=HPARAMS["weight_decay"], seed=seed,
-                                       best_metric="f1", eval_every=10**9, log_every=50, **variant.lmforge)  # one evaluation, at the end
-    return finetune.FinetuneConfig(task="ner", model="minilm", train_file=str(train), valid_file=str(valid), out=str(out), mode="full",
-                                   epochs=HPARAMS["epochs"], format=FormatConfig(max_length=HPARAMS["max_length"]), train=training)
+def config_for(
+    train: Path, valid: Path, out: Path, seed: int, variant: Variant, warmup_steps: int
+) -> finetune.FinetuneConfig:
+    training = finetune.train_defaults(
+        batch_size=HPARAMS["batch_size"],
+        lr=HPARAMS["lr"],
+        warmup_steps=warmup_steps,
+        schedule=HPARAMS["schedule"],
+        weight_decay=HPARAMS["weight_decay"],
+        seed=seed,
+        best_metric="f1",
+        eval_every=10**9,
+        log_every=50,
+        **variant.lmforge,
+    )  # one evaluation, at the end
+    return finetune.FinetuneConfig(
+        task="ner",
+        model="minilm",
+        train_file=str(train),
+        valid_file=str(valid),
+        out=str(out),
+        mode="full",
+        epochs=HPARAMS["epochs"],
+        format=FormatConfig(max_length=HPARAMS["max_length"]),
+        train=training,
+    )
 
 
 def total_steps(rows: int) -> int:
@@ -147,19 +223,36 @@ def entity_scores(metrics: dict) -> dict:
 
 def run_lmforge(config: finetune.FinetuneConfig, variant: Variant, prepared: finetune.Prepared) -> dict:
     """finetune.run as a user would call it; the final model is also re-scored with fp32 inference."""
-    finetune.TaskObjective = functools.partial(task_features.TaskObjective, **variant.objective)  # the name finetune.run_seed builds
+    finetune.TaskObjective = functools.partial(
+        task_features.TaskObjective, **variant.objective
+    )  # the name finetune.run_seed builds
     try:
         finetune.run(config)
     finally:
         finetune.TaskObjective = task_features.TaskObjective
     summary = json.loads((Path(config.out) / "report.json").read_text())
     model, _ = backbone.load(Path(config.out) / "final", prepared.task)
-    logits, _ = predict_logits(model, prepared.valid, backbone.full_forward(prepared.task), prepared.task, 32, lambda: torch.autocast("cpu", enabled=False))
-    return {**entity_scores(summary["metrics"]), "f1_fp32_inference": round(100 * prepared.task.metrics(logits, prepared.valid)["f1"], 3),
-            "train_loss": summary["train_loss"], "precision_used": summary["precision"], "attention": summary["attention"], "steps": summary["steps"]}
+    logits, _ = predict_logits(
+        model,
+        prepared.valid,
+        backbone.full_forward(prepared.task),
+        prepared.task,
+        32,
+        lambda: torch.autocast("cpu", enabled=False),
+    )
+    return {
+        **entity_scores(summary["metrics"]),
+        "f1_fp32_inference": round(100 * prepared.task.metrics(logits, prepared.valid)["f1"], 3),
+        "train_loss": summary["train_loss"],
+        "precision_used": summary["precision"],
+        "attention": summary["attention"],
+        "steps": summary["steps"],
+    }
 
 
-def run_trainer(config: finetune.FinetuneConfig, variant: Variant, prepared: finetune.Prepared, seed: int, out: Path) -> dict:
+def run_trainer(
+    config: finetune.FinetuneConfig, variant: Variant, prepared: finetune.Prepared, seed: int, out: Path
+) -> dict:
     """transformers.Trainer on lmforge's encoded rows (as finetune_glue.run_trainer), same seed and warm-up steps."""
     from transformers import DataCollatorForTokenClassification, Trainer, TrainingArguments
 
@@ -168,12 +261,29 @@ def run_trainer(config: finetune.FinetuneConfig, variant: Variant, prepared: fin
     model, tokenizer = backbone.load(prepared.model_dir, task)
     rows = lambda features: [{k: v[i] for k, v in features.columns.items()} for i in range(len(features))]  # noqa: E731
     args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=HPARAMS["batch_size"], per_device_eval_batch_size=32,
-        learning_rate=HPARAMS["lr"], num_train_epochs=HPARAMS["epochs"], warmup_steps=config.train.warmup_steps,
-        weight_decay=HPARAMS["weight_decay"], lr_scheduler_type=HPARAMS["schedule"], seed=seed, use_cpu=True,
-        report_to=[], save_strategy="no", eval_strategy="no", logging_steps=50, disable_tqdm=True, **variant.trainer,
+        output_dir=str(out),
+        per_device_train_batch_size=HPARAMS["batch_size"],
+        per_device_eval_batch_size=32,
+        learning_rate=HPARAMS["lr"],
+        num_train_epochs=HPARAMS["epochs"],
+        warmup_steps=config.train.warmup_steps,
+        weight_decay=HPARAMS["weight_decay"],
+        lr_scheduler_type=HPARAMS["schedule"],
+        seed=seed,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        disable_tqdm=True,
+        **variant.trainer,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=rows(prepared.train), data_collator=DataCollatorForTokenClassification(tokenizer))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows(prepared.train),
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+    )
     result = trainer.train()
     # transformers 5 also length-groups (shuffles) the *prediction* order under group_by_length; rows must come back in order
     trainer.args.train_sampling_strategy = "random"
@@ -189,14 +299,29 @@ def run_one(dataset: str, name: str, seed: int, work: Path) -> dict:
     out = work / f"{dataset}-{name}-{seed}"
     probe = config_for(train, valid, out, seed, variant, 0)
     prepared = finetune.prepare(probe)
-    warmup = round(variant.warmup * total_steps(len(prepared.train)))  # the same fraction of the total steps on both sides
+    warmup = round(
+        variant.warmup * total_steps(len(prepared.train))
+    )  # the same fraction of the total steps on both sides
     config = config_for(train, valid, out, seed, variant, warmup)
     started = time.perf_counter()
-    row = run_lmforge(config, variant, prepared) if variant.side == "lmforge" else run_trainer(config, variant, prepared, seed, out)
-    return {"dataset": dataset, "variant": name, "seed": seed, "warmup_steps": warmup, "commit": git_sha(), **row, "wall_seconds": round(time.perf_counter() - started, 1)}
+    row = (
+        run_lmforge(config, variant, prepared)
+        if variant.side == "lmforge"
+        else run_trainer(config, variant, prepared, seed, out)
+    )
+    return {
+        "dataset": dataset,
+        "variant": name,
+        "seed": seed,
+        "warmup_steps": warmup,
+        "commit": git_sha(),
+        **row,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 # --- results ---------------------------------------------------------------------------------------
+
 
 def load_results() -> dict:
     path = RESULTS / f"{STEM}.json"
@@ -212,12 +337,22 @@ def summarise(runs: list[dict]) -> list[dict]:
         groups.setdefault((run["dataset"], run["variant"]), []).append(run)
     rows = []
     order = {name: i for i, name in enumerate(VARIANTS)}  # rows of variants this copy does not know go last
-    for (dataset, name), group in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1])):
+    for (dataset, name), group in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], len(order)), kv[0][1])
+    ):
         group = sorted(group, key=lambda r: r["seed"])
         f1 = [r["f1"] for r in group]
         known = VARIANTS.get(name, Variant("?", "?"))
-        row = {"dataset": dataset, "variant": name, "side": known.side, "about": known.about,
-               "seeds": [r["seed"] for r in group], "f1": f1, "mean": statistics.fmean(f1), "std": statistics.stdev(f1) if len(f1) > 1 else 0.0}
+        row = {
+            "dataset": dataset,
+            "variant": name,
+            "side": known.side,
+            "about": known.about,
+            "seeds": [r["seed"] for r in group],
+            "f1": f1,
+            "mean": statistics.fmean(f1),
+            "std": statistics.stdev(f1) if len(f1) > 1 else 0.0,
+        }
         if all("f1_fp32_inference" in r for r in group):
             fp32 = [r["f1_fp32_inference"] for r in group]
             row.update(f1_fp32_inference=fp32, mean_fp32_inference=statistics.fmean(fp32))
@@ -226,10 +361,19 @@ def summarise(runs: list[dict]) -> list[dict]:
 
 
 PAIRS = [  # (variant, reference): one factor apart; differences are paired by seed (same head initialisation on both sides)
-    ("lmforge", "trainer"), ("lmforge_default", "trainer"), ("lmforge_random", "trainer"),
-    ("trainer_group", "trainer"), ("lmforge_random", "lmforge"), ("lmforge_chunk2", "lmforge"), ("lmforge_chunk4", "lmforge"),
-    ("lmforge_split", "lmforge"), ("lmforge_fp32", "lmforge"), ("lmforge_sdpa", "lmforge"), ("lmforge_default", "lmforge"),
-    ("lmforge_default", "lmforge_random"), ("lmforge_warmup3", "lmforge_default"),
+    ("lmforge", "trainer"),
+    ("lmforge_default", "trainer"),
+    ("lmforge_random", "trainer"),
+    ("trainer_group", "trainer"),
+    ("lmforge_random", "lmforge"),
+    ("lmforge_chunk2", "lmforge"),
+    ("lmforge_chunk4", "lmforge"),
+    ("lmforge_split", "lmforge"),
+    ("lmforge_fp32", "lmforge"),
+    ("lmforge_sdpa", "lmforge"),
+    ("lmforge_default", "lmforge"),
+    ("lmforge_default", "lmforge_random"),
+    ("lmforge_warmup3", "lmforge_default"),
 ]
 
 
@@ -243,39 +387,69 @@ def paired(runs: list[dict]) -> list[dict]:
             if not seeds:
                 continue
             diffs = [f1[(dataset, variant, s)] - f1[(dataset, reference, s)] for s in seeds]
-            rows.append({"dataset": dataset, "variant": variant, "reference": reference, "seeds": seeds, "mean": statistics.fmean(diffs),
-                         "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                         "higher": sum(d > 0 for d in diffs), "lower": sum(d < 0 for d in diffs)})
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "variant": variant,
+                    "reference": reference,
+                    "seeds": seeds,
+                    "mean": statistics.fmean(diffs),
+                    "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+                    "higher": sum(d > 0 for d in diffs),
+                    "lower": sum(d < 0 for d in diffs),
+                }
+            )
     return rows
 
 
 def markdown(results: dict) -> str:
-    names = {"conll": "CoNLL-2003 (2,000 train, 1,000 test sentences)", "ncbi": "NCBI-disease (2,000 train sentences, whole test split)"}
-    lines = ["# NER A/B: lmforge vs transformers Trainer", "",
-             f"- machine: {results['machine']}; versions: torch {results['versions'].get('torch')}, transformers {results['versions'].get('transformers')}",
-             "- commands (`OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ner_ab.py ...`; each run is one row of ner_ab.json): "
-             + "; ".join(f"`{c}`" for c in COMMANDS),
-             f"- hyper-parameters, both sides: `{json.dumps(HPARAMS)}`; warm-up = 6% of the total optimizer steps on both sides; "
-             "one evaluation at the end, scored with `task.metrics` (seqeval strict IOB2, entity F1 x 100)",
-             "- every run used 1 torch thread on a shared 2-core machine while other jobs ran: wall times are not comparable and are not reported; F1 is",
-             "- `fp32 infer`: the lmforge run's final model re-scored with fp32 inference (lmforge's own evaluation runs under its training precision)", ""]
+    names = {
+        "conll": "CoNLL-2003 (2,000 train, 1,000 test sentences)",
+        "ncbi": "NCBI-disease (2,000 train sentences, whole test split)",
+    }
+    lines = [
+        "# NER A/B: lmforge vs transformers Trainer",
+        "",
+        f"- machine: {results['machine']}; versions: torch {results['versions'].get('torch')}, transformers {results['versions'].get('transformers')}",
+        "- commands (`OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ner_ab.py ...`; each run is one row of ner_ab.json): "
+        + "; ".join(f"`{c}`" for c in COMMANDS),
+        f"- hyper-parameters, both sides: `{json.dumps(HPARAMS)}`; warm-up = 6% of the total optimizer steps on both sides; "
+        "one evaluation at the end, scored with `task.metrics` (seqeval strict IOB2, entity F1 x 100)",
+        "- every run used 1 torch thread on a shared 2-core machine while other jobs ran: wall times are not comparable and are not reported; F1 is",
+        "- `fp32 infer`: the lmforge run's final model re-scored with fp32 inference (lmforge's own evaluation runs under its training precision)",
+        "",
+    ]
     for dataset in DATASETS:
         rows = [r for r in results["summary"] if r["dataset"] == dataset]
         if not rows:
             continue
         trainer = next((r for r in rows if r["variant"] == "trainer"), None)
-        lines += [f"## {names[dataset]}", "", "| variant | side | what changes | seeds | F1 per seed | mean ± std | vs Trainer | fp32 infer mean |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {names[dataset]}",
+            "",
+            "| variant | side | what changes | seeds | F1 per seed | mean ± std | vs Trainer | fp32 infer mean |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             gap = f"{r['mean'] - trainer['mean']:+.2f}" if trainer and r is not trainer else "-"
             fp32 = f"{r['mean_fp32_inference']:.2f}" if "mean_fp32_inference" in r else "-"
-            lines.append(f"| {r['variant']} | {r['side']} | {r['about']} | {','.join(map(str, r['seeds']))} | "
-                         f"{' / '.join(f'{v:.2f}' for v in r['f1'])} | {r['mean']:.2f} ± {r['std']:.2f} | {gap} | {fp32} |")
+            lines.append(
+                f"| {r['variant']} | {r['side']} | {r['about']} | {','.join(map(str, r['seeds']))} | "
+                f"{' / '.join(f'{v:.2f}' for v in r['f1'])} | {r['mean']:.2f} ± {r['std']:.2f} | {gap} | {fp32} |"
+            )
         lines.append("")
         pairs = [p for p in results.get("paired", []) if p["dataset"] == dataset]
         if pairs:
-            lines += ["Paired by seed (variant - reference, F1 points):", "", "| variant | reference | seeds | mean ± std of the difference | seeds higher / lower |", "|---|---|---|---|---|"]
-            lines += [f"| {p['variant']} | {p['reference']} | {len(p['seeds'])} | {p['mean']:+.2f} ± {p['std']:.2f} | {p['higher']} / {p['lower']} |" for p in pairs]
+            lines += [
+                "Paired by seed (variant - reference, F1 points):",
+                "",
+                "| variant | reference | seeds | mean ± std of the difference | seeds higher / lower |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {p['variant']} | {p['reference']} | {len(p['seeds'])} | {p['mean']:+.2f} ± {p['std']:.2f} | {p['higher']} / {p['lower']} |"
+                for p in pairs
+            ]
             lines.append("")
     if CONCLUSION:
         lines += ["## Conclusion", "", CONCLUSION.strip(), ""]
@@ -297,7 +471,11 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3])
     parser.add_argument("--again", action="store_true", help="rerun runs already in ner_ab.json (default: skip them)")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
-    parser.add_argument("--report", action="store_true", help="rewrite ner_ab.md (and the summary in ner_ab.json) from the saved runs, and exit")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="rewrite ner_ab.md (and the summary in ner_ab.json) from the saved runs, and exit",
+    )
     args = parser.parse_args()
     if args.list:
         for name, variant in VARIANTS.items():
@@ -307,11 +485,17 @@ def main() -> None:
     results = load_results()
     if args.report:
         results.pop("command", None)
-        results["commands"] = ["OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ner_ab.py " + c for c in COMMANDS]
+        results["commands"] = [
+            "OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ner_ab.py " + c for c in COMMANDS
+        ]
         write(results)
         return print(markdown(results))
-    results.update(machine=hardware.describe(), versions=library_versions(), threads=1,
-                   commands=["OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ner_ab.py " + c for c in COMMANDS])
+    results.update(
+        machine=hardware.describe(),
+        versions=library_versions(),
+        threads=1,
+        commands=["OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/ner_ab.py " + c for c in COMMANDS],
+    )
     results.pop("command", None)
     work = Path(tempfile.mkdtemp(prefix="lmforge-ner-ab-"))
     for dataset in args.datasets:
@@ -322,12 +506,18 @@ def main() -> None:
                     continue
                 print(f"=== {dataset} {name} seed {seed}", flush=True)
                 row = run_one(dataset, name, seed, work)
-                with open(Path(tempfile.gettempdir()) / f"{STEM}.lock", "w") as lock:  # several invocations may run side by side
+                with open(
+                    Path(tempfile.gettempdir()) / f"{STEM}.lock", "w"
+                ) as lock:  # several invocations may run side by side
                     fcntl.flock(lock, fcntl.LOCK_EX)
                     results = {**load_results(), **{k: v for k, v in results.items() if k != "runs"}}
                     replaced = [r for r in results["runs"] if (r["dataset"], r["variant"], r["seed"]) == key]
-                    results["superseded"] = results.get("superseded", []) + replaced  # kept for the record, not summarised
-                    results["runs"] = [r for r in results["runs"] if (r["dataset"], r["variant"], r["seed"]) != key] + [row]
+                    results["superseded"] = (
+                        results.get("superseded", []) + replaced
+                    )  # kept for the record, not summarised
+                    results["runs"] = [r for r in results["runs"] if (r["dataset"], r["variant"], r["seed"]) != key] + [
+                        row
+                    ]
                     results["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
                     write(results)
                 print(f"=== {dataset} {name} seed {seed}: F1 {row['f1']:.2f}", flush=True)

@@ -55,14 +55,25 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-SIDES = ("lmforge-eager", "trainer-defaults", "lmforge", "trainer-expert", "lmforge-compiled")  # even repeats; odd ones run backwards
-LMFORGE_COMPILE = {"lmforge": None, "lmforge-eager": "false", "lmforge-compiled": "true"}  # None: --recipe-compile (auto)
+SIDES = (
+    "lmforge-eager",
+    "trainer-defaults",
+    "lmforge",
+    "trainer-expert",
+    "lmforge-compiled",
+)  # even repeats; odd ones run backwards
+LMFORGE_COMPILE = {
+    "lmforge": None,
+    "lmforge-eager": "false",
+    "lmforge-compiled": "true",
+}  # None: --recipe-compile (auto)
 TRAINER_SIDES = ("trainer-expert", "trainer-defaults")
 HEADLINE = ("lmforge", "trainer-expert")
 
@@ -80,7 +91,11 @@ class TrainerSetup:
         return f"{'bf16' if self.bf16 else 'fp32'}, {self.attention or 'default'} attention, {'torch_compile' if self.compile else 'no compile'}"
 
     def argv(self) -> list[str]:
-        return (["--bf16"] if self.bf16 else []) + (["--attn", self.attention] if self.attention else []) + (["--compile"] if self.compile else [])
+        return (
+            (["--bf16"] if self.bf16 else [])
+            + (["--attn", self.attention] if self.attention else [])
+            + (["--compile"] if self.compile else [])
+        )
 
 
 TRAINER_DEFAULTS = TrainerSetup(bf16=False, attention=None, compile=False)
@@ -131,21 +146,40 @@ def make_tasks(quick: bool, clm_steps: int | None, mlm_steps: int | None) -> lis
         name="clm",
         title="CLM: Llama 4x128 (shakespeare-char), ctx 64, batch 12",
         overrides={
-            "data": "builtin:tinyshakespeare", "tokenizer.kind": "char", "model.family": "llama",
-            "model.layers": "4", "model.heads": "4", "model.width": "128", "model.context": "64",
+            "data": "builtin:tinyshakespeare",
+            "tokenizer.kind": "char",
+            "model.family": "llama",
+            "model.layers": "4",
+            "model.heads": "4",
+            "model.width": "128",
+            "model.context": "64",
             "train.batch_size": "12",
         },
-        steps=clm_steps or (60 if quick else 300), skip_steps=20, probe_steps=40 if quick else 80, target=1.3,
+        steps=clm_steps or (60 if quick else 300),
+        skip_steps=20,
+        probe_steps=40 if quick else 80,
+        target=1.3,
     )
     mlm = Task(
         name="mlm",
         title="MLM: BERT 4x256, WordPiece 8k, seq 128, batch 32",
         overrides={
-            "data": "builtin:tinyshakespeare", "tokenizer.kind": "wordpiece", "tokenizer.vocab_size": "8192",
-            "train.objective": "mlm", "model.family": "bert", "model.layers": "4", "model.heads": "4",
-            "model.width": "256", "model.context": "128", "train.batch_size": "32",
+            "data": "builtin:tinyshakespeare",
+            "tokenizer.kind": "wordpiece",
+            "tokenizer.vocab_size": "8192",
+            "train.objective": "mlm",
+            "model.family": "bert",
+            "model.layers": "4",
+            "model.heads": "4",
+            "model.width": "256",
+            "model.context": "128",
+            "train.batch_size": "32",
         },
-        steps=mlm_steps or (30 if quick else 60), skip_steps=10, probe_steps=15 if quick else 25, target=2.0, log_every=5,
+        steps=mlm_steps or (30 if quick else 60),
+        skip_steps=10,
+        probe_steps=15 if quick else 25,
+        target=2.0,
+        log_every=5,
     )
     return [clm, mlm]
 
@@ -161,15 +195,21 @@ def prepare(task: Task, workdir: Path) -> dict[str, str]:
     """
     from lmforge import config as config_mod
     from lmforge import documents, hardware
-    from lmforge.loop import Process
     from lmforge.pretrain import PretrainConfig, prepare_data
+    from lmforge.process import Process
 
     overrides = dict(task.lmforge_overrides(str(workdir / f"prepare-{task.name}")))
     overrides["data"] = [overrides["data"]]
     cfg = config_mod.resolve(PretrainConfig, None, overrides)
     started = time.perf_counter()
-    tok_dir, shard_dir = prepare_data(cfg, Process.from_env(hardware.resolve_device("cpu")), documents.resolve_sources(cfg.data))
-    return {"tokenizer": str(tok_dir), "shards": str(shard_dir), "prepare_seconds": round(time.perf_counter() - started, 2)}
+    tok_dir, shard_dir = prepare_data(
+        cfg, Process.from_env(hardware.resolve_device("cpu")), documents.resolve_sources(cfg.data)
+    )
+    return {
+        "tokenizer": str(tok_dir),
+        "shards": str(shard_dir),
+        "prepare_seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 # --------------------------------------------------------------------------- measurement helpers
@@ -200,6 +240,7 @@ def rates_from_marks(marks: list[tuple[int, float]], tokens_per_step: int, skip_
 
 def other_cpu_load(seconds: float = 1.0) -> float:
     """Busy cores on the machine over `seconds` (from /proc/stat); nothing of ours runs meanwhile."""
+
     def snapshot() -> tuple[int, int]:
         fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         idle = fields[3] + fields[4]
@@ -253,8 +294,13 @@ def run_child(argv: list[str], log_path: Path, env: dict[str, str]) -> dict:
 def child_env(cache: Path) -> dict[str, str]:
     """The environment of every child: the shared lmforge cache, quiet progress bars, no tokenizer threads."""
     env = dict(os.environ)
-    env.update(LMFORGE_CACHE=str(cache), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_NO_ADVISORY_WARNINGS="1", PYTHONUNBUFFERED="1")
+    env.update(
+        LMFORGE_CACHE=str(cache),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -264,8 +310,12 @@ def measure_peaks(tries: int = 3) -> dict[str, float]:
 
     from lmforge import hardware
 
-    return {str(dtype).replace("torch.", ""): round(max(hardware.matmul_peak_flops(torch.device("cpu"), dtype) for _ in range(tries)) / 1e9, 1)
-            for dtype in (torch.bfloat16, torch.float32)}
+    return {
+        str(dtype).replace("torch.", ""): round(
+            max(hardware.matmul_peak_flops(torch.device("cpu"), dtype) for _ in range(tries)) / 1e9, 1
+        )
+        for dtype in (torch.bfloat16, torch.float32)
+    }
 
 
 def measured(label: str, go: Callable[[str], dict], args: argparse.Namespace) -> list[dict]:
@@ -279,10 +329,13 @@ def measured(label: str, go: Callable[[str], dict], args: argparse.Namespace) ->
         retry = contaminated and attempt < args.retries
         result.update(attempt=attempt, contaminated=contaminated, used=not retry, **quiet)
         attempts.append(result)
-        print(f"{label:<40} {result['tokens_per_second']:>9,.0f} tok/s steady, {result['median_window_tokens_per_second']:>9,.0f} median window, "
-              f"{result['ms_per_step']:>7.1f} ms/step, peak RSS {result['peak_rss_mb']:,.0f} MiB, {result['wall_seconds']:.0f}s wall "
-              f"(other load: {quiet['busy_cores_before']} cores before, {result['other_busy_cores']} during)"
-              + (" -> other load too high, run again" if retry else ""), flush=True)
+        print(
+            f"{label:<40} {result['tokens_per_second']:>9,.0f} tok/s steady, {result['median_window_tokens_per_second']:>9,.0f} median window, "
+            f"{result['ms_per_step']:>7.1f} ms/step, peak RSS {result['peak_rss_mb']:,.0f} MiB, {result['wall_seconds']:.0f}s wall "
+            f"(other load: {quiet['busy_cores_before']} cores before, {result['other_busy_cores']} during)"
+            + (" -> other load too high, run again" if retry else ""),
+            flush=True,
+        )
         if not retry:
             break
     return attempts
@@ -312,10 +365,18 @@ def run_lmforge(task: Task, workdir: Path, side: str, compile_setting: str, tag:
 
     rows = MetricsLog(out).rows()
     report = json.loads((out / "report.json").read_text())
-    marks = [(r["step"], r["elapsed_seconds"]) for r in rows if r.get("tokens_per_second") is not None or r["step"] == report["steps"]]
-    compile_info = report.get("compile") or {"setting": compile_setting, "choice": {"true": "compiled", "false": "eager"}.get(compile_setting)}
+    marks = [
+        (r["step"], r["elapsed_seconds"])
+        for r in rows
+        if r.get("tokens_per_second") is not None or r["step"] == report["steps"]
+    ]
+    compile_info = report.get("compile") or {
+        "setting": compile_setting,
+        "choice": {"true": "compiled", "false": "eager"}.get(compile_setting),
+    }
     return {
-        **child, **rates_from_marks(marks, task.tokens_per_step, task.skip_steps),
+        **child,
+        **rates_from_marks(marks, task.tokens_per_step, task.skip_steps),
         "report_mfu": round(report["mfu"], 4),
         "report_tokens_per_second": report["tokens_per_second"],
         "report_peak_rss_mb": report["peak_rss_mb"],
@@ -334,14 +395,38 @@ def run_lmforge(task: Task, workdir: Path, side: str, compile_setting: str, tag:
 # --------------------------------------------------------------------------- the Trainer sides
 
 
-def run_trainer(task: Task, prepared: dict, workdir: Path, side: str, setup: TrainerSetup, tag: str, env: dict[str, str],
-                steps: int | None = None) -> dict:
+def run_trainer(
+    task: Task,
+    prepared: dict,
+    workdir: Path,
+    side: str,
+    setup: TrainerSetup,
+    tag: str,
+    env: dict[str, str],
+    steps: int | None = None,
+) -> dict:
     """One Trainer run in a subprocess of this script (`--child trainer`), `steps` optimizer steps (default: the task's)."""
     name = f"{side}-{task.name}-{tag}"
     result_path = workdir / f"{name}.json"
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", "trainer", "--task", task.name,
-            "--steps", str(steps or task.steps), "--tokenizer", prepared["tokenizer"], "--shards", prepared["shards"],
-            "--child-out", str(workdir / name), "--result", str(result_path), *setup.argv()]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "trainer",
+        "--task",
+        task.name,
+        "--steps",
+        str(steps or task.steps),
+        "--tokenizer",
+        prepared["tokenizer"],
+        "--shards",
+        prepared["shards"],
+        "--child-out",
+        str(workdir / name),
+        "--result",
+        str(result_path),
+        *setup.argv(),
+    ]
     child = run_child(argv, workdir / f"{name}.log", env)
     if child["returncode"] != 0:
         raise RuntimeError(f"Trainer run failed ({child['returncode']}); log: {workdir / f'{name}.log'}")
@@ -358,22 +443,47 @@ def probe_expert(task: Task, prepared: dict, workdir: Path, env: dict[str, str],
     for setup in EXPERT_CANDIDATES:
         tag = f"probe-{setup.attention}-{'compiled' if setup.compile else 'eager'}"
         try:
-            attempts = measured(f"[{task.name} probe] {setup.label}",
-                                lambda attempt: run_trainer(task, prepared, workdir, "trainer-expert", setup, f"{tag}-{attempt}", env, task.probe_steps), args)
+            attempts = measured(
+                f"[{task.name} probe] {setup.label}",
+                lambda attempt: run_trainer(
+                    task, prepared, workdir, "trainer-expert", setup, f"{tag}-{attempt}", env, task.probe_steps
+                ),
+                args,
+            )
         except RuntimeError as err:
             print(f"[{task.name} probe] {setup.label}: failed ({err}); not a candidate", flush=True)
             candidates.append({"setup": asdict(setup), "label": setup.label, "error": str(err)})
             continue
         used = attempts[-1]
-        candidates.append({"setup": asdict(setup), "label": setup.label, "ms_per_step": used["ms_per_step"],
-                           "tokens_per_second": used["tokens_per_second"], "median_window_tokens_per_second": used["median_window_tokens_per_second"],
-                           "wall_seconds": used["wall_seconds"], "attn_implementation": used["attn_implementation"], "attempts": attempts})
+        candidates.append(
+            {
+                "setup": asdict(setup),
+                "label": setup.label,
+                "ms_per_step": used["ms_per_step"],
+                "tokens_per_second": used["tokens_per_second"],
+                "median_window_tokens_per_second": used["median_window_tokens_per_second"],
+                "wall_seconds": used["wall_seconds"],
+                "attn_implementation": used["attn_implementation"],
+                "attempts": attempts,
+            }
+        )
     timed = [c for c in candidates if "ms_per_step" in c]
     if not timed:
         raise RuntimeError(f"[{task.name}] every trainer-expert candidate failed; logs in {workdir}")
     best = min(timed, key=lambda c: c["ms_per_step"])
-    print(f"[{task.name}] trainer-expert: {best['label']} (" + ", ".join(f"{c['label']} {c.get('ms_per_step', 'failed')} ms/step" for c in candidates) + ")", flush=True)
-    return {"steps": task.probe_steps, "warmup_steps_excluded": task.skip_steps, "candidates": candidates, "chosen": best["setup"], "chosen_label": best["label"]}
+    print(
+        f"[{task.name}] trainer-expert: {best['label']} ("
+        + ", ".join(f"{c['label']} {c.get('ms_per_step', 'failed')} ms/step" for c in candidates)
+        + ")",
+        flush=True,
+    )
+    return {
+        "steps": task.probe_steps,
+        "warmup_steps_excluded": task.skip_steps,
+        "candidates": candidates,
+        "chosen": best["setup"],
+        "chosen_label": best["label"],
+    }
 
 
 def trainer_child(args: argparse.Namespace) -> None:
@@ -415,7 +525,11 @@ def trainer_child(args: argparse.Namespace) -> None:
         def __getitem__(self, i: int) -> dict:
             ids = torch.from_numpy(np.asarray(tokens[self.offsets[i] : self.offsets[i] + span], dtype=np.int64))
             if mlm:
-                return {"input_ids": torch.cat([torch.tensor([tokenizer.cls_token_id]), ids, torch.tensor([tokenizer.sep_token_id])])}
+                return {
+                    "input_ids": torch.cat(
+                        [torch.tensor([tokenizer.cls_token_id]), ids, torch.tensor([tokenizer.sep_token_id])]
+                    )
+                }
             return {"input_ids": ids, "labels": ids.clone()}
 
     class StepMarks(TrainerCallback):
@@ -452,8 +566,13 @@ def trainer_child(args: argparse.Namespace) -> None:
     )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.train.mlm_probability) if mlm else None
     marks = StepMarks()
-    trainer = Trainer(model=model, args=training_args, train_dataset=Windows(task.steps * task.batch_size, cfg.train.seed),
-                      data_collator=collator, callbacks=[marks])
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=Windows(task.steps * task.batch_size, cfg.train.seed),
+        data_collator=collator,
+        callbacks=[marks],
+    )
     output = trainer.train()
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # inside accelerate's wrapper
     result = {
@@ -498,7 +617,9 @@ def machine() -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
+        "git_commit": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
     }
 
 
@@ -524,13 +645,21 @@ def side_setup(rows: list[dict]) -> str:
     compile_ms = [r["compile"].get("ms") for r in rows if r["compile"].get("ms")]
     timed = ""
     if compile_ms:
+
         def one(ms: dict) -> str:
             by_kernel = ms.get("compiled_by_attention")
-            compiled = (" / compiled " + ", ".join(f"{k} {v:.1f}" for k, v in by_kernel.items())) if by_kernel else f" / compiled {ms.get('compiled', 0):.1f}"
+            compiled = (
+                (" / compiled " + ", ".join(f"{k} {v:.1f}" for k, v in by_kernel.items()))
+                if by_kernel
+                else f" / compiled {ms.get('compiled', 0):.1f}"
+            )
             return (f"eager {ms['eager']:.1f}" if "eager" in ms else "") + compiled + " ms"
+
         timed = " (per micro-batch: " + "; ".join(one(ms) for ms in compile_ms) + ")"
-    return (f"{first['precision']}, {tally([r['attention'] for r in rows])} attention (timed), "
-            f"compile {str(first['compile']['setting']).lower()}: {tally([r['compile'].get('choice') or '?' for r in rows])}{timed}")
+    return (
+        f"{first['precision']}, {tally([r['attention'] for r in rows])} attention (timed), "
+        f"compile {str(first['compile']['setting']).lower()}: {tally([r['compile'].get('choice') or '?' for r in rows])}{timed}"
+    )
 
 
 def summarise(task: Task, runs: list[dict], peak_bf16_gflops: float, probe: dict) -> dict:
@@ -546,7 +675,9 @@ def summarise(task: Task, runs: list[dict], peak_bf16_gflops: float, probe: dict
             "tokens_per_second": statistics.median(r["tokens_per_second"] for r in rows),
             "median_window_tokens_per_second": statistics.median(r["median_window_tokens_per_second"] for r in rows),
             "ms_per_step": statistics.median(r["ms_per_step"] for r in rows),
-            "mfu": statistics.median(r["flops_per_token"] * r["tokens_per_second"] / (peak_bf16_gflops * 1e9) for r in rows),
+            "mfu": statistics.median(
+                r["flops_per_token"] * r["tokens_per_second"] / (peak_bf16_gflops * 1e9) for r in rows
+            ),
             "flops_per_token": rows[0]["flops_per_token"],
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
             "precision": rows[0]["precision"],
@@ -554,14 +685,20 @@ def summarise(task: Task, runs: list[dict], peak_bf16_gflops: float, probe: dict
             "other_busy_cores": [r["other_busy_cores"] for r in rows],
         }
         if side in LMFORGE_COMPILE:
-            sides[side].update(report_mfu=statistics.median(r["report_mfu"] for r in rows),
-                               attention=[r["attention"] for r in rows], compile=[r["compile"] for r in rows])
+            sides[side].update(
+                report_mfu=statistics.median(r["report_mfu"] for r in rows),
+                attention=[r["attention"] for r in rows],
+                compile=[r["compile"] for r in rows],
+            )
     ratios = {}
     for ours in LMFORGE_COMPILE:
         for baseline in TRAINER_SIDES:
             for key in ("tokens_per_second", "median_window_tokens_per_second"):
                 per_repeat = [round(a[key] / b[key], 3) for a, b in zip(by_side[ours], by_side[baseline])]
-                ratios[f"{ours}/{baseline}:{key}"] = {"per_repeat": per_repeat, "median": round(statistics.median(per_repeat), 3)}
+                ratios[f"{ours}/{baseline}:{key}"] = {
+                    "per_repeat": per_repeat,
+                    "median": round(statistics.median(per_repeat), 3),
+                }
     headline = ratios[f"{HEADLINE[0]}/{HEADLINE[1]}:tokens_per_second"]
     return {
         "title": task.title,
@@ -599,14 +736,40 @@ def table_rows(summary: dict) -> list[list[str]]:
         for side, s in task["sides"].items():
             mfu = f"{s['mfu']:.1%}" + (f" (report {s['report_mfu']:.1%})" if "report_mfu" in s else "")
             peaks = ", ".join(f"{p['bfloat16']:.0f}/{p['float32']:.0f}" for p in s["matmul_peak_gflops"])
-            label = f"{side} (out of the box)" if side == "trainer-defaults" else f"{side} (like-for-like peer)" if side == "trainer-expert" else side
-            rows.append([name, label, s["setup"], f"{s['tokens_per_second']:,.0f}", f"{s['median_window_tokens_per_second']:,.0f}",
-                         mfu, f"{s['peak_rss_mb']:,.0f}", peaks, ratio_text(task, side)])
+            label = (
+                f"{side} (out of the box)"
+                if side == "trainer-defaults"
+                else f"{side} (like-for-like peer)"
+                if side == "trainer-expert"
+                else side
+            )
+            rows.append(
+                [
+                    name,
+                    label,
+                    s["setup"],
+                    f"{s['tokens_per_second']:,.0f}",
+                    f"{s['median_window_tokens_per_second']:,.0f}",
+                    mfu,
+                    f"{s['peak_rss_mb']:,.0f}",
+                    peaks,
+                    ratio_text(task, side),
+                ]
+            )
     return rows
 
 
-HEADER = ["task", "side", "setup", "tokens/s steady", "tokens/s median window", "MFU", "peak RSS MiB",
-          "matmul peak bf16/fp32 GFLOP/s per repeat", "lmforge / Trainer: median [per repeat]"]
+HEADER = [
+    "task",
+    "side",
+    "setup",
+    "tokens/s steady",
+    "tokens/s median window",
+    "MFU",
+    "peak RSS MiB",
+    "matmul peak bf16/fp32 GFLOP/s per repeat",
+    "lmforge / Trainer: median [per repeat]",
+]
 
 
 def peak_range(summary: dict, dtype: str) -> str:
@@ -616,14 +779,21 @@ def peak_range(summary: dict, dtype: str) -> str:
 
 def probe_lines(summary: dict) -> list[str]:
     """The trainer-expert probe of each task as a small table."""
-    lines = ["", "trainer-expert probe (bf16; one run of each candidate before the repeats; post-warm-up ms per optimizer step; the fastest is kept):", "",
-             "| task | candidate | ms/step | tokens/s | chosen |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "trainer-expert probe (bf16; one run of each candidate before the repeats; post-warm-up ms per optimizer step; the fastest is kept):",
+        "",
+        "| task | candidate | ms/step | tokens/s | chosen |",
+        "|---|---|---|---|---|",
+    ]
     for name, task in summary["tasks"].items():
         probe = task["trainer_expert_probe"]
         for c in probe["candidates"]:
             timing = (f"{c['ms_per_step']:.1f} | {c['tokens_per_second']:,.0f}") if "ms_per_step" in c else "failed | -"
-            lines.append(f"| {name} ({probe['steps']} steps, first {probe['warmup_steps_excluded']} excluded) | {c['label']} | {timing} | "
-                         f"{'yes' if c['label'] == probe['chosen_label'] else ''} |")
+            lines.append(
+                f"| {name} ({probe['steps']} steps, first {probe['warmup_steps_excluded']} excluded) | {c['label']} | {timing} | "
+                f"{'yes' if c['label'] == probe['chosen_label'] else ''} |"
+            )
     return lines
 
 
@@ -641,8 +811,11 @@ def markdown(summary: dict) -> str:
         f"Command: `{summary['command']}`",
         "",
         "Headline (like-for-like): lmforge as its recipe runs / trainer-expert, steady tokens/s, per repeat and median: "
-        + "; ".join(f"**{name}** {t['ratio']:.2f}x {t['ratio_per_repeat']} (target {t['target']:.1f}x: {'met' if t['target_met'] else 'MISSED'})"
-                    for name, t in summary["tasks"].items()) + ".",
+        + "; ".join(
+            f"**{name}** {t['ratio']:.2f}x {t['ratio_per_repeat']} (target {t['target']:.1f}x: {'met' if t['target_met'] else 'MISSED'})"
+            for name, t in summary["tasks"].items()
+        )
+        + ".",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),
@@ -651,8 +824,10 @@ def markdown(summary: dict) -> str:
     lines += probe_lines(summary)
     lines += ["", "Tasks:"]
     for name, task in summary["tasks"].items():
-        lines.append(f"- **{name}**: {task['title']}; {task['steps']} steps per run, first {task['warmup_steps_excluded']} excluded, "
-                     f"{task['tokens_per_step']:,} tokens/step; trainer-expert = {task['trainer_expert_probe']['chosen_label']}.")
+        lines.append(
+            f"- **{name}**: {task['title']}; {task['steps']} steps per run, first {task['warmup_steps_excluded']} excluded, "
+            f"{task['tokens_per_step']:,} tokens/step; trainer-expert = {task['trainer_expert_probe']['chosen_label']}."
+        )
     lines += [
         "",
         "Notes:",
@@ -702,7 +877,7 @@ def check_compile_setting(setting: str) -> None:
     """Fail before any run when this lmforge does not accept `--train.compile <setting>`."""
     import typing
 
-    from lmforge.loop import TrainConfig
+    from lmforge.train_config import TrainConfig
 
     allowed = typing.get_args(typing.get_type_hints(TrainConfig)["compile"]) or (True, False)
     if setting == "auto" and "auto" not in allowed:
@@ -722,8 +897,11 @@ def orchestrate(args: argparse.Namespace) -> dict:
     prepared = {}
     for task in tasks:
         prepared[task.name] = prepare(task, workdir)
-        print(f"[{task.name}] tokenizer {prepared[task.name]['tokenizer']}, shards {prepared[task.name]['shards']} "
-              f"({prepared[task.name]['prepare_seconds']}s)", flush=True)
+        print(
+            f"[{task.name}] tokenizer {prepared[task.name]['tokenizer']}, shards {prepared[task.name]['shards']} "
+            f"({prepared[task.name]['prepare_seconds']}s)",
+            flush=True,
+        )
     runs: list[dict] = []
     peaks: list[dict] = []
     probes: dict[str, dict] = {}
@@ -733,23 +911,39 @@ def orchestrate(args: argparse.Namespace) -> dict:
         for repeat in range(args.repeats):
             peak = measure_peaks()
             peaks.append({"task": task.name, "repeat": repeat, **peak})
-            print(f"[{task.name} r{repeat}] matmul peak: bf16 {peak['bfloat16']:,.0f} GFLOP/s, fp32 {peak['float32']:,.0f} GFLOP/s", flush=True)
+            print(
+                f"[{task.name} r{repeat}] matmul peak: bf16 {peak['bfloat16']:,.0f} GFLOP/s, fp32 {peak['float32']:,.0f} GFLOP/s",
+                flush=True,
+            )
             for side in side_order(repeat):
                 label = f"[{task.name} r{repeat}] {side}"
                 if side in LMFORGE_COMPILE:
                     setting = LMFORGE_COMPILE[side] or args.recipe_compile
-                    attempts = measured(label, lambda tag: run_lmforge(task, workdir, side, setting, f"r{repeat}{tag}", env), args)
+                    attempts = measured(
+                        label, lambda tag: run_lmforge(task, workdir, side, setting, f"r{repeat}{tag}", env), args
+                    )
                 else:
                     setup = expert if side == "trainer-expert" else TRAINER_DEFAULTS
-                    attempts = measured(label, lambda tag: run_trainer(task, prepared[task.name], workdir, side, setup, f"r{repeat}{tag}", env), args)
+                    attempts = measured(
+                        label,
+                        lambda tag: run_trainer(
+                            task, prepared[task.name], workdir, side, setup, f"r{repeat}{tag}", env
+                        ),
+                        args,
+                    )
                 for result in attempts:
                     result.update(task=task.name, side=side, repeat=repeat, matmul_peak_gflops=peak)
                 runs += attempts
     best_peaks = {dtype: max(p[dtype] for p in peaks) for dtype in ("bfloat16", "float32")}
     summary = {
         "machine": machine(),
-        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/pretrain_throughput.py", *args.argv]),
-        "lmforge_commands": {t.name: " ".join(shlex.quote(a) for a in lmforge_command(t, Path("OUT"), args.recipe_compile)) for t in tasks},
+        "command": " ".join(
+            shlex.quote(a) for a in [".venv/bin/python", "benchmarks/pretrain_throughput.py", *args.argv]
+        ),
+        "lmforge_commands": {
+            t.name: " ".join(shlex.quote(a) for a in lmforge_command(t, Path("OUT"), args.recipe_compile))
+            for t in tasks
+        },
         "recipe_compile": args.recipe_compile,
         "repeats": args.repeats,
         "retries": args.retries,
@@ -758,7 +952,12 @@ def orchestrate(args: argparse.Namespace) -> dict:
         "matmul_peaks": peaks,
         "peak_gflops": best_peaks,
         "max_other_load": args.max_other_load,
-        "tasks": {t.name: summarise(t, [r for r in runs if r["task"] == t.name and r["used"]], best_peaks["bfloat16"], probes[t.name]) for t in tasks},
+        "tasks": {
+            t.name: summarise(
+                t, [r for r in runs if r["task"] == t.name and r["used"]], best_peaks["bfloat16"], probes[t.name]
+            )
+            for t in tasks
+        },
         "other_busy_cores_during_runs": [r["other_busy_cores"] for r in runs if r["used"]],
         "discarded_runs": sum(not r["used"] for r in runs),
         "used_runs_over_load_limit": sum(r["used"] and r["contaminated"] for r in runs),
@@ -771,19 +970,35 @@ def orchestrate(args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: few steps, 1 repeat, results not written unless --out")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: few steps, 1 repeat, results not written unless --out"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="runs per side per task (default 3, quick 1)")
     parser.add_argument("--tasks", nargs="+", default=["clm", "mlm"], choices=["clm", "mlm"])
     parser.add_argument("--clm-steps", type=int, default=None, help="optimizer steps per CLM run (default 300)")
     parser.add_argument("--mlm-steps", type=int, default=None, help="optimizer steps per MLM run (default 60)")
-    parser.add_argument("--recipe-compile", default="auto", choices=["auto", "true", "false"],
-                        help="--train.compile of the headline lmforge side, as the recipe sets it (default auto)")
-    parser.add_argument("--max-wait", type=float, default=60.0, help="seconds to wait before each run for other load to drop")
-    parser.add_argument("--max-other-load", type=float, default=0.2,
-                        help="a run during which other processes kept more than this many cores busy is run again (up to --retries times)")
+    parser.add_argument(
+        "--recipe-compile",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="--train.compile of the headline lmforge side, as the recipe sets it (default auto)",
+    )
+    parser.add_argument(
+        "--max-wait", type=float, default=60.0, help="seconds to wait before each run for other load to drop"
+    )
+    parser.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.2,
+        help="a run during which other processes kept more than this many cores busy is run again (up to --retries times)",
+    )
     parser.add_argument("--retries", type=int, default=2, help="extra attempts for a run spoiled by other load")
-    parser.add_argument("--cache", default=None, help="LMFORGE_CACHE for tokenizers/shards (default: a fresh temp folder)")
-    parser.add_argument("--out", default=None, help="write <out>.json and <out>.md (default benchmarks/results/pretrain_throughput)")
+    parser.add_argument(
+        "--cache", default=None, help="LMFORGE_CACHE for tokenizers/shards (default: a fresh temp folder)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="write <out>.json and <out>.md (default benchmarks/results/pretrain_throughput)"
+    )
     # child mode (internal)
     parser.add_argument("--child", choices=["trainer"], help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
@@ -816,8 +1031,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(out + ".md").write_text(markdown(summary))
         print(f"wrote {out}.json and {out}.md")
     for name, task in summary["tasks"].items():
-        print(f"{name}: lmforge / trainer-expert {task['ratio']:.2f}x {task['ratio_per_repeat']} "
-              f"(target {task['target']}x: {'met' if task['target_met'] else 'missed'})")
+        print(
+            f"{name}: lmforge / trainer-expert {task['ratio']:.2f}x {task['ratio_per_repeat']} "
+            f"(target {task['target']}x: {'met' if task['target_met'] else 'missed'})"
+        )
     return 0
 
 

@@ -29,8 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "src" / "lmforge" / "recipes" / "shakespeare_char.yaml"
 TARGET = 1.89
 VARIANTS = {"llama": [], "gpt2": ["--model.family", "gpt2"]}  # llama: the recipe as written
-NANOGPT = {"name": "nanoGPT, the same recipe (README, 'I only have a macbook')", "val_loss": 1.88,
-           "kind": "published figure, not run here; on this machine kind it measured 1.886 (its own estimate) in ~95-105 s (../shared/NOTES.md)"}
+NANOGPT = {
+    "name": "nanoGPT, the same recipe (README, 'I only have a macbook')",
+    "val_loss": 1.88,
+    "kind": "published figure, not run here; on this machine kind it measured 1.886 (its own estimate) in ~95-105 s (../shared/NOTES.md)",
+}
 
 
 def run_recipe(out: Path, extra: list[str], steps: int | None) -> dict:
@@ -77,35 +80,59 @@ def row(family: str, report: dict) -> dict:
 
 def markdown(result: dict) -> str:
     rows = result["rows"]
-    lines = ["# shakespeare_char quality: the recipe as Llama (as written) and as GPT-2", "",
-             f"- {result['date']}, {result['machine']}", f"- command: `{result['command']}`",
-             "- every row: recipes/shakespeare_char.yaml, the same data, tokenizer, steps, batch, schedule and precision; "
-             f"only `--model.family` differs. Val loss: lmforge's validation loss at the end, over {result['eval_windows']} of the validation split "
-             "(the last 10% of the text).",
-             "", "| run | params | val loss | target <= 1.89 | steps | training s | process wall s | tokens/s | MFU (of the probed peak) | attention, compile |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# shakespeare_char quality: the recipe as Llama (as written) and as GPT-2",
+        "",
+        f"- {result['date']}, {result['machine']}",
+        f"- command: `{result['command']}`",
+        "- every row: recipes/shakespeare_char.yaml, the same data, tokenizer, steps, batch, schedule and precision; "
+        f"only `--model.family` differs. Val loss: lmforge's validation loss at the end, over {result['eval_windows']} of the validation split "
+        "(the last 10% of the text).",
+        "",
+        "| run | params | val loss | target <= 1.89 | steps | training s | process wall s | tokens/s | MFU (of the probed peak) | attention, compile |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         target = ("yes" if r["val_loss"] <= TARGET else "NO") if r["family"] == "llama" else "(not the recipe)"
-        compile_text = f"compile {str(r['compile'].get('setting')).lower()}: {r['compile'].get('choice')}" if r["compile"] else "compile ?"
-        lines.append(f"| lmforge, {r['family']}{' (recipe)' if r['family'] == 'llama' else ''} | {r['params'] / 1e6:.2f}M | {r['val_loss']:.4f} | {target} | "
-                     f"{r['steps']} | {r['training_seconds']:.0f} | {r['process_wall_seconds']:.0f} | {r['tokens_per_second']:,.0f} | "
-                     f"{r['mfu']:.1%} of {r['peak_gflops']:,.0f} GFLOP/s | {r['attention']}, {compile_text} |")
+        compile_text = (
+            f"compile {str(r['compile'].get('setting')).lower()}: {r['compile'].get('choice')}"
+            if r["compile"]
+            else "compile ?"
+        )
+        lines.append(
+            f"| lmforge, {r['family']}{' (recipe)' if r['family'] == 'llama' else ''} | {r['params'] / 1e6:.2f}M | {r['val_loss']:.4f} | {target} | "
+            f"{r['steps']} | {r['training_seconds']:.0f} | {r['process_wall_seconds']:.0f} | {r['tokens_per_second']:,.0f} | "
+            f"{r['mfu']:.1%} of {r['peak_gflops']:,.0f} GFLOP/s | {r['attention']}, {compile_text} |"
+        )
     ref = result["reference"]
     lines.append(f"| reference: {ref['name']} | | {ref['val_loss']:.2f} | | 2000 | | | | | *{ref['kind']}* |")
     by_family = {r["family"]: r["val_loss"] for r in rows}
     if {"llama", "gpt2"} <= by_family.keys():
         llama, gpt2, published = by_family["llama"], by_family["gpt2"], ref["val_loss"]
-        share = f" ({(gpt2 - llama) / (published - llama):.0%} of the gain)" if llama < published and gpt2 >= llama else ""
-        lines += ["", f"Val loss minus nanoGPT's published {published:.2f}: Llama (recipe) {llama - published:+.3f}, GPT-2 family through the same "
-                      f"loop and budget {gpt2 - published:+.3f}. Architecture (Llama instead of GPT-2) accounts for {llama - gpt2:+.3f}{share}; "
-                      f"the rest, {gpt2 - published:+.3f}, is everything else (loop, data split, evaluation; nanoGPT's figure is not a same-run peer)."]
+        share = (
+            f" ({(gpt2 - llama) / (published - llama):.0%} of the gain)" if llama < published and gpt2 >= llama else ""
+        )
+        lines += [
+            "",
+            f"Val loss minus nanoGPT's published {published:.2f}: Llama (recipe) {llama - published:+.3f}, GPT-2 family through the same "
+            f"loop and budget {gpt2 - published:+.3f}. Architecture (Llama instead of GPT-2) accounts for {llama - gpt2:+.3f}{share}; "
+            f"the rest, {gpt2 - published:+.3f}, is everything else (loop, data split, evaluation; nanoGPT's figure is not a same-run peer).",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, help="override the recipe's 2000 steps (smoke runs; results then written only with --out)")
-    parser.add_argument("--families", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="which rows to run (default: llama gpt2)")
+    parser.add_argument(
+        "--steps", type=int, help="override the recipe's 2000 steps (smoke runs; results then written only with --out)"
+    )
+    parser.add_argument(
+        "--families",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="which rows to run (default: llama gpt2)",
+    )
     parser.add_argument("--runs", type=Path, help="parent folder of the run folders (default: a temp folder)")
     parser.add_argument("--out", help="write <out>.json and <out>.md (default benchmarks/results/shakespeare_quality)")
     args = parser.parse_args()

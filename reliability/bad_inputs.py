@@ -18,16 +18,36 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT / "src" / "lmforge" / "data" / "tinyshakespeare.txt"
-TINY = ["--tokenizer.kind", "char", "--model.preset", "tiny", "--model.context", "32", "--train.batch_size", "8",
-        "--train.max_steps", "3", "--train.eval_windows", "4", "--train.precision", "fp32"]
+TINY = [
+    "--tokenizer.kind",
+    "char",
+    "--model.preset",
+    "tiny",
+    "--model.context",
+    "32",
+    "--train.batch_size",
+    "8",
+    "--train.max_steps",
+    "3",
+    "--train.eval_windows",
+    "4",
+    "--train.precision",
+    "fp32",
+]
 
 
 def lmforge(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmforge", *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "lmforge", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def cases(work: Path) -> list[tuple[str, list[str], str]]:
@@ -37,39 +57,148 @@ def cases(work: Path) -> list[tuple[str, list[str], str]]:
     clm, mlm = work / "clm", work / "mlm"
     ft = ["--model", "minilm", "--train_file", str(train), "--valid_file", str(train)]
     return [
-        ("--out is an existing file: corpus", ["corpus", "--data", str(text), "--out", str(existing)], "is a file, not a folder"),
-        ("--out is an existing file: pretrain", ["pretrain", "--data", str(text), *TINY, "--out", str(existing)], "is a file, not a folder"),
+        (
+            "--out is an existing file: corpus",
+            ["corpus", "--data", str(text), "--out", str(existing)],
+            "is a file, not a folder",
+        ),
+        (
+            "--out is an existing file: pretrain",
+            ["pretrain", "--data", str(text), *TINY, "--out", str(existing)],
+            "is a file, not a folder",
+        ),
         ("--out is an existing file: finetune", ["finetune", *ft, "--out", str(existing)], "is a file, not a folder"),
-        ("--out is an existing file: evaluate", ["evaluate", "--model", str(clm), "--data", str(text), "--out", str(existing)], "is a file, not a folder"),
-        ("--out is an existing file: predict", ["predict", "--model", "minilm", "--text", "hi", "--out", str(existing)], "is a file, not a folder"),
-        ("a typo in a flag", ["pretrain", "--data", str(text), "--train.max_minute", "3"], "did you mean --train.max_minutes"),
+        (
+            "--out is an existing file: evaluate",
+            ["evaluate", "--model", str(clm), "--data", str(text), "--out", str(existing)],
+            "is a file, not a folder",
+        ),
+        (
+            "--out is an existing file: predict",
+            ["predict", "--model", "minilm", "--text", "hi", "--out", str(existing)],
+            "is a file, not a folder",
+        ),
+        (
+            "a typo in a flag",
+            ["pretrain", "--data", str(text), "--train.max_minute", "3"],
+            "did you mean --train.max_minutes",
+        ),
         ("an abbreviated flag", ["pretrain", "--data", str(text), "--model.l", "2"], "--model.layers"),
-        ("negative learning rate: pretrain", ["pretrain", "--data", str(text), *TINY, "--train.lr", "-0.001", "--out", str(work / "o1")], "--train.lr -0.001: must be a positive number"),
-        ("negative learning rate: finetune", ["finetune", *ft, "--train.lr", "-0.001", "--out", str(work / "o2")], "--train.lr -0.001: must be a positive number"),
-        ("batch size 0: pretrain", ["pretrain", "--data", str(text), *TINY, "--train.batch_size", "0", "--out", str(work / "o3")], "--train.batch_size 0: must be at least 1"),
-        ("batch size 0: finetune", ["finetune", *ft, "--train.batch_size", "0", "--out", str(work / "o4")], "--train.batch_size 0: must be at least 1"),
-        ("a binary file as finetune --train_file", ["finetune", "--model", "minilm", "--train_file", str(binary), "--valid_file", str(train), "--out", str(work / "o5")], "photo.tsv"),
-        ("evaluate --context past the model's positions", ["evaluate", "--model", str(clm), "--data", str(text), "--context", "4096", "--out", str(work / "o6")], "built for at most 32 positions"),
-        ("predict --input of a missing file", ["predict", "--model", "minilm", "--input", str(work / "missing.tsv"), "--out", str(work / "o7")], "missing.tsv"),
-        ("generate --samples 0", ["generate", "--model", str(clm), "--samples", "0"], "--samples 0: must be at least 1"),
-        ("generate --temperature -1", ["generate", "--model", str(clm), "--temperature", "-1"], "--temperature -1.0: must be 0 (greedy) or more"),
+        (
+            "negative learning rate: pretrain",
+            ["pretrain", "--data", str(text), *TINY, "--train.lr", "-0.001", "--out", str(work / "o1")],
+            "--train.lr -0.001: must be a positive number",
+        ),
+        (
+            "negative learning rate: finetune",
+            ["finetune", *ft, "--train.lr", "-0.001", "--out", str(work / "o2")],
+            "--train.lr -0.001: must be a positive number",
+        ),
+        (
+            "batch size 0: pretrain",
+            ["pretrain", "--data", str(text), *TINY, "--train.batch_size", "0", "--out", str(work / "o3")],
+            "--train.batch_size 0: must be at least 1",
+        ),
+        (
+            "batch size 0: finetune",
+            ["finetune", *ft, "--train.batch_size", "0", "--out", str(work / "o4")],
+            "--train.batch_size 0: must be at least 1",
+        ),
+        (
+            "a binary file as finetune --train_file",
+            [
+                "finetune",
+                "--model",
+                "minilm",
+                "--train_file",
+                str(binary),
+                "--valid_file",
+                str(train),
+                "--out",
+                str(work / "o5"),
+            ],
+            "photo.tsv",
+        ),
+        (
+            "evaluate --context past the model's positions",
+            ["evaluate", "--model", str(clm), "--data", str(text), "--context", "4096", "--out", str(work / "o6")],
+            "built for at most 32 positions",
+        ),
+        (
+            "predict --input of a missing file",
+            ["predict", "--model", "minilm", "--input", str(work / "missing.tsv"), "--out", str(work / "o7")],
+            "missing.tsv",
+        ),
+        (
+            "generate --samples 0",
+            ["generate", "--model", str(clm), "--samples", "0"],
+            "--samples 0: must be at least 1",
+        ),
+        (
+            "generate --temperature -1",
+            ["generate", "--model", str(clm), "--temperature", "-1"],
+            "--temperature -1.0: must be 0 (greedy) or more",
+        ),
         ("generate --top_p 1.5", ["generate", "--model", str(clm), "--top_p", "1.5"], "--top_p 1.5: must be in (0, 1]"),
         ("generate on a masked LM", ["generate", "--model", str(mlm)], "this is a masked LM"),
-        ("tokenizer --tokenizer.vocab_size 0", ["tokenizer", "--data", str(text), "--tokenizer.vocab_size", "0", "--out", str(work / "o8")], "--tokenizer.vocab_size 0: a bpe vocabulary needs at least"),
-        ("a SQuAD question without answers", ["finetune", "--task", "qa", "--model", "minilm", "--train_file", str(squad), "--valid_file", str(squad), "--out", str(work / "o9")], "no 'answers' field"),
-        ("--resume true on a folder with no run", ["pretrain", "--resume", "true", "--out", str(work / "empty")], "there is no run to resume"),
-        ("--resume true that changes the model", ["pretrain", "--resume", "true", "--out", str(clm), "--model.width", "32"], "--resume true cannot change model.width"),
+        (
+            "tokenizer --tokenizer.vocab_size 0",
+            ["tokenizer", "--data", str(text), "--tokenizer.vocab_size", "0", "--out", str(work / "o8")],
+            "--tokenizer.vocab_size 0: a bpe vocabulary needs at least",
+        ),
+        (
+            "a SQuAD question without answers",
+            [
+                "finetune",
+                "--task",
+                "qa",
+                "--model",
+                "minilm",
+                "--train_file",
+                str(squad),
+                "--valid_file",
+                str(squad),
+                "--out",
+                str(work / "o9"),
+            ],
+            "no 'answers' field",
+        ),
+        (
+            "--resume true on a folder with no run",
+            ["pretrain", "--resume", "true", "--out", str(work / "empty")],
+            "there is no run to resume",
+        ),
+        (
+            "--resume true that changes the model",
+            ["pretrain", "--resume", "true", "--out", str(clm), "--model.width", "32"],
+            "--resume true cannot change model.width",
+        ),
         ("a recipe that is not YAML", ["pretrain", "--config", str(work / "a-recipe.yaml")], "not valid YAML"),
-        ("a missing --data file", ["pretrain", "--data", str(work / "nope.txt"), *TINY, "--out", str(work / "o10")], "nope.txt"),
+        (
+            "a missing --data file",
+            ["pretrain", "--data", str(work / "nope.txt"), *TINY, "--out", str(work / "o10")],
+            "nope.txt",
+        ),
     ]
 
 
 def prepare(work: Path, env: dict) -> None:
     (work / "text.txt").write_text(TEXT.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
     (work / "notes.txt").write_text("keep me\n")
-    (work / "train.tsv").write_text("sentence\tlabel\n" + "".join(f"{w} film\t{i % 2}\n" for i, w in enumerate(["good", "bad"] * 8)))
+    (work / "train.tsv").write_text(
+        "sentence\tlabel\n" + "".join(f"{w} film\t{i % 2}\n" for i, w in enumerate(["good", "bad"] * 8))
+    )
     (work / "photo.tsv").write_bytes(bytes(range(256)) * 40)
-    qa = {"data": [{"title": "t", "paragraphs": [{"context": "Paris is in France.", "qas": [{"id": "q1", "question": "Where is Paris?"}]}]}]}
+    qa = {
+        "data": [
+            {
+                "title": "t",
+                "paragraphs": [
+                    {"context": "Paris is in France.", "qas": [{"id": "q1", "question": "Where is Paris?"}]}
+                ],
+            }
+        ]
+    }
     (work / "squad.json").write_text(json.dumps(qa))
     (work / "empty").mkdir()
     for name, extra in (("clm", []), ("mlm", ["--train.objective", "mlm", "--model.family", "bert"])):
@@ -97,7 +226,9 @@ def main() -> int:
             if done.returncode != 2:
                 problems.append(f"exit {done.returncode}")
             if "Traceback" in err or len(err.splitlines()) != 1:
-                problems.append(f"{len(err.splitlines())} lines on stderr" + (" with a traceback" if "Traceback" in err else ""))
+                problems.append(
+                    f"{len(err.splitlines())} lines on stderr" + (" with a traceback" if "Traceback" in err else "")
+                )
             if expected not in err:
                 problems.append(f"message lacks {expected!r}")
             if changed:

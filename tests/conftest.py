@@ -42,8 +42,14 @@ def tiny_bert(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
@@ -52,10 +58,19 @@ def tiny_bert(tmp_path_factory) -> Path:
 def tiny_overrides(text: Path, out: Path, **extra) -> dict:
     """A 2-layer, width-64 char-level Llama run: a few seconds on 2 cores."""
     overrides = {
-        "data": [str(text)], "out": str(out),
-        "tokenizer.kind": "char", "model.preset": "tiny", "model.context": 32,
-        "train.batch_size": 8, "train.max_steps": 12, "train.warmup_steps": 2, "train.lr": 3e-3,
-        "train.eval_every": 6, "train.eval_windows": 16, "train.log_every": 1, "train.save_every": 6,
+        "data": [str(text)],
+        "out": str(out),
+        "tokenizer.kind": "char",
+        "model.preset": "tiny",
+        "model.context": 32,
+        "train.batch_size": 8,
+        "train.max_steps": 12,
+        "train.warmup_steps": 2,
+        "train.lr": 3e-3,
+        "train.eval_every": 6,
+        "train.eval_windows": 16,
+        "train.log_every": 1,
+        "train.save_every": 6,
         "train.precision": "fp32",
     }
     overrides.update(extra)

@@ -49,6 +49,7 @@ def html_page(title: str, body: str) -> str:
 
 def _highlighted(code: str) -> str:
     """`code` marked up the way Pygments does in Sphinx: one span per token, spaces and newlines between."""
+
     def token(match: re.Match) -> str:
         text = match.group(0)
         kind = "gp" if text in (">>> ", "... ") else "k" if text in ("def", "for", "if", "return", "in", "not") else "n"
@@ -72,8 +73,13 @@ def sphinx_page(title: str, paragraphs: list[str], code: str) -> str:
 <div class="footer">&#169; Copyright 2001-2023 BOILERPLATE Foundation.</div></body></html>"""
 
 
-def write_pdf(path: Path, pages: list[list[str]], header: str | Callable[[int], str | None] | None = None, footer: bool = True,
-              encrypt_password: str | None = None) -> Path:
+def write_pdf(
+    path: Path,
+    pages: list[list[str]],
+    header: str | Callable[[int], str | None] | None = None,
+    footer: bool = True,
+    encrypt_password: str | None = None,
+) -> Path:
     """A PDF whose pages have the given lines, a running header (a text, or one per page number)
     and a 'Page N of M' footer."""
     from fpdf import FPDF
@@ -107,8 +113,11 @@ def run_corpus(data: list, out: Path, **overrides) -> tuple[Path, dict[str, list
     folder = run(cfg)
     records = {}
     for split in ("train", "valid", "test"):
-        records[split] = [json.loads(line) for path in sorted(folder.glob(f"{split}-*.jsonl"))
-                          for line in path.read_text(encoding="utf-8").splitlines()]
+        records[split] = [
+            json.loads(line)
+            for path in sorted(folder.glob(f"{split}-*.jsonl"))
+            for line in path.read_text(encoding="utf-8").splitlines()
+        ]
     report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
     return folder, records, report
 

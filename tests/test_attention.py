@@ -7,27 +7,40 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_overrides
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_overrides
-from lmforge import attention, config as config_mod, objectives
-from lmforge.loop import LossModule, Process, Runtime, TrainConfig, fit
+from lmforge import attention, objectives
+from lmforge import config as config_mod
+from lmforge.loop import LossModule, Runtime, fit
 from lmforge.pretrain import PretrainConfig, run
+from lmforge.process import Process
+from lmforge.train_config import TrainConfig
 
 
 def tiny_llama():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=2, max_position_embeddings=32))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=40,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+        )
+    )
 
 
 def tiny_bert():
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    return BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2))
+    return BertForMaskedLM(
+        BertConfig(vocab_size=40, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+    )
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_bert])
@@ -65,8 +78,9 @@ def test_choose_times_every_kernel_and_leaves_no_state():
     sample = module.objective.batch(0)
     rng = torch.get_rng_state()
     runtime = Runtime(torch.device("cpu"), torch.bfloat16, Process(), 4)
-    kernel, times = attention.choose(module, lambda: attention.trial_step(module, sample, runtime),
-                                     torch.bfloat16, torch.device("cpu"))
+    kernel, times = attention.choose(
+        module, lambda: attention.trial_step(module, sample, runtime), torch.bfloat16, torch.device("cpu")
+    )
     assert set(times) == {"sdpa", "sdpa_fp32", "eager"} and all(t > 0 for t in times.values())
     assert kernel == min(times, key=times.get)
     assert model.config._attn_implementation == attention.KERNELS[kernel]
@@ -77,7 +91,10 @@ def test_choose_times_every_kernel_and_leaves_no_state():
 def test_choose_changes_nothing_in_fp32():
     model = tiny_llama()
     before = model.config._attn_implementation
-    assert attention.choose(model, lambda: pytest.fail("fp32 needs no timing"), torch.float32, torch.device("cpu")) == (None, {})
+    assert attention.choose(model, lambda: pytest.fail("fp32 needs no timing"), torch.float32, torch.device("cpu")) == (
+        None,
+        {},
+    )
     assert model.config._attn_implementation == before
 
 
@@ -105,5 +122,7 @@ def test_bf16_run_records_its_kernel_and_resume_keeps_it(small_text, tmp_path):
 
 def test_an_explicit_kernel_is_used_without_timing(tmp_path):
     objective = objectives.CausalLM(np.arange(400, dtype=np.uint16) % 40, 16, 4, 0)
-    summary = fit(tiny_llama(), objective, TrainConfig(max_steps=2, precision="bf16", attention="eager", eval_every=0), tmp_path)
+    summary = fit(
+        tiny_llama(), objective, TrainConfig(max_steps=2, precision="bf16", attention="eager", eval_every=0), tmp_path
+    )
     assert summary.attention == "eager" and summary.attention_ms == {}

@@ -18,7 +18,9 @@ from lmforge.tokenizer import TokenizerConfig
 @pytest.fixture(scope="module")
 def char_tokenizer(small_text, tmp_path_factory):
     out = tmp_path_factory.mktemp("tok")
-    cfg = config_mod.resolve(tokenizer_mod.TokenizerStageConfig, None, {"data": [str(small_text)], "out": str(out), "tokenizer.kind": "char"})
+    cfg = config_mod.resolve(
+        tokenizer_mod.TokenizerStageConfig, None, {"data": [str(small_text)], "out": str(out), "tokenizer.kind": "char"}
+    )
     tokenizer_mod.run(cfg)
     return out
 
@@ -35,28 +37,55 @@ def test_keys_are_the_hashes_used_before_the_cache_module(small_text, char_token
     """The pre-cache-module formulas, written out: a changed key would orphan every existing entry."""
     fingerprint = documents.input_fingerprint(documents.resolve_sources([small_text]))
     split, tok_cfg = SplitConfig(), TokenizerConfig(kind="char")
-    old_shards = json.dumps({"tokenizer": shards.tokenizer_hash(char_tokenizer), "split": split.__dict__, "inputs": fingerprint,
-                             "encoding": shards.ENCODING_RULES}, sort_keys=True)
-    assert cache.key(shards.cache_inputs(char_tokenizer, split, fingerprint)) == hashlib.sha256(old_shards.encode()).hexdigest()[:16]
-    old_tokenizer = json.dumps({"tokenizer": tok_cfg.__dict__, "split": split.__dict__, "objective": "clm", "inputs": fingerprint}, sort_keys=True)
-    assert cache.key(tokenizer_mod.cache_inputs(tok_cfg, split, "clm", fingerprint)) == hashlib.sha256(old_tokenizer.encode()).hexdigest()[:16]
+    old_shards = json.dumps(
+        {
+            "tokenizer": shards.tokenizer_hash(char_tokenizer),
+            "split": split.__dict__,
+            "inputs": fingerprint,
+            "encoding": shards.ENCODING_RULES,
+        },
+        sort_keys=True,
+    )
+    assert (
+        cache.key(shards.cache_inputs(char_tokenizer, split, fingerprint))
+        == hashlib.sha256(old_shards.encode()).hexdigest()[:16]
+    )
+    old_tokenizer = json.dumps(
+        {"tokenizer": tok_cfg.__dict__, "split": split.__dict__, "objective": "clm", "inputs": fingerprint},
+        sort_keys=True,
+    )
+    assert (
+        cache.key(tokenizer_mod.cache_inputs(tok_cfg, split, "clm", fingerprint))
+        == hashlib.sha256(old_tokenizer.encode()).hexdigest()[:16]
+    )
 
 
-def test_cached_shards_get_a_manifest_and_the_same_key_reuses_the_folder(small_text, char_tokenizer, monkeypatch, tmp_path):
+def test_cached_shards_get_a_manifest_and_the_same_key_reuses_the_folder(
+    small_text, char_tokenizer, monkeypatch, tmp_path
+):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
     sources = documents.resolve_sources([small_text])
     folder = shards.cached(sources, char_tokenizer, SplitConfig())
     assert folder.parent == tmp_path / "cache" / "shards" and cache.is_complete("shards", folder)
     manifest = json.loads((folder / cache.MANIFEST).read_text())
-    assert manifest["kind"] == "shards" and manifest["key"] == folder.name and manifest["lmforge"] == __version__ and manifest["created"]
-    assert manifest["inputs"] == shards.cache_inputs(char_tokenizer, SplitConfig(), documents.input_fingerprint(sources))
+    assert (
+        manifest["kind"] == "shards"
+        and manifest["key"] == folder.name
+        and manifest["lmforge"] == __version__
+        and manifest["created"]
+    )
+    assert manifest["inputs"] == shards.cache_inputs(
+        char_tokenizer, SplitConfig(), documents.input_fingerprint(sources)
+    )
     stamp = (folder / "manifest.json").stat().st_mtime_ns
     assert shards.cached(sources, char_tokenizer, SplitConfig()) == folder
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temp folder left
 
 
-def test_a_failed_build_leaves_nothing_a_killed_ones_temp_folder_is_removed_and_a_half_entry_replaced(monkeypatch, tmp_path):
+def test_a_failed_build_leaves_nothing_a_killed_ones_temp_folder_is_removed_and_a_half_entry_replaced(
+    monkeypatch, tmp_path
+):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path))
     inputs = {"settings": 1}
     with pytest.raises(RuntimeError), cache.entry("shards", inputs) as tmp:

@@ -11,8 +11,16 @@ from lmforge import checkpoint, publish
 
 def tiny_model(seed=0):
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, max_position_embeddings=16))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=40,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+        )
+    )
 
 
 def test_files_and_folders_are_flushed_before_the_rename(tmp_path, monkeypatch):
@@ -47,7 +55,13 @@ def test_replacing_best_never_leaves_a_moment_without_it(tmp_path, monkeypatch):
 
 
 def test_leftovers_of_a_killed_run_are_cleaned_and_a_half_replaced_folder_restored(tmp_path):
-    checkpoint.save(tmp_path / "checkpoints" / "step_2", tiny_model(), None, torch.optim.AdamW(tiny_model().parameters()), {"step": 2})
+    checkpoint.save(
+        tmp_path / "checkpoints" / "step_2",
+        tiny_model(),
+        None,
+        torch.optim.AdamW(tiny_model().parameters()),
+        {"step": 2},
+    )
     (tmp_path / "checkpoints" / ".tmp-step_4-abc").mkdir()  # killed mid-write
     (tmp_path / "checkpoints" / ".trash-xyz" / "step_1").mkdir(parents=True)  # killed mid-delete
     (tmp_path / ".tmp-best-123").mkdir()

@@ -56,20 +56,56 @@ def test_out_that_is_a_file_is_one_line_and_leaves_it_alone(stage, tmp_path, cap
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
-@pytest.mark.parametrize("flag, value, wanted", [
-    ("--train.lr", "-0.001", "must be a positive number"), ("--train.batch_size", "0", "must be at least 1"),
-    ("--train.beta2", "1.5", "must be in [0, 1)"), ("--train.max_steps", "0", "must be at least 1, or null"),
-])
-def test_meaningless_training_values_fail_before_any_data_is_read(stage, flag, value, wanted, small_text, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "flag, value, wanted",
+    [
+        ("--train.lr", "-0.001", "must be a positive number"),
+        ("--train.batch_size", "0", "must be at least 1"),
+        ("--train.beta2", "1.5", "must be in [0, 1)"),
+        ("--train.max_steps", "0", "must be at least 1, or null"),
+    ],
+)
+def test_meaningless_training_values_fail_before_any_data_is_read(
+    stage, flag, value, wanted, small_text, tmp_path, capsys
+):
     out = tmp_path / "run"
-    data = ["--data", str(small_text)] if stage == "pretrain" else ["--model", "minilm", "--train_file", str(small_text), "--valid_file", str(small_text)]
-    err = _one_line_error(capsys, [stage, *data, flag, value, "--out", str(out), *(["--train.max_steps", "5"] if flag != "--train.max_steps" else [])])
+    data = (
+        ["--data", str(small_text)]
+        if stage == "pretrain"
+        else ["--model", "minilm", "--train_file", str(small_text), "--valid_file", str(small_text)]
+    )
+    err = _one_line_error(
+        capsys,
+        [
+            stage,
+            *data,
+            flag,
+            value,
+            "--out",
+            str(out),
+            *(["--train.max_steps", "5"] if flag != "--train.max_steps" else []),
+        ],
+    )
     assert f"{flag} {value}: {wanted}" in err
     assert not out.exists()
 
 
 def test_pretrain_checks_the_tokenizer_settings_before_reading(small_text, tmp_path, capsys):
-    err = _one_line_error(capsys, ["pretrain", "--data", str(small_text), "--tokenizer.kind", "bpe", "--tokenizer.vocab_size", "100",
-                                   "--train.max_steps", "5", "--out", str(tmp_path / "run")])
+    err = _one_line_error(
+        capsys,
+        [
+            "pretrain",
+            "--data",
+            str(small_text),
+            "--tokenizer.kind",
+            "bpe",
+            "--tokenizer.vocab_size",
+            "100",
+            "--train.max_steps",
+            "5",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert "--tokenizer.vocab_size 100: a bpe vocabulary needs at least 260" in err
     assert not (tmp_path / "run").exists()

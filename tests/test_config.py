@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 
 from lmforge import cli
@@ -30,7 +28,11 @@ def test_shakespeare_recipe_has_nanogpt_shape():
 
 
 def test_dotted_overrides_are_typed():
-    cfg = config_mod.resolve(PretrainConfig, None, {"train.lr": "3e-4", "train.max_steps": "1_000", "train.compile": "true", "data": ["a", "b"]})
+    cfg = config_mod.resolve(
+        PretrainConfig,
+        None,
+        {"train.lr": "3e-4", "train.max_steps": "1_000", "train.compile": "true", "data": ["a", "b"]},
+    )
     assert cfg.train.lr == 3e-4 and cfg.train.max_steps == 1000 and cfg.train.compile is True and cfg.data == ["a", "b"]
 
 
@@ -44,7 +46,9 @@ def test_unknown_key_names_the_key_and_suggests(tmp_path):
 def test_wrong_type_names_field_and_expected_type():
     with pytest.raises(LmforgeError, match=r"'train\.max_steps': got 'many', expected int"):
         config_mod.resolve(PretrainConfig, None, {"train.max_steps": "many"})
-    with pytest.raises(LmforgeError, match=r"'tokenizer\.kind': got 'bytes', expected bpe \| wordpiece \| unigram \| char"):
+    with pytest.raises(
+        LmforgeError, match=r"'tokenizer\.kind': got 'bytes', expected bpe \| wordpiece \| unigram \| char"
+    ):
         config_mod.resolve(PretrainConfig, None, {"tokenizer.kind": "bytes"})
 
 
@@ -64,12 +68,23 @@ def test_cli_help_lists_stages_and_options(capsys):
         cli.main(["pretrain", "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--train.lr", "--train.max_minutes", "--model.family", "--tokenizer.kind", "--data", "--out", "--resume", "--config"):
+    for flag in (
+        "--train.lr",
+        "--train.max_minutes",
+        "--model.family",
+        "--tokenizer.kind",
+        "--data",
+        "--out",
+        "--resume",
+        "--config",
+    ):
         assert flag in text
 
 
 def test_cli_user_error_is_one_line_exit_2(tmp_path, capsys):
-    code = cli.main(["pretrain", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "run"), "--train.max_steps", "1"])
+    code = cli.main(
+        ["pretrain", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "run"), "--train.max_steps", "1"]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and "missing.txt" in err and "no such file" in err
@@ -86,7 +101,12 @@ def test_a_section_built_by_a_default_factory_keeps_its_defaults_under_overrides
 
     cfg = config_mod.resolve(FinetuneConfig, None, {"train.lr": "1e-3", "seeds": ["1,2"]})
     assert cfg.train.lr == 1e-3 and cfg.seeds == [1, 2]
-    assert (cfg.train.min_lr, cfg.train.schedule, cfg.train.seed, cfg.train.warmup_steps) == (0.0, "linear", 42, None)  # fine-tuning's, not pretraining's
+    assert (cfg.train.min_lr, cfg.train.schedule, cfg.train.seed, cfg.train.warmup_steps) == (
+        0.0,
+        "linear",
+        42,
+        None,
+    )  # fine-tuning's, not pretraining's
     with pytest.raises(SystemExit):
         cli.main(["finetune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -97,5 +117,8 @@ def test_a_packaged_recipe_is_found_by_name(tmp_path):
     cfg = config_mod.resolve(PretrainConfig, "shakespeare_char")
     assert cfg.model.width == 128 and cfg.data == ["builtin:tinyshakespeare"]
     assert config_mod.resolve(PretrainConfig, "shakespeare_char.yaml").model.width == 128
-    with pytest.raises(LmforgeError, match="not found; pass a recipe file to --config, or a packaged recipe: cram_bert_tiny, shakespeare_char"):
+    with pytest.raises(
+        LmforgeError,
+        match="not found; pass a recipe file to --config, or a packaged recipe: cram_bert_tiny, shakespeare_char",
+    ):
         config_mod.resolve(PretrainConfig, "shakespeare_chr")

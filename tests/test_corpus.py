@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from corpus_helpers import all_records, all_text, html_page, prose, run_corpus, write_pdf
+
 from lmforge import cli, documents
 from lmforge import config as config_mod
 from lmforge.corpus.clean import Cleaner
@@ -41,7 +41,7 @@ def test_pdf_running_headers_footers_removed_and_hyphenation_rejoined(tmp_path):
     pages = []
     for page in range(4):
         words = prose(10 + page, sentences=6).split()
-        lines = [" ".join(words[i:i + 10]) for i in range(0, len(words), 10)]
+        lines = [" ".join(words[i : i + 10]) for i in range(0, len(words), 10)]
         lines[1] += " infor-"  # a word hyphenated across the line end
         lines[2] = "mation " + lines[2]
         pages.append(lines)
@@ -80,14 +80,19 @@ def test_jsonl_field_csv_tsv_column_and_docx(tmp_path):
     table.cell(0, 0).text, table.cell(0, 1).text = "TableLeft", "TableRight"
     document.add_paragraph(prose(41))
     document.save(tmp_path / "d.docx")
-    _, records, report = run_corpus([tmp_path], tmp_path / "out", **{
-        "extract.text_field": "body", "extract.text_column": "content", "extract.metadata_fields": ["id"]})
+    _, records, report = run_corpus(
+        [tmp_path],
+        tmp_path / "out",
+        **{"extract.text_field": "body", "extract.text_column": "content", "extract.metadata_fields": ["id"]},
+    )
     by_source = {}
     for record in all_records(records):
         by_source.setdefault(Path(record["source"]).name, []).append(record)
     assert sorted(r["meta"]["id"] for r in by_source["a.jsonl"]) == ["doc0", "doc1", "doc2"]
     assert [r["meta"]["line"] for r in sorted(by_source["a.jsonl"], key=lambda r: r["meta"]["line"])] == [1, 2, 3]
-    assert by_source["b.csv"][0]["text"] == prose(30).replace(".", ",", 1) and by_source["b.csv"][0]["meta"]["id"] == "7"
+    assert (
+        by_source["b.csv"][0]["text"] == prose(30).replace(".", ",", 1) and by_source["b.csv"][0]["meta"]["id"] == "7"
+    )
     assert by_source["c.tsv"][0]["text"] == prose(31)
     docx_text = by_source["d.docx"][0]["text"]
     assert docx_text.index(prose(40)[:50]) < docx_text.index("TableLeft | TableRight") < docx_text.index(prose(41)[:50])
@@ -115,8 +120,9 @@ def test_cleaning_steps_each_fix_what_they_name():
     cleaner = Cleaner(CleanConfig(redact_emails=True, redact_phones=True, redact_urls=True))
     text = "The caf\u00c3\u00a9 opens   at nine.\x07\r\nWrite to anna.berg@example.org or call +49 30 1234567 or 555-123-4567, see https://example.com/a?b=1.\n\n\n\nCafe\u0301 closed in 2023-01-15."
     cleaned = cleaner(text)
-    assert cleaned == ("The café opens at nine.\nWrite to [EMAIL] or call [PHONE] or [PHONE], see [URL].\n\n"
-                       "Café closed in 2023-01-15.")
+    assert cleaned == (
+        "The café opens at nine.\nWrite to [EMAIL] or call [PHONE] or [PHONE], see [URL].\n\nCafé closed in 2023-01-15."
+    )
     assert cleaner.counts["fix_mojibake"] == 1 and cleaner.counts["unicode_NFC"] == 1
     assert cleaner.counts["control_chars"] == 1 and cleaner.counts["whitespace"] == 1
     assert cleaner.redacted == {"emails": 1, "phones": 2, "urls": 1}
@@ -141,7 +147,12 @@ def test_quality_filters_remove_and_report_with_examples(tmp_path):
     assert [Path(r["source"]).name for r in all_records(records)] == ["good.txt"]
     filters = report["filters"]
     assert {name: f["documents"] for name, f in filters.items()} == {
-        "too_few_words": 1, "alpha_ratio": 1, "repeated_lines": 1, "very_long_word": 1, "language": 1}
+        "too_few_words": 1,
+        "alpha_ratio": 1,
+        "repeated_lines": 1,
+        "very_long_word": 1,
+        "language": 1,
+    }
     assert "german.txt" in filters["language"]["examples"][0]["source"]
     assert filters["too_few_words"]["examples"][0]["excerpt"] == "Too short to keep."
     assert report["languages"] == {"en": 1}
@@ -181,8 +192,16 @@ def test_split_by_document_after_dedup_no_near_duplicate_crosses_splits(tmp_path
             base = prose(1000 + i, sentences=20)
             handle.write(json.dumps({"text": base}) + "\n")
             handle.write(json.dumps({"text": near_variant(base, changes=2)}) + "\n")
-    _, records, report = run_corpus([tmp_path / "docs.jsonl"], tmp_path / "out", **{
-        "split.valid_fraction": 0.2, "split.test_fraction": 0.2, "split.unit": "snippets", "split.snippet_length": 40})
+    _, records, report = run_corpus(
+        [tmp_path / "docs.jsonl"],
+        tmp_path / "out",
+        **{
+            "split.valid_fraction": 0.2,
+            "split.test_fraction": 0.2,
+            "split.unit": "snippets",
+            "split.snippet_length": 40,
+        },
+    )
     assert report["dedup"]["near_removed"] == 80
     split_of = {}
     for split in ("train", "valid", "test"):
@@ -191,13 +210,22 @@ def test_split_by_document_after_dedup_no_near_duplicate_crosses_splits(tmp_path
             assert split_of.setdefault(record["doc_id"], split) == split  # snippets stay with their document
             assert record["meta"]["line"] % 2 == 1  # only the first of each near-duplicate pair survives
     assert len(split_of) == 80
-    assert report["splits"]["train"]["documents"] + report["splits"]["valid"]["documents"] + report["splits"]["test"]["documents"] == 80
+    assert (
+        report["splits"]["train"]["documents"]
+        + report["splits"]["valid"]["documents"]
+        + report["splits"]["test"]["documents"]
+        == 80
+    )
 
 
 def test_sentences_respect_abbreviations_and_paragraphs():
-    text = "Dr. Smith arrived at 5 p.m. on Monday. He said: \"It works!\" Then he left.\n\nA new paragraph without end"
-    assert sentences(text) == ["Dr. Smith arrived at 5 p.m. on Monday.", "He said: \"It works!\"", "Then he left.",
-                               "A new paragraph without end"]
+    text = 'Dr. Smith arrived at 5 p.m. on Monday. He said: "It works!" Then he left.\n\nA new paragraph without end'
+    assert sentences(text) == [
+        "Dr. Smith arrived at 5 p.m. on Monday.",
+        'He said: "It works!"',
+        "Then he left.",
+        "A new paragraph without end",
+    ]
 
 
 def test_snippets_uniform_length_with_overlap_at_sentence_ends():
@@ -209,7 +237,9 @@ def test_snippets_uniform_length_with_overlap_at_sentence_ends():
     for previous, current in zip(snippets, snippets[1:]):
         assert sentences(previous)[-1] == sentences(current)[0]  # one sentence (8 words <= 10) shared
     assert all(f"Sentence number {i} " in " ".join(snippets) for i in range(30))
-    words_only = Snipper(SplitConfig(unit="snippets", snippet_length=50, snippet_overlap=0, respect_sentences=False)).cut(text)
+    words_only = Snipper(
+        SplitConfig(unit="snippets", snippet_length=50, snippet_overlap=0, respect_sentences=False)
+    ).cut(text)
     assert [len(s.split()) for s in words_only] == [50, 50, 50, 50, 40]
 
 
@@ -222,9 +252,19 @@ def test_snippets_in_tokens_with_a_tokenizer_folder(tmp_path):
     (tmp_path / "tok").mkdir()
     tokenizer.save(str(tmp_path / "tok" / "tokenizer.json"))
     (tmp_path / "a.txt").write_text(prose(80, sentences=30))
-    _, records, _ = run_corpus([tmp_path / "a.txt"], tmp_path / "out", **{
-        "split.unit": "snippets", "split.length_unit": "tokens", "split.tokenizer": str(tmp_path / "tok"),
-        "split.snippet_length": 40, "split.snippet_overlap": 13, "split.valid_fraction": 0, "split.test_fraction": 0})
+    _, records, _ = run_corpus(
+        [tmp_path / "a.txt"],
+        tmp_path / "out",
+        **{
+            "split.unit": "snippets",
+            "split.length_unit": "tokens",
+            "split.tokenizer": str(tmp_path / "tok"),
+            "split.snippet_length": 40,
+            "split.snippet_overlap": 13,
+            "split.valid_fraction": 0,
+            "split.test_fraction": 0,
+        },
+    )
     snippets = [r["text"] for r in sorted(records["train"], key=lambda r: r["meta"]["snippet"])]
     counts = [len(tokenizer.encode(s).ids) for s in snippets]
     assert len(snippets) > 5 and max(counts) <= 40 and min(counts[:-1]) >= 26  # 13 tokens per sentence
@@ -236,8 +276,15 @@ def test_output_folder_manifest_report_and_later_stages_read_it(tmp_path):
         (tmp_path / f"doc{i}.txt").write_text(prose(200 + i))
     folder, records, report = run_corpus([tmp_path], tmp_path / "out", workers=2, **{"extract.chunk_bytes": 3000})
     assert sorted(p.name for p in folder.iterdir()) == [
-        "config.yaml", "dropped.jsonl", "manifest.json", "report.html", "report.json", "test-00000.jsonl", "train-00000.jsonl",
-        "valid-00000.jsonl"]
+        "config.yaml",
+        "dropped.jsonl",
+        "manifest.json",
+        "report.html",
+        "report.json",
+        "test-00000.jsonl",
+        "train-00000.jsonl",
+        "valid-00000.jsonl",
+    ]
     assert (folder / "dropped.jsonl").read_text() == ""  # nothing was dropped
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["stage"] == "corpus" and manifest["status"] == "complete"
@@ -255,8 +302,11 @@ def test_output_folder_manifest_report_and_later_stages_read_it(tmp_path):
     assert train_text == "".join(r["text"] for r in records["train"])
     from lmforge import tokenizer
 
-    tok_cfg = config_mod.resolve(tokenizer.TokenizerStageConfig, None, {
-        "data": [str(folder)], "out": str(tmp_path / "tok"), "tokenizer.kind": "char", "tokenizer.vocab_size": 100})
+    tok_cfg = config_mod.resolve(
+        tokenizer.TokenizerStageConfig,
+        None,
+        {"data": [str(folder)], "out": str(tmp_path / "tok"), "tokenizer.kind": "char", "tokenizer.vocab_size": 100},
+    )
     tok_folder = tokenizer.run(tok_cfg)
     assert (tok_folder / "tokenizer.json").is_file()
 
@@ -267,8 +317,9 @@ def test_two_workers_write_the_same_corpus_as_one(tmp_path):
             handle.write(json.dumps({"text": prose(300 + i % 90)}) + "\n")  # 30 exact duplicates
     outputs = []
     for workers in (1, 2):
-        folder, _, report = run_corpus([tmp_path / "big.jsonl"], tmp_path / f"out{workers}", workers=workers,
-                                       **{"extract.chunk_bytes": 4000})
+        folder, _, report = run_corpus(
+            [tmp_path / "big.jsonl"], tmp_path / f"out{workers}", workers=workers, **{"extract.chunk_bytes": 4000}
+        )
         outputs.append([(folder / f"{s}-00000.jsonl").read_bytes() for s in ("train", "valid", "test")])
         assert report["dedup"]["exact_removed"] == 30
     assert outputs[0] == outputs[1]
@@ -277,8 +328,12 @@ def test_two_workers_write_the_same_corpus_as_one(tmp_path):
 def test_big_text_file_is_cut_into_documents_at_paragraphs(tmp_path):
     paragraphs = [prose(400 + i, sentences=4) for i in range(80)]
     (tmp_path / "book.txt").write_text("\n\n".join(paragraphs))
-    _, records, report = run_corpus([tmp_path / "book.txt"], tmp_path / "out", workers=2, **{
-        "extract.max_document_chars": 2000, "extract.chunk_bytes": 5000, "dedup.near": False, "filter.min_words": 1})
+    _, records, report = run_corpus(
+        [tmp_path / "book.txt"],
+        tmp_path / "out",
+        workers=2,
+        **{"extract.max_document_chars": 2000, "extract.chunk_bytes": 5000, "dedup.near": False, "filter.min_words": 1},
+    )
     assert report["summary"]["workers"] == 2  # ~26 kB: two line-aligned ranges of at least 16 kB
     texts = [r["text"] for r in all_records(records)]
     assert len(texts) == report["summary"]["documents_in"] >= 6
@@ -288,13 +343,25 @@ def test_big_text_file_is_cut_into_documents_at_paragraphs(tmp_path):
 
 def test_split_group_file_keeps_a_long_files_pieces_together(tmp_path):
     for name in ("a", "b", "c"):
-        (tmp_path / f"{name}.txt").write_text("\n\n".join(prose(900 + i + 100 * ord(name), sentences=4) for i in range(30)))
-    settings = {"extract.max_document_chars": 2000, "dedup.near": False, "filter.min_words": 1,
-                "split.valid_fraction": 0.3, "split.test_fraction": 0.3}
+        (tmp_path / f"{name}.txt").write_text(
+            "\n\n".join(prose(900 + i + 100 * ord(name), sentences=4) for i in range(30))
+        )
+    settings = {
+        "extract.max_document_chars": 2000,
+        "dedup.near": False,
+        "filter.min_words": 1,
+        "split.valid_fraction": 0.3,
+        "split.test_fraction": 0.3,
+    }
     _, by_document, _ = run_corpus(sorted(tmp_path.glob("*.txt")), tmp_path / "docs", **settings)
-    _, by_file, _ = run_corpus(sorted(tmp_path.glob("*.txt")), tmp_path / "files", **settings, **{"split.group": "file"})
-    spread = lambda records: {Path(r["source"]).name: {s for s in records if any(x["source"] == r["source"] for x in records[s])}  # noqa: E731
-                              for s in records for r in records[s]}
+    _, by_file, _ = run_corpus(
+        sorted(tmp_path.glob("*.txt")), tmp_path / "files", **settings, **{"split.group": "file"}
+    )
+    spread = lambda records: {
+        Path(r["source"]).name: {s for s in records if any(x["source"] == r["source"] for x in records[s])}  # noqa: E731
+        for s in records
+        for r in records[s]
+    }
     assert any(len(splits) > 1 for splits in spread(by_document).values())  # pieces of one file scattered
     assert all(len(splits) == 1 for splits in spread(by_file).values())  # each file whole in one split
 
@@ -303,8 +370,21 @@ def test_cli_runs_the_stage(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     for i in range(3):
         (tmp_path / "in" / f"{i}.md").write_text(f"# Title {i}\n\n{prose(500 + i)}\n")
-    code = cli.main(["corpus", "--data", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--workers", "1",
-                     "--split.valid_fraction", "0", "--split.test_fraction", "0"])
+    code = cli.main(
+        [
+            "corpus",
+            "--data",
+            str(tmp_path / "in"),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+            "--split.valid_fraction",
+            "0",
+            "--split.test_fraction",
+            "0",
+        ]
+    )
     assert code == 0
     lines = (tmp_path / "out" / "train-00000.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["text"].split("\n\n")[0] for line in lines) == ["Title 0", "Title 1", "Title 2"]
@@ -313,15 +393,21 @@ def test_cli_runs_the_stage(tmp_path, capsys):
 
 def test_cli_bad_input_exits_2_with_one_line_naming_the_file(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = subprocess.run([sys.executable, "-m", "lmforge", "corpus", "--data", str(tmp_path / "empty"),
-                             "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "lmforge", "corpus", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     message = result.stderr.strip()
     assert "\n" not in message and "Traceback" not in message
     assert str(tmp_path / "empty") in message and "no supported documents" in message
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "wikitext-2" / "valid.txt").is_file(), reason="shared/data/wikitext-2/valid.txt is not present")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "wikitext-2" / "valid.txt").is_file(), reason="shared/data/wikitext-2/valid.txt is not present"
+)
 def test_real_file_wikitext_valid(tmp_path):
     source = SHARED_DATA / "wikitext-2" / "valid.txt"
     _, records, report = run_corpus([source], tmp_path / "out", workers=2, **{"extract.max_document_chars": 50_000})

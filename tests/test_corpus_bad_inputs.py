@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from corpus_helpers import all_records, all_text, prose, run_corpus, write_pdf
+
 from lmforge import cli
 from lmforge.errors import LmforgeError
 
@@ -32,7 +32,9 @@ def test_corrupt_and_encrypted_pdfs_fail_alone(tmp_path):
     write_pdf(tmp_path / "locked.pdf", [prose(3).split(". ")[:3]], encrypt_password="secret")
     _, records, report = run_corpus([tmp_path], tmp_path / "out", **{"filter.min_words": 5})
     assert "not a readable PDF" in failure_for(report, "corrupt.pdf")
-    assert "encrypted with a password" in failure_for(report, "locked.pdf") and "qpdf --decrypt" in failure_for(report, "locked.pdf")
+    assert "encrypted with a password" in failure_for(report, "locked.pdf") and "qpdf --decrypt" in failure_for(
+        report, "locked.pdf"
+    )
     assert sorted(Path(r["source"]).name for r in all_records(records)) == ["good1.txt", "valid.pdf"]
     assert report["formats"]["pdf"]["failures"] == 2 and report["summary"]["files_failed"] == 2
 
@@ -59,7 +61,10 @@ def test_undecodable_bytes_are_replaced_and_counted_or_skip_the_file(tmp_path):
 
 def test_empty_folder_alone_is_an_error_naming_it_and_beside_others_a_listed_failure(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(LmforgeError, match=r"nothing usable remains: 1 input\(s\) failed \(first: .*empty: the folder holds no supported documents"):
+    with pytest.raises(
+        LmforgeError,
+        match=r"nothing usable remains: 1 input\(s\) failed \(first: .*empty: the folder holds no supported documents",
+    ):
         run_corpus([tmp_path / "empty"], tmp_path / "out")
     assert not list((tmp_path / "out").glob("train-*.jsonl"))  # no half corpus left behind
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "failed"
@@ -69,7 +74,12 @@ def test_empty_folder_alone_is_an_error_naming_it_and_beside_others_a_listed_fai
 
 
 def test_jsonl_line_that_is_not_json_is_skipped_with_file_and_line(tmp_path):
-    lines = [json.dumps({"text": prose(5)}), '{"text": "broken', json.dumps({"body": "no text field"}), json.dumps({"text": prose(6)})]
+    lines = [
+        json.dumps({"text": prose(5)}),
+        '{"text": "broken',
+        json.dumps({"body": "no text field"}),
+        json.dumps({"text": prose(6)}),
+    ]
     (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
     _, records, report = run_corpus([tmp_path / "docs.jsonl"], tmp_path / "out")
     assert sorted(r["text"] for r in all_records(records)) == sorted([prose(5), prose(6)])
@@ -92,7 +102,10 @@ def test_csv_without_the_named_column_fails_naming_the_columns(tmp_path):
     good_file(tmp_path)
     (tmp_path / "table.csv").write_text("id,body\n1,hello\n")
     _, records, report = run_corpus([tmp_path], tmp_path / "out")
-    assert failure_for(report, "table.csv") == "no column 'text' (columns: id, body); set extract.text_column to the column with the text"
+    assert (
+        failure_for(report, "table.csv")
+        == "no column 'text' (columns: id, body); set extract.text_column to the column with the text"
+    )
     assert len(all_records(records)) == 1
 
 
@@ -110,7 +123,9 @@ def test_gzip_that_ends_early_keeps_the_records_read_before(tmp_path):
 
 def test_nothing_usable_names_the_biggest_cause_and_the_fix(tmp_path):
     (tmp_path / "a.txt").write_text("Far too short.")
-    with pytest.raises(LmforgeError, match=r"1 document\(s\) removed by filters, most by too_few_words \(1\): lower filter.min_words"):
+    with pytest.raises(
+        LmforgeError, match=r"1 document\(s\) removed by filters, most by too_few_words \(1\): lower filter.min_words"
+    ):
         run_corpus([tmp_path / "a.txt"], tmp_path / "out")
 
 
@@ -118,6 +133,20 @@ def test_cli_reports_bad_settings_and_missing_paths_in_one_line(tmp_path, capsys
     assert cli.main(["corpus", "--data", str(tmp_path / "missing.pdf"), "--out", str(tmp_path / "out")]) == 2
     assert f"--data {tmp_path / 'missing.pdf'}: no such file or folder" in capsys.readouterr().err
     good_file(tmp_path)
-    assert cli.main(["corpus", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--split.unit", "snippets",
-                     "--split.length_unit", "tokens"]) == 2
+    assert (
+        cli.main(
+            [
+                "corpus",
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "o"),
+                "--split.unit",
+                "snippets",
+                "--split.length_unit",
+                "tokens",
+            ]
+        )
+        == 2
+    )
     assert "split.length_unit tokens needs split.tokenizer" in capsys.readouterr().err

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from corpus_helpers import all_records, all_text, prose, run_corpus, sphinx_page, write_pdf
+
 from lmforge.corpus.clean import Cleaner
 from lmforge.corpus.config import CleanConfig
 
@@ -29,19 +29,25 @@ def read_dropped(folder: Path) -> list[dict]:
 
 
 def test_html_code_blocks_keep_lines_and_indentation_and_permalinks_are_dropped(tmp_path):
-    (tmp_path / "functions.html").write_text(sphinx_page("Built-in Functions", [prose(1), prose(2)], CODE), encoding="utf-8")
+    (tmp_path / "functions.html").write_text(
+        sphinx_page("Built-in Functions", [prose(1), prose(2)], CODE), encoding="utf-8"
+    )
     _, records, _ = run_corpus([tmp_path / "functions.html"], tmp_path / "out")
     (record,) = all_records(records)
     text = record["text"]
     assert CODE in text  # every line, the indentation and the doctest prompts as written
     assert "¶" not in text
-    assert text.startswith("Built-in Functions\n") and "\n- all(iterable)\n" in text  # no mark after the heading or term
+    assert (
+        text.startswith("Built-in Functions\n") and "\n- all(iterable)\n" in text
+    )  # no mark after the heading or term
     assert "NAVLINK" not in text and "BOILERPLATE" not in text
 
 
 def test_cleaning_keeps_the_indentation_after_a_doctest_prompt():
     cleaner = Cleaner(CleanConfig())
-    assert cleaner(">>> for w in words:\n...     print(w,   len(w))\n") == ">>> for w in words:\n...     print(w, len(w))"
+    assert (
+        cleaner(">>> for w in words:\n...     print(w,   len(w))\n") == ">>> for w in words:\n...     print(w, len(w))"
+    )
     assert cleaner("    >>> if x:\n    ...     y  = 1") == "    >>> if x:\n    ...     y = 1"
 
 
@@ -50,10 +56,15 @@ def sphinx_tree(root: Path, with_orphan: bool = True) -> None:
     (the same prose with reST markup), plus a source copy whose page is not there."""
     paragraphs = [prose(10, sentences=20), prose(11, sentences=20)]
     (root / "library").mkdir(parents=True)
-    (root / "library" / "functions.html").write_text(sphinx_page("Built-in Functions", paragraphs, CODE), encoding="utf-8")
+    (root / "library" / "functions.html").write_text(
+        sphinx_page("Built-in Functions", paragraphs, CODE), encoding="utf-8"
+    )
     (root / "_sources" / "library").mkdir(parents=True)
-    rst = (f"Built-in Functions\n==================\n\n{paragraphs[0]}\n\n{paragraphs[1]}\n\n.. function:: all(iterable)\n\n"
-           f"   Return True if all elements of the *iterable* are true.  Equivalent to::\n\n" + "\n".join(f"      {line}" for line in CODE.splitlines()))
+    rst = (
+        f"Built-in Functions\n==================\n\n{paragraphs[0]}\n\n{paragraphs[1]}\n\n.. function:: all(iterable)\n\n"
+        f"   Return True if all elements of the *iterable* are true.  Equivalent to::\n\n"
+        + "\n".join(f"      {line}" for line in CODE.splitlines())
+    )
     (root / "_sources" / "library" / "functions.rst.txt").write_text(rst, encoding="utf-8")
     if with_orphan:
         (root / "_sources" / "orphan.rst.txt").write_text(prose(12), encoding="utf-8")
@@ -79,7 +90,9 @@ def test_rendered_page_wins_over_its_source_in_a_near_duplicate_cluster(tmp_path
     (record,) = all_records(records)
     assert Path(record["source"]).name == "functions.html"
     (cluster,) = report["dedup"]["largest_clusters"]
-    assert cluster["kept_source"].endswith("functions.html") and cluster["members"][0]["source"].endswith("functions.rst.txt")
+    assert cluster["kept_source"].endswith("functions.html") and cluster["members"][0]["source"].endswith(
+        "functions.rst.txt"
+    )
     assert "rendered formats (HTML, PDF, DOCX) before the others" in report["dedup"]["kept_in_cluster"]
     (dropped,) = read_dropped(folder)
     assert dropped["reason"] == "near_duplicate" and dropped["duplicate_of"]["doc_id"] == record["doc_id"]
@@ -106,8 +119,10 @@ def test_pdf_book_headers_alternate_and_carry_the_page_number(tmp_path):
             return str(page)
         return f"Chapter 1: Farming the valley   {page}"
 
-    pages = [(["1 Introduction"] if page == 0 else []) + [prose(30 + page, sentences=1), prose(40 + page, sentences=1)]
-             for page in range(8)]
+    pages = [
+        (["1 Introduction"] if page == 0 else []) + [prose(30 + page, sentences=1), prose(40 + page, sentences=1)]
+        for page in range(8)
+    ]
     pdf = write_pdf(tmp_path / "manual.pdf", pages, header=header, footer=False)
     _, records, report = run_corpus([pdf], tmp_path / "out", **{"filter.min_words": 10})
     lines = all_text(records).splitlines()
@@ -138,19 +153,36 @@ def test_dropped_log_names_every_dropped_document_and_why(tmp_path):
     assert dropped["b.txt"]["similarity"] == 1.0 and dropped["b.txt"]["position"] == "0.0"
     assert dropped["c.txt"]["reason"] == "near_duplicate" and dropped["c.txt"]["duplicate_of"] == kept_a
     assert 0.8 <= dropped["c.txt"]["similarity"] < 1
-    assert dropped["d.txt"] | {"doc_id": None} == {"source": str(tmp_path / "d.txt"), "position": "0.0", "doc_id": None,
-                                                    "reason": "filter", "filter": "too_few_words", "chars": 18, "words": 4}
+    assert dropped["d.txt"] | {"doc_id": None} == {
+        "source": str(tmp_path / "d.txt"),
+        "position": "0.0",
+        "doc_id": None,
+        "reason": "filter",
+        "filter": "too_few_words",
+        "chars": 18,
+        "words": 4,
+    }
     assert dropped["e.pdf"]["reason"] == "extraction_failed" and "not a readable PDF" in dropped["e.pdf"]["error"]
     assert dropped["f.jsonl"]["reason"] == "unreadable_record" and dropped["f.jsonl"]["position"] == "line2"
     assert dropped["f.jsonl"]["error"].startswith(f"{tmp_path / 'f.jsonl'}:2: not valid JSON")
-    assert report["dropped"] == {"log": "dropped.jsonl", "by_reason": {
-        "exact_duplicate": 1, "extraction_failed": 1, "filter": 1, "near_duplicate": 1, "unreadable_record": 1}}
+    assert report["dropped"] == {
+        "log": "dropped.jsonl",
+        "by_reason": {
+            "exact_duplicate": 1,
+            "extraction_failed": 1,
+            "filter": 1,
+            "near_duplicate": 1,
+            "unreadable_record": 1,
+        },
+    }
     manifest = json.loads((folder / "manifest.json").read_text())
     assert "dropped.jsonl" in manifest["report"]
 
 
-@pytest.mark.skipif(not (PYTHON_DOCS / "library" / "functions.html").is_file(),
-                    reason="the Python 3.11 HTML docs are not installed (apt-get install -y python3.11-doc)")
+@pytest.mark.skipif(
+    not (PYTHON_DOCS / "library" / "functions.html").is_file(),
+    reason="the Python 3.11 HTML docs are not installed (apt-get install -y python3.11-doc)",
+)
 def test_real_python_docs_page_and_its_source_copy(tmp_path):
     page = PYTHON_DOCS / "library" / "functions.html"
     copy = PYTHON_DOCS / "_sources" / "library" / "functions.rst.txt"

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from corpus_helpers import all_records, prose, run_corpus
+
 from lmforge import config as config_mod
 from lmforge.corpus import CorpusConfig
 from lmforge.corpus.extract import read_documents
@@ -78,8 +79,9 @@ def test_big_jsonl_gz_is_shared_by_two_workers_with_the_same_corpus_as_one(tmp_p
     (tmp_path / "docs.jsonl.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
     outputs = []
     for workers in (1, 2):
-        folder, records, report = run_corpus([tmp_path / "docs.jsonl.gz"], tmp_path / f"out{workers}", workers=workers,
-                                             **{"extract.chunk_bytes": CHUNK})
+        folder, records, report = run_corpus(
+            [tmp_path / "docs.jsonl.gz"], tmp_path / f"out{workers}", workers=workers, **{"extract.chunk_bytes": CHUNK}
+        )
         assert report["summary"]["workers"] == workers and report["dedup"]["exact_removed"] == 40
         assert report["summary"]["bytes_in"] == (tmp_path / "docs.jsonl.gz").stat().st_size
         outputs.append(shards(folder))
@@ -88,7 +90,9 @@ def test_big_jsonl_gz_is_shared_by_two_workers_with_the_same_corpus_as_one(tmp_p
 
 
 def stage_config(tmp_path: Path, **values) -> CorpusConfig:
-    return config_mod.resolve(CorpusConfig, None, {"data": [str(tmp_path / "in")], "out": str(tmp_path / "out"), **values})
+    return config_mod.resolve(
+        CorpusConfig, None, {"data": [str(tmp_path / "in")], "out": str(tmp_path / "out"), **values}
+    )
 
 
 def test_no_work_unit_carries_more_than_about_chunk_bytes_of_documents(tmp_path):
@@ -98,8 +102,12 @@ def test_no_work_unit_carries_more_than_about_chunk_bytes_of_documents(tmp_path)
     write_csv(tmp_path / "in" / "table.csv", csv_rows(150))
     lines = [json.dumps({"text": prose(800 + i, sentences=6)}) for i in range(150)]
     (tmp_path / "in" / "docs.jsonl.gz").write_bytes(gzip.compress("\n".join(lines).encode()))
-    (tmp_path / "in" / "notes.txt.gz").write_bytes(gzip.compress("\n\n".join(prose(900 + i) for i in range(100)).encode()))
-    config = stage_config(tmp_path, **{"extract.chunk_bytes": CHUNK, "extract.max_document_chars": 5000, "dedup.near": False})
+    (tmp_path / "in" / "notes.txt.gz").write_bytes(
+        gzip.compress("\n\n".join(prose(900 + i) for i in range(100)).encode())
+    )
+    config = stage_config(
+        tmp_path, **{"extract.chunk_bytes": CHUNK, "extract.max_document_chars": 5000, "dedup.near": False}
+    )
     files = resolve_inputs(config.data, config.out).files
     assert all(content_size(f) > CHUNK for f in files) and any(f.size < CHUNK for f in files)  # gzip: 5x smaller
     whole_file = sum(len(list(read_documents(FilePart(f), config.extract, ReadLog()))) for f in files)
@@ -117,8 +125,9 @@ def test_streamed_gzip_that_ends_early_keeps_every_complete_line_and_logs_the_fa
     payload = "".join(json.dumps({"text": prose(1000 + i)}) + "\n" for i in range(300)).encode()
     compressed = gzip.compress(payload)
     (tmp_path / "cut.jsonl.gz").write_bytes(compressed[: len(compressed) * 3 // 4])
-    folder, records, report = run_corpus([tmp_path / "cut.jsonl.gz"], tmp_path / "out", workers=2,
-                                         **{"extract.chunk_bytes": CHUNK})
+    folder, records, report = run_corpus(
+        [tmp_path / "cut.jsonl.gz"], tmp_path / "out", workers=2, **{"extract.chunk_bytes": CHUNK}
+    )
     (failure,) = report["failures"]
     assert "ends early" in failure["error"] and failure["path"] == str(tmp_path / "cut.jsonl.gz")
     lines = sorted(r["meta"]["line"] for r in all_records(records))
@@ -133,5 +142,7 @@ def test_big_tsv_without_the_named_column_fails_naming_the_columns(tmp_path):
     (tmp_path / "table.tsv").write_text("id\tbody\n" + body)
     _, records, report = run_corpus([tmp_path], tmp_path / "out", **{"extract.chunk_bytes": CHUNK})
     (failure,) = report["failures"]
-    assert failure["error"] == "no column 'text' (columns: id, body); set extract.text_column to the column with the text"
+    assert (
+        failure["error"] == "no column 'text' (columns: id, body); set extract.text_column to the column with the text"
+    )
     assert [Path(r["source"]).name for r in all_records(records)] == ["good.txt"]

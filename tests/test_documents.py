@@ -90,7 +90,9 @@ def test_corpus_folder_keeps_its_splits(tmp_path):
 def test_identical_jsonl_documents_land_in_one_split(tmp_path):
     path = tmp_path / "docs.jsonl"
     lines = [json.dumps({"text": f"unique document {i}"}) for i in range(100)]
-    lines += [json.dumps({"text": "the same   document,\nagain"})] * 100 + [json.dumps({"text": "the same document, again"})] * 100
+    lines += [json.dumps({"text": "the same   document,\nagain"})] * 100 + [
+        json.dumps({"text": "the same document, again"})
+    ] * 100
     path.write_text("\n".join(lines) + "\n")
     sources = documents.resolve_sources([path])
     train = [t for t, _ in documents.iter_split(sources, "train", 0.3)]
@@ -110,10 +112,13 @@ def test_files_split_hashes_the_path_under_the_input_folder(tmp_path):
     assert 3 <= len(valid) <= 20  # one name for all forty would put all or none in valid
     moved = tmp_path.parent / "moved"
     tmp_path.rename(moved)
-    assert [t for t, _ in documents.iter_split(documents.resolve_sources([moved]), "valid", 0.25, mode="files")] == valid
+    assert [
+        t for t, _ in documents.iter_split(documents.resolve_sources([moved]), "valid", 0.25, mode="files")
+    ] == valid
 
 
 # --- find: one walk for every stage -----------------------------------------------------------
+
 
 def test_every_stage_skips_hidden_entries_and_run_folders(tmp_path):
     (tmp_path / "a.txt").write_text("kept\n")
@@ -142,16 +147,24 @@ def test_corpus_folder_keeps_its_splits_and_nothing_else(tmp_path):
         (tmp_path / name).write_text(json.dumps({"text": name}) + "\n")
     (tmp_path / "report.html").write_text("<html></html>")
     files = documents.find([tmp_path]).files
-    assert [(Path(f.path).name, f.split) for f in files] == [("train-00000.jsonl", "train"), ("valid-00000.jsonl", "valid")]
+    assert [(Path(f.path).name, f.split) for f in files] == [
+        ("train-00000.jsonl", "train"),
+        ("valid-00000.jsonl", "valid"),
+    ]
 
 
 # --- read: one decoder, one encoding_errors choice ----------------------------------------------
 
+
 def test_decoder_drops_a_bom_counts_it_in_offsets_and_reads_utf16():
-    with pytest.raises(documents.ReadError, match=r"bytes at offset 5 are not UTF-8 .*set split.encoding_errors: replace"):
+    with pytest.raises(
+        documents.ReadError, match=r"bytes at offset 5 are not UTF-8 .*set split.encoding_errors: replace"
+    ):
         documents.TextDecoder("strict", setting="split.encoding_errors").decode(b"\xef\xbb\xbfab\xff", final=True)
     decoder = documents.TextDecoder("replace")
-    assert decoder.decode("caf\u00e9 au lait, cr\u00e8me".encode("utf-16"), final=True) == "caf\u00e9 au lait, cr\u00e8me"
+    assert (
+        decoder.decode("caf\u00e9 au lait, cr\u00e8me".encode("utf-16"), final=True) == "caf\u00e9 au lait, cr\u00e8me"
+    )
     with pytest.raises(documents.ReadError, match="binary data"):
         documents.TextDecoder().decode(b"PK\x00\x00")
 
@@ -163,7 +176,9 @@ def test_jsonl_error_names_file_and_line_and_replace_applies_there_too(tmp_path)
         list(documents.read_jsonl_documents(path))
     assert [t for _, t in documents.read_jsonl_documents(path, encoding_errors="replace")] == ["fine", "caf\ufffd"]
     path.write_text('{"text": "fine"}\n{"body": "x"}\n')
-    with pytest.raises(LmforgeError, match=r"d\.jsonl:2: expected an object with a string field 'text'; .*split\.text_field"):
+    with pytest.raises(
+        LmforgeError, match=r"d\.jsonl:2: expected an object with a string field 'text'; .*split\.text_field"
+    ):
         list(documents.read_jsonl_documents(path))
 
 
@@ -175,6 +190,7 @@ def test_table_rows_give_the_line_a_row_ends_on(tmp_path):
 
 
 # --- split: one stable hash ---------------------------------------------------------------------
+
 
 def test_corpus_and_text_stage_splits_draw_from_one_hash():
     fractions = [documents.stable_fraction(f"7:doc{i}") for i in range(200)]

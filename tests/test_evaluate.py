@@ -5,18 +5,20 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from conftest import tiny_overrides
 from corpus_helpers import prose, run_corpus
-from lmforge import cli, config as config_mod
-from lmforge import documents, objectives, shards
+from transformers import AutoModelForCausalLM
+
+from lmforge import cli, documents, objectives, shards
+from lmforge import config as config_mod
 from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
-from lmforge.errors import LmforgeError
-from lmforge.evaluate import EvaluateConfig, causal_scores, masked_scores, pseudo_log_likelihood, read_tokens, run as evaluate
-from lmforge.pretrain import PretrainConfig, run as pretrain
 from lmforge.documents import SplitConfig
+from lmforge.errors import LmforgeError
+from lmforge.evaluate import EvaluateConfig, causal_scores, masked_scores, pseudo_log_likelihood, read_tokens
+from lmforge.evaluate import run as evaluate
+from lmforge.pretrain import PretrainConfig
+from lmforge.pretrain import run as pretrain
 
 
 def evaluate_report(out, **values) -> dict:
@@ -48,15 +50,31 @@ def clm_model(small_text, tmp_path_factory):
 @pytest.fixture(scope="module")
 def mlm_model(small_text, tmp_path_factory):
     out = tmp_path_factory.mktemp("mlm")
-    pretrain(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, out, **{
-        "train.objective": "mlm", "tokenizer.kind": "wordpiece", "tokenizer.vocab_size": 300, "train.max_steps": 20})))
+    pretrain(
+        config_mod.resolve(
+            PretrainConfig,
+            None,
+            tiny_overrides(
+                small_text,
+                out,
+                **{
+                    "train.objective": "mlm",
+                    "tokenizer.kind": "wordpiece",
+                    "tokenizer.vocab_size": 300,
+                    "train.max_steps": 20,
+                },
+            ),
+        )
+    )
     return out / "final"
 
 
 @pytest.fixture(scope="module")
 def unigram_llama(small_text, tmp_path_factory):
     """A random Llama with a Unigram (Metaspace) tokenizer: the kind whose ids depend on encoding line by line."""
-    return model_folder(tmp_path_factory.mktemp("unigram"), trained_tokenizer(small_text, "unigram", "clm"), "llama", "clm")
+    return model_folder(
+        tmp_path_factory.mktemp("unigram"), trained_tokenizer(small_text, "unigram", "clm"), "llama", "clm"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +88,9 @@ def corpus_folder(tmp_path_factory):
     inputs = tmp_path_factory.mktemp("corpus_in")
     for i in range(30):
         (inputs / f"doc{i}.txt").write_text(prose(i, sentences=6) + "\n")
-    folder, records, _ = run_corpus([inputs], tmp_path_factory.mktemp("corpus") / "out", **{"split.valid_fraction": 0.3, "split.test_fraction": 0.3})
+    folder, records, _ = run_corpus(
+        [inputs], tmp_path_factory.mktemp("corpus") / "out", **{"split.valid_fraction": 0.3, "split.test_fraction": 0.3}
+    )
     assert all(records[split] for split in ("train", "valid", "test"))
     return folder, records
 
@@ -79,8 +99,16 @@ def test_sliding_window_scores_every_token_once():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=30, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, max_position_embeddings=64)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=30,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+        )
+    ).eval()
     tokens = np.random.default_rng(0).integers(0, 30, size=101)
     with torch.no_grad():
         nll, count = causal_scores(model, tokens, context=200, stride=100, batch_size=4, device="cpu")
@@ -110,13 +138,19 @@ def test_evaluate_reads_the_tokens_the_shards_hold(unigram_llama, small_text, tm
     text = tmp_path / "play.txt"
     text.write_text(small_text.read_text()[:3000])
     jsonl = tmp_path / "docs.jsonl"
-    jsonl.write_text("".join(json.dumps({"text": f"Second Citizen:\nWe are accounted poor citizens, {i}.\n"}) + "\n" for i in range(3)))
+    jsonl.write_text(
+        "".join(
+            json.dumps({"text": f"Second Citizen:\nWe are accounted poor citizens, {i}.\n"}) + "\n" for i in range(3)
+        )
+    )
     sources = documents.resolve_sources([text, jsonl])
     shards.build(sources, unigram_llama, SplitConfig(valid_fraction=0.0), tmp_path / "shards")
     held = shards.TokenShards.open(tmp_path / "shards").train
     scored = read_tokens(sources, tokenizer_mod.load(unigram_llama), "strict", None)
     assert scored.tokens.tolist() == held.tolist()
-    assert scored.bytes == text.stat().st_size + sum(len(json.loads(line)["text"].encode()) for line in jsonl.read_text().splitlines())
+    assert scored.bytes == text.stat().st_size + sum(
+        len(json.loads(line)["text"].encode()) for line in jsonl.read_text().splitlines()
+    )
 
 
 def test_evaluate_loss_equals_the_training_objective_loss(unigram_llama, small_text, tmp_path):
@@ -125,7 +159,9 @@ def test_evaluate_loss_equals_the_training_objective_loss(unigram_llama, small_t
     text = tmp_path / "play.txt"
     text.write_text(small_text.read_text()[:3000])
     context, windows = 32, 5
-    report = evaluate_report(tmp_path / "eval", model=str(unigram_llama), data=[str(text)], stride=context, max_tokens=windows * context + 1)
+    report = evaluate_report(
+        tmp_path / "eval", model=str(unigram_llama), data=[str(text)], stride=context, max_tokens=windows * context + 1
+    )
     shards.build(documents.resolve_sources([text]), unigram_llama, SplitConfig(valid_fraction=0.0), tmp_path / "shards")
     held = np.asarray(shards.TokenShards.open(tmp_path / "shards").train[: windows * context + 1], dtype=np.int64)
     objective = objectives.CausalLM(held, context, windows, seed=0)
@@ -157,7 +193,9 @@ def test_evaluate_scores_the_valid_split_of_a_corpus_folder(clm_model, corpus_fo
 
     report = evaluate_report(tmp_path / "valid", model=str(clm_model), data=[str(folder)])
     assert report["split"] == "valid" and report["data"] == [str(p) for p in sorted(folder.glob("valid-*.jsonl"))]
-    assert report["tokens"] == tokens_of("valid") and report["bytes"] == sum(len(r["text"].encode()) for r in records["valid"])
+    assert report["tokens"] == tokens_of("valid") and report["bytes"] == sum(
+        len(r["text"].encode()) for r in records["valid"]
+    )
     assert report["cut_by_max_tokens"] is False
     report = evaluate_report(tmp_path / "test", model=str(clm_model), data=[str(folder)], split="test")
     assert report["split"] == "test" and report["tokens"] == tokens_of("test")
@@ -170,7 +208,9 @@ def test_evaluate_scores_the_valid_split_of_a_corpus_folder(clm_model, corpus_fo
 
 
 def test_evaluate_bad_inputs_name_the_flag_and_the_fix(clm_model, mlm_model, corpus_folder, small_text, tmp_path):
-    with pytest.raises(LmforgeError, match=r"--split test: only a corpus folder .* plain files, which are scored whole; drop --split"):
+    with pytest.raises(
+        LmforgeError, match=r"--split test: only a corpus folder .* plain files, which are scored whole; drop --split"
+    ):
         evaluate_report(tmp_path / "e1", model=str(clm_model), data=[str(small_text)], split="test")
     no_test = tmp_path / "corpus"
     shutil.copytree(corpus_folder[0], no_test)
@@ -178,11 +218,16 @@ def test_evaluate_bad_inputs_name_the_flag_and_the_fix(clm_model, mlm_model, cor
         path.unlink()
     with pytest.raises(LmforgeError, match=rf"--data {no_test}: the corpus has no test split .*pick another --split"):
         evaluate_report(tmp_path / "e2", model=str(clm_model), data=[str(no_test)], split="test")
-    with pytest.raises(LmforgeError, match=r"--pseudo_perplexity_tokens -1: must be 0 \(skip\), a positive count, or null"):
+    with pytest.raises(
+        LmforgeError, match=r"--pseudo_perplexity_tokens -1: must be 0 \(skip\), a positive count, or null"
+    ):
         evaluate_report(tmp_path / "e3", model=str(mlm_model), data=[str(small_text)], pseudo_perplexity_tokens=-1)
     blank = tmp_path / "blank.txt"
     blank.write_text("   \n")  # WordPiece drops whitespace: only the boundary token is left
-    with pytest.raises(LmforgeError, match=rf"--data: {blank}: no text to score \(1 token\(s\) after tokenizing\); give files with text"):
+    with pytest.raises(
+        LmforgeError,
+        match=rf"--data: {blank}: no text to score \(1 token\(s\) after tokenizing\); give files with text",
+    ):
         evaluate_report(tmp_path / "e4", model=str(mlm_model), data=[str(blank)])
 
 
@@ -208,7 +253,9 @@ def test_masked_scores_match_a_model_with_known_answers(char_mlm_tokenizer):
         bias = torch.zeros(vocab)
         bias[favourite] = 3.0
         model = bias_only_bert(tokenizer, bias)
-        scores = masked_scores(model, tokenizer, tokens, context=32, batch_size=4, probability=0.15, seed=0, device="cpu")
+        scores = masked_scores(
+            model, tokenizer, tokens, context=32, batch_size=4, probability=0.15, seed=0, device="cpu"
+        )
         expected_loss = float(torch.logsumexp(bias, 0) - bias[a])
         assert scores["masked_accuracy"] == accuracy
         assert scores["masked_loss"] == pytest.approx(expected_loss, rel=1e-5)
@@ -223,9 +270,13 @@ def test_pseudo_perplexity_masks_each_token_in_turn(char_mlm_tokenizer, small_te
     tokenizer = char_mlm_tokenizer
     context = 16
     torch.manual_seed(0)
-    model = model_mod.build(model_mod.ModelConfig(family="bert", preset="tiny", context=context), tokenizer, "mlm").eval()
+    model = model_mod.build(
+        model_mod.ModelConfig(family="bert", preset="tiny", context=context), tokenizer, "mlm"
+    ).eval()
     ids = tokenizer_mod.encode_text(tokenizer, small_text.read_text()[:80])
-    tokens = np.asarray(ids[:40] + [tokenizer.sep_token_id] + ids[40:75], dtype=np.int64)  # 76 tokens: 5 rows of 14, 1 of 6
+    tokens = np.asarray(
+        ids[:40] + [tokenizer.sep_token_id] + ids[40:75], dtype=np.int64
+    )  # 76 tokens: 5 rows of 14, 1 of 6
     nll, count = pseudo_log_likelihood(model, tokenizer, tokens, context, batch_size=7, device="cpu")
     reference, scored = 0.0, 0
     with torch.no_grad():
@@ -248,17 +299,37 @@ def test_evaluate_mlm_reports_masked_scores_and_pseudo_perplexity(mlm_model, sma
     assert report["pseudo_scored_tokens"] == 600  # the cut came before the first boundary token
     assert report["pseudo_perplexity"] == pytest.approx(math.exp(report["pseudo_loss"]))
     assert report["pseudo_perplexity"] < 300  # 20 steps of training beat uniform guessing over the 300-token vocabulary
-    capped = evaluate_report(tmp_path / "capped", model=str(mlm_model), data=[str(small_text)], max_tokens=600, pseudo_perplexity_tokens=250)
+    capped = evaluate_report(
+        tmp_path / "capped", model=str(mlm_model), data=[str(small_text)], max_tokens=600, pseudo_perplexity_tokens=250
+    )
     assert capped["pseudo_scored_tokens"] == 250 and capped["masked_loss"] == report["masked_loss"]
-    skipped = evaluate_report(tmp_path / "skipped", model=str(mlm_model), data=[str(small_text)], max_tokens=600, pseudo_perplexity_tokens=0)
+    skipped = evaluate_report(
+        tmp_path / "skipped", model=str(mlm_model), data=[str(small_text)], max_tokens=600, pseudo_perplexity_tokens=0
+    )
     assert "pseudo_perplexity" not in skipped
 
 
 def test_evaluate_rejects_a_foreign_tokenizer(clm_model, small_text, tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(clm_model, model_dir)
-    cli.main(["tokenizer", "--data", str(small_text), "--out", str(tmp_path / "bpe"), "--tokenizer.vocab_size", "400", "--tokenizer.min_frequency", "1"])
+    cli.main(
+        [
+            "tokenizer",
+            "--data",
+            str(small_text),
+            "--out",
+            str(tmp_path / "bpe"),
+            "--tokenizer.vocab_size",
+            "400",
+            "--tokenizer.min_frequency",
+            "1",
+        ]
+    )
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tmp_path / "bpe" / name, model_dir / name)
     with pytest.raises(LmforgeError, match=r"tokenizer has \d+ tokens but .*model has a vocabulary of \d+"):
-        evaluate(config_mod.resolve(EvaluateConfig, None, {"model": str(model_dir), "data": [str(small_text)], "out": str(tmp_path / "e")}))
+        evaluate(
+            config_mod.resolve(
+                EvaluateConfig, None, {"model": str(model_dir), "data": [str(small_text)], "out": str(tmp_path / "e")}
+            )
+        )

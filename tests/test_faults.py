@@ -8,15 +8,22 @@ import json
 import os
 
 import pytest
-
 from conftest import tiny_overrides
+
 from lmforge import checkpoint, cli
 
 
 def argv_of(overrides: dict) -> list[str]:
     argv = []
     for key, value in overrides.items():
-        argv += [f"--{key}", *(map(str, value) if isinstance(value, list) else [str(value).lower() if isinstance(value, bool) else str(value)])]
+        argv += [
+            f"--{key}",
+            *(
+                map(str, value)
+                if isinstance(value, list)
+                else [str(value).lower() if isinstance(value, bool) else str(value)]
+            ),
+        ]
     return argv
 
 
@@ -36,8 +43,12 @@ def fail_fsync_under(monkeypatch, marker: str, code: int):
     monkeypatch.setattr(os, "fsync", fsync)
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "no space left on device; free space"), (errno.EROFS, "read-only file system")])
-def test_disk_fault_in_a_checkpoint_is_one_line_and_the_run_resumes_exactly(small_text, tmp_path, capsys, monkeypatch, code, words):
+@pytest.mark.parametrize(
+    "code, words", [(errno.ENOSPC, "no space left on device; free space"), (errno.EROFS, "read-only file system")]
+)
+def test_disk_fault_in_a_checkpoint_is_one_line_and_the_run_resumes_exactly(
+    small_text, tmp_path, capsys, monkeypatch, code, words
+):
     whole, faulty = tmp_path / "whole", tmp_path / "faulty"
     assert cli.main(["pretrain", *argv_of(tiny_overrides(small_text, whole))]) == 0
     with monkeypatch.context() as patch:
@@ -74,7 +85,10 @@ def sentiment_file(path, n: int, seed: int):
     import random
 
     rng = random.Random(seed)
-    rows = [(f"the film was {rng.choice(['great', 'superb'] if y else ['awful', 'dull'])}", y) for y in (rng.randint(0, 1) for _ in range(n))]
+    rows = [
+        (f"the film was {rng.choice(['great', 'superb'] if y else ['awful', 'dull'])}", y)
+        for y in (rng.randint(0, 1) for _ in range(n))
+    ]
     path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
     return path
 
@@ -82,14 +96,36 @@ def sentiment_file(path, n: int, seed: int):
 @pytest.mark.parametrize("mode", ["head", "lora"])
 def test_head_and_lora_fine_tunes_resume_exactly(tiny_bert, tmp_path, mode):
     train, dev = sentiment_file(tmp_path / "train.tsv", 96, 0), sentiment_file(tmp_path / "dev.tsv", 24, 1)
-    base = ["finetune", "--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--mode", mode,
-            "--epochs", "2", "--train.batch_size", "16", "--train.log_every", "1", "--train.precision", "fp32"]
+    base = [
+        "finetune",
+        "--model",
+        str(tiny_bert),
+        "--train_file",
+        str(train),
+        "--valid_file",
+        str(dev),
+        "--mode",
+        mode,
+        "--epochs",
+        "2",
+        "--train.batch_size",
+        "16",
+        "--train.log_every",
+        "1",
+        "--train.precision",
+        "fp32",
+    ]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert cli.main([*base, "--out", str(whole)]) == 0
     assert cli.main([*base, "--out", str(parts), "--train.stop_at_step", "5"]) == 0
-    assert cli.main(["finetune", "--out", str(parts), "--resume", "true"]) == 0  # head mode: "checkpoint does not match the model"
+    assert (
+        cli.main(["finetune", "--out", str(parts), "--resume", "true"]) == 0
+    )  # head mode: "checkpoint does not match the model"
     assert losses(parts) == losses(whole)
-    assert json.loads((parts / "report.json").read_text())["metrics"] == json.loads((whole / "report.json").read_text())["metrics"]
+    assert (
+        json.loads((parts / "report.json").read_text())["metrics"]
+        == json.loads((whole / "report.json").read_text())["metrics"]
+    )
 
 
 def test_resume_that_would_change_the_model_is_refused_before_anything_is_written(small_text, tmp_path, capsys):
@@ -99,6 +135,10 @@ def test_resume_that_would_change_the_model_is_refused_before_anything_is_writte
     capsys.readouterr()
     assert cli.main(["pretrain", "--out", str(out), "--resume", "true", "--model.width", "32"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--resume true cannot change model.width" in err and "drop --model.width" in err
+    assert (
+        len(err.splitlines()) == 1 and "--resume true cannot change model.width" in err and "drop --model.width" in err
+    )
     assert (out / "config.yaml").read_text() == saved  # it was rewritten before, then the load failed
-    assert cli.main(["pretrain", "--out", str(out), "--resume", "true", "--train.max_steps", "14"]) == 0  # a budget may change
+    assert (
+        cli.main(["pretrain", "--out", str(out), "--resume", "true", "--train.max_steps", "14"]) == 0
+    )  # a budget may change

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import SHARED_DATA
+
 from lmforge import cli
 
 SST2 = SHARED_DATA / "glue" / "SST-2"
@@ -33,7 +33,9 @@ def sentiment(tmp_path_factory) -> tuple[Path, Path]:
     paths = []
     for name, n, seed in (("train.tsv", 256, 0), ("dev.tsv", 40, 1)):
         path = folder / name
-        path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(n, seed)), encoding="utf-8")
+        path.write_text(
+            "sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(n, seed)), encoding="utf-8"
+        )
         paths.append(path)
     return paths[0], paths[1]
 
@@ -58,11 +60,15 @@ def conll(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def squad(tmp_path_factory) -> Path:
-    contexts = [("Paris is the capital of France.", "What is the capital of France?", "Paris"),
-                ("The Nile flows through Egypt.", "Which river flows through Egypt?", "Nile"),
-                ("Mozart was born in Salzburg.", "Where was Mozart born?", "Salzburg")]
-    paragraphs = [{"context": c, "qas": [{"id": f"q{i}", "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}]}
-                  for i, (c, q, a) in enumerate(contexts)]
+    contexts = [
+        ("Paris is the capital of France.", "What is the capital of France?", "Paris"),
+        ("The Nile flows through Egypt.", "Which river flows through Egypt?", "Nile"),
+        ("Mozart was born in Salzburg.", "Where was Mozart born?", "Salzburg"),
+    ]
+    paragraphs = [
+        {"context": c, "qas": [{"id": f"q{i}", "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}]}
+        for i, (c, q, a) in enumerate(contexts)
+    ]
     path = tmp_path_factory.mktemp("qa") / "squad.json"
     path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
     return path
@@ -77,8 +83,27 @@ def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
 
     train, dev = sentiment
     out = tmp_path / "run"
-    assert finetune("--task", "classification", "--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev),
-                    "--out", str(out), "--epochs", "3", "--train.lr", "3e-3", "--train.batch_size", "16") == 0
+    assert (
+        finetune(
+            "--task",
+            "classification",
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--train.lr",
+            "3e-3",
+            "--train.batch_size",
+            "16",
+        )
+        == 0
+    )
     for name in ("config.yaml", "manifest.json", "metrics.jsonl", "report.json", "report.html", "best", "final"):
         assert (out / name).exists(), name
     summary = json.loads((out / "report.json").read_text())
@@ -87,7 +112,22 @@ def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(str(out / "final"))
     assert model.config.id2label == {0: "0", 1: "1"}
     # evaluate and predict read the same folder; their accuracy is the best checkpoint's
-    assert cli.main(["evaluate", "--task", "classification", "--model", str(out), "--data", str(dev), "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--task",
+                "classification",
+                "--model",
+                str(out),
+                "--data",
+                str(dev),
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["metrics"]["accuracy"] == pytest.approx(summary["metrics"]["accuracy"], abs=0.03)
     html = (tmp_path / "ev" / "report.html").read_text()
@@ -96,14 +136,33 @@ def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
     assert len(errors) == report["errors"] and all(e["prediction"] != e["label"] for e in errors)
     assert cli.main(["predict", "--model", str(out / "final"), "--input", str(dev), "--out", str(tmp_path / "pr")]) == 0
     rows = [json.loads(l) for l in (tmp_path / "pr" / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == 40 and rows[0]["prediction"] in ("0", "1") and rows[0]["label"] in ("0", "1")  # the input's label column, carried through
+    assert (
+        len(rows) == 40 and rows[0]["prediction"] in ("0", "1") and rows[0]["label"] in ("0", "1")
+    )  # the input's label column, carried through
 
 
 def test_seeds_report_mean_and_std(tiny_bert, sentiment, tmp_path):
     train, dev = sentiment
     out = tmp_path / "seeds"
-    assert finetune("--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--out", str(out),
-                    "--epochs", "1", "--seeds", "1,2", "--train.batch_size", "32") == 0
+    assert (
+        finetune(
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--seeds",
+            "1,2",
+            "--train.batch_size",
+            "32",
+        )
+        == 0
+    )
     summary = json.loads((out / "report.json").read_text())
     assert summary["seeds"] == [1, 2] and set(summary["metrics_std"]) == set(summary["metrics"])
     per_seed = [s["accuracy"] for s in summary["per_seed"]]
@@ -117,8 +176,25 @@ def test_lora_final_is_merged_and_keeps_adapter(tiny_bert, sentiment, tmp_path):
 
     train, dev = sentiment
     out = tmp_path / "lora"
-    assert finetune("--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--out", str(out), "--mode", "lora",
-                    "--epochs", "1", "--lora.rank", "4") == 0
+    assert (
+        finetune(
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(out),
+            "--mode",
+            "lora",
+            "--epochs",
+            "1",
+            "--lora.rank",
+            "4",
+        )
+        == 0
+    )
     merged = AutoModelForSequenceClassification.from_pretrained(str(out / "final")).eval()
     base = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)
     adapted = PeftModel.from_pretrained(base, str(out / "final" / "adapter")).eval()
@@ -131,42 +207,157 @@ def test_head_mode_trains_only_the_head(tiny_bert, sentiment, tmp_path):
 
     train, dev = sentiment
     out = tmp_path / "head"
-    assert finetune("--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--out", str(out), "--mode", "head",
-                    "--epochs", "3") == 0
+    assert (
+        finetune(
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(out),
+            "--mode",
+            "head",
+            "--epochs",
+            "3",
+        )
+        == 0
+    )
     before, after = load_file(str(tiny_bert / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
     layer = "bert.encoder.layer.0.attention.self.query.weight"
     assert torch.equal(before[layer.removeprefix("bert.")], after[layer])
-    assert json.loads((out / "report.json").read_text())["trainable_parameters"] == 32 * 32 + 32 + 32 * 2 + 2  # pooler + classifier
+    assert (
+        json.loads((out / "report.json").read_text())["trainable_parameters"] == 32 * 32 + 32 + 32 * 2 + 2
+    )  # pooler + classifier
 
 
 def test_ner_and_qa_runs(tiny_bert, conll, squad, tmp_path):
-    assert finetune("--task", "ner", "--model", str(tiny_bert), "--train_file", str(conll), "--valid_file", str(conll), "--out", str(tmp_path / "ner"),
-                    "--epochs", "2", "--train.lr", "3e-3", "--train.batch_size", "4") == 0
+    assert (
+        finetune(
+            "--task",
+            "ner",
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(conll),
+            "--valid_file",
+            str(conll),
+            "--out",
+            str(tmp_path / "ner"),
+            "--epochs",
+            "2",
+            "--train.lr",
+            "3e-3",
+            "--train.batch_size",
+            "4",
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "ner" / "report.json").read_text())
     assert {"f1", "precision", "recall"} <= set(summary["metrics"]) and summary["labels"][0] == "O"
-    assert cli.main(["predict", "--model", str(tmp_path / "ner"), "--input", str(conll), "--out", str(tmp_path / "nerp")]) == 0
+    assert (
+        cli.main(["predict", "--model", str(tmp_path / "ner"), "--input", str(conll), "--out", str(tmp_path / "nerp")])
+        == 0
+    )
     row = json.loads((tmp_path / "nerp" / "predictions.jsonl").read_text().splitlines()[0])
     assert row["words"] == ["John", "lives", "in", "Paris"] and len(row["prediction"]) == 4
-    assert finetune("--task", "qa", "--model", str(tiny_bert), "--train_file", str(squad), "--valid_file", str(squad), "--out", str(tmp_path / "qa"),
-                    "--epochs", "1", "--format.max_length", "64", "--format.doc_stride", "16") == 0
+    assert (
+        finetune(
+            "--task",
+            "qa",
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(squad),
+            "--valid_file",
+            str(squad),
+            "--out",
+            str(tmp_path / "qa"),
+            "--epochs",
+            "1",
+            "--format.max_length",
+            "64",
+            "--format.doc_stride",
+            "16",
+        )
+        == 0
+    )
     assert {"exact_match", "f1"} <= set(json.loads((tmp_path / "qa" / "report.json").read_text())["metrics"])
-    assert cli.main(["evaluate", "--task", "qa", "--model", str(tmp_path / "qa"), "--data", str(squad), "--out", str(tmp_path / "qae"),
-                     "--format.max_length", "64", "--format.doc_stride", "16"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--task",
+                "qa",
+                "--model",
+                str(tmp_path / "qa"),
+                "--data",
+                str(squad),
+                "--out",
+                str(tmp_path / "qae"),
+                "--format.max_length",
+                "64",
+                "--format.doc_stride",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "qae" / "errors.jsonl").is_file()
 
 
 def test_squad_v2_trains_and_saves_the_no_answer_rule(tiny_bert, squad, tmp_path):
     data = json.loads(squad.read_text())
-    data["data"][0]["paragraphs"][0]["qas"].append({"id": "none", "question": "Who painted the Mona Lisa?", "answers": [], "is_impossible": True})
+    data["data"][0]["paragraphs"][0]["qas"].append(
+        {"id": "none", "question": "Who painted the Mona Lisa?", "answers": [], "is_impossible": True}
+    )
     v2 = tmp_path / "squad_v2.json"
     v2.write_text(json.dumps(data))
-    assert finetune("--task", "qa", "--model", str(tiny_bert), "--train_file", str(v2), "--valid_file", str(v2), "--out", str(tmp_path / "qa"),
-                    "--epochs", "1", "--format.max_length", "64", "--format.doc_stride", "16") == 0
+    assert (
+        finetune(
+            "--task",
+            "qa",
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(v2),
+            "--valid_file",
+            str(v2),
+            "--out",
+            str(tmp_path / "qa"),
+            "--epochs",
+            "1",
+            "--format.max_length",
+            "64",
+            "--format.doc_stride",
+            "16",
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "qa" / "report.json").read_text())["metrics"]
     assert {"has_answer_f1", "no_answer_accuracy"} <= set(metrics)
     assert json.loads((tmp_path / "qa" / "final" / "config.json").read_text())["qa_no_answer"] is True
-    assert cli.main(["evaluate", "--task", "qa", "--model", str(tmp_path / "qa"), "--data", str(v2), "--out", str(tmp_path / "qae"),
-                     "--format.max_length", "64", "--format.doc_stride", "16"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--task",
+                "qa",
+                "--model",
+                str(tmp_path / "qa"),
+                "--data",
+                str(v2),
+                "--out",
+                str(tmp_path / "qae"),
+                "--format.max_length",
+                "64",
+                "--format.doc_stride",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert "no_answer_accuracy" in json.loads((tmp_path / "qae" / "report.json").read_text())["metrics"]
 
 
@@ -174,8 +365,27 @@ def test_early_stopping_on_the_task_metric(tiny_bert, sentiment, tmp_path):
     train, dev = sentiment
     out = tmp_path / "early"
     # lr ~0: accuracy cannot improve after the first evaluation, so patience 1 ends the run at the second
-    assert finetune("--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--out", str(out), "--epochs", "3",
-                    "--train.lr", "1e-12", "--train.eval_every", "2", "--train.early_stopping_patience", "1") == 0
+    assert (
+        finetune(
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--train.lr",
+            "1e-12",
+            "--train.eval_every",
+            "2",
+            "--train.early_stopping_patience",
+            "1",
+        )
+        == 0
+    )
     summary = json.loads((out / "report.json").read_text())
     assert summary["stopped_by"] == "early_stopping" and summary["steps"] == 4 and summary["best"]["step"] == 2
 
@@ -189,12 +399,27 @@ def test_lmforge_masked_lm_run_folder_as_model(tiny_bert, sentiment, tmp_path):
     AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(run / "final"))
     train, dev = sentiment
     out = tmp_path / "ft"
-    assert finetune("--model", str(run), "--train_file", str(train), "--valid_file", str(dev), "--out", str(out), "--train.max_steps", "2") == 0
+    assert (
+        finetune(
+            "--model",
+            str(run),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(out),
+            "--train.max_steps",
+            "2",
+        )
+        == 0
+    )
     summary = json.loads((out / "report.json").read_text())
     assert summary["model"] == str(run / "final") and summary["steps"] == 2
 
 
 # --- bad input: one line, exit 2, no traceback ----------------------------------------------------
+
 
 def test_model_folder_without_tokenizer(tiny_bert, sentiment, tmp_path, capsys):
     bare = tmp_path / "bare"
@@ -202,7 +427,12 @@ def test_model_folder_without_tokenizer(tiny_bert, sentiment, tmp_path, capsys):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny_bert / name, bare / name)
     train, dev = sentiment
-    assert finetune("--model", str(bare), "--train_file", str(train), "--valid_file", str(dev), "--out", str(tmp_path / "x")) == 2
+    assert (
+        finetune(
+            "--model", str(bare), "--train_file", str(train), "--valid_file", str(dev), "--out", str(tmp_path / "x")
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert f"{bare}: no tokenizer here" in err and "Traceback" not in err
 
@@ -214,17 +444,58 @@ def test_task_head_that_does_not_match(tiny_bert, conll, sentiment, tmp_path, ca
     AutoModelForTokenClassification.from_pretrained(str(tiny_bert), num_labels=3).save_pretrained(str(ner_model))
     AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(ner_model))
     train, dev = sentiment
-    assert finetune("--model", str(ner_model), "--train_file", str(train), "--valid_file", str(dev), "--out", str(tmp_path / "x")) == 2
+    assert (
+        finetune(
+            "--model",
+            str(ner_model),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(tmp_path / "x"),
+        )
+        == 2
+    )
     assert "has a ner head" in capsys.readouterr().err
-    assert cli.main(["evaluate", "--task", "classification", "--model", str(ner_model), "--data", str(dev), "--out", str(tmp_path / "e")]) == 2
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--task",
+                "classification",
+                "--model",
+                str(ner_model),
+                "--data",
+                str(dev),
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 2
+    )
     assert "has a ner head but --task is classification" in capsys.readouterr().err
     # a classification head with other labels
     from transformers import AutoModelForSequenceClassification
 
     cls_model = tmp_path / "cls-model"
-    AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=3, id2label={0: "a", 1: "b", 2: "c"}).save_pretrained(str(cls_model))
+    AutoModelForSequenceClassification.from_pretrained(
+        str(tiny_bert), num_labels=3, id2label={0: "a", 1: "b", 2: "c"}
+    ).save_pretrained(str(cls_model))
     AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(cls_model))
-    assert finetune("--model", str(cls_model), "--train_file", str(train), "--valid_file", str(dev), "--out", str(tmp_path / "y")) == 2
+    assert (
+        finetune(
+            "--model",
+            str(cls_model),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(tmp_path / "y"),
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "head has labels ['a', 'b', 'c'] but the train data has ['0', '1']" in err and "--reset_head" in err
 
@@ -233,15 +504,33 @@ def test_bad_data_through_the_cli(tiny_bert, sentiment, tmp_path, capsys):
     train, _ = sentiment
     empty = tmp_path / "empty.tsv"
     empty.write_text("sentence\tlabel\n")
-    assert finetune("--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(empty), "--out", str(tmp_path / "x")) == 2
+    assert (
+        finetune(
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(empty),
+            "--out",
+            str(tmp_path / "x"),
+        )
+        == 2
+    )
     assert f"{empty}: the valid split has no examples" in capsys.readouterr().err
     bad = tmp_path / "bad.tsv"
     bad.write_text("sentence\tgold\nfine\t1\n")
-    assert finetune("--model", str(tiny_bert), "--train_file", str(bad), "--valid_file", str(bad), "--out", str(tmp_path / "y")) == 2
+    assert (
+        finetune(
+            "--model", str(tiny_bert), "--train_file", str(bad), "--valid_file", str(bad), "--out", str(tmp_path / "y")
+        )
+        == 2
+    )
     assert "no label column" in capsys.readouterr().err
 
 
 # --- real data: MiniLM on a 300-example SST-2 slice -----------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def sst2_slice(tmp_path_factory) -> tuple[Path, Path, float]:
@@ -256,14 +545,35 @@ def sst2_slice(tmp_path_factory) -> tuple[Path, Path, float]:
 
 
 @pytest.mark.skipif(not SST2.exists(), reason=f"SST-2 not found at {SST2}")
-@pytest.mark.parametrize("mode, extra", [
-    ("head", ["--epochs", "10"]),
-    ("full", ["--epochs", "2", "--train.batch_size", "16", "--train.lr", "1e-4", "--format.max_length", "64"]),
-])
+@pytest.mark.parametrize(
+    "mode, extra",
+    [
+        ("head", ["--epochs", "10"]),
+        ("full", ["--epochs", "2", "--train.batch_size", "16", "--train.lr", "1e-4", "--format.max_length", "64"]),
+    ],
+)
 def test_minilm_beats_majority_on_sst2_slice(sst2_slice, tmp_path, mode, extra):
     train, dev, majority = sst2_slice
     out = tmp_path / mode
-    assert cli.main(["finetune", "--model", "minilm", "--train_file", str(train), "--valid_file", str(dev), "--out", str(out), "--mode", mode, *extra]) == 0
+    assert (
+        cli.main(
+            [
+                "finetune",
+                "--model",
+                "minilm",
+                "--train_file",
+                str(train),
+                "--valid_file",
+                str(dev),
+                "--out",
+                str(out),
+                "--mode",
+                mode,
+                *extra,
+            ]
+        )
+        == 0
+    )
     accuracy = json.loads((out / "report.json").read_text())["metrics"]["accuracy"]
     assert accuracy > majority + 0.05, (accuracy, majority)
 
@@ -271,9 +581,29 @@ def test_minilm_beats_majority_on_sst2_slice(sst2_slice, tmp_path, mode, extra):
 def test_layer_wise_lr_decay_reaches_the_optimizer(tiny_bert, sentiment, tmp_path):
     train, dev = sentiment
     out = tmp_path / "llrd"
-    assert finetune("--task", "classification", "--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev),
-                    "--out", str(out), "--epochs", "1", "--train.lr", "1e-3", "--train.layer_decay", "0.5",
-                    "--train.log_every", "1") == 0
+    assert (
+        finetune(
+            "--task",
+            "classification",
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--train.lr",
+            "1e-3",
+            "--train.layer_decay",
+            "0.5",
+            "--train.log_every",
+            "1",
+        )
+        == 0
+    )
     assert json.loads((out / "report.json").read_text())["metrics"]["accuracy"] > 0
     import yaml
 
@@ -288,24 +618,62 @@ def test_layer_wise_lr_decay_reaches_the_optimizer(tiny_bert, sentiment, tmp_pat
 
 def test_resumed_finetune_equals_an_uninterrupted_one(tiny_bert, sentiment, tmp_path, capsys):
     train, dev = sentiment
-    common = ["--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--epochs", "2",
-              "--train.batch_size", "32", "--train.eval_every", "4", "--train.lr", "1e-3"]
+    common = [
+        "--model",
+        str(tiny_bert),
+        "--train_file",
+        str(train),
+        "--valid_file",
+        str(dev),
+        "--epochs",
+        "2",
+        "--train.batch_size",
+        "32",
+        "--train.eval_every",
+        "4",
+        "--train.lr",
+        "1e-3",
+    ]
     assert finetune(*common, "--out", str(tmp_path / "whole")) == 0
-    assert finetune(*common, "--out", str(tmp_path / "parts"), "--train.stop_at_step", "6", "--train.save_every", "3") == 0
+    assert (
+        finetune(*common, "--out", str(tmp_path / "parts"), "--train.stop_at_step", "6", "--train.save_every", "3") == 0
+    )
     assert not (tmp_path / "parts" / "final").exists() and (tmp_path / "parts" / "checkpoints" / "step_6").is_dir()
     # a fresh run into a folder with checkpoints is refused; --resume continues it (config.yaml reused)
     capsys.readouterr()
     assert finetune(*common, "--out", str(tmp_path / "parts")) == 2
     assert "already holds checkpoints; pass --resume true" in capsys.readouterr().err
-    assert cli.main(["finetune", "--out", str(tmp_path / "parts"), "--resume", "true", "--train.stop_at_step", "null"]) == 0
-    rows = lambda name: [(r["step"], r.get("loss"), r.get("accuracy")) for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())]  # noqa: E731
+    assert (
+        cli.main(["finetune", "--out", str(tmp_path / "parts"), "--resume", "true", "--train.stop_at_step", "null"])
+        == 0
+    )
+    rows = lambda name: [
+        (r["step"], r.get("loss"), r.get("accuracy"))
+        for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
+    ]  # noqa: E731
     assert rows("parts") == rows("whole")
-    assert json.loads((tmp_path / "parts" / "report.json").read_text())["metrics"] == json.loads((tmp_path / "whole" / "report.json").read_text())["metrics"]
+    assert (
+        json.loads((tmp_path / "parts" / "report.json").read_text())["metrics"]
+        == json.loads((tmp_path / "whole" / "report.json").read_text())["metrics"]
+    )
 
 
 def test_resume_keeps_finished_seeds(tiny_bert, sentiment, tmp_path, capsys):
     train, dev = sentiment
-    args = ["--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--epochs", "1", "--seeds", "1,2", "--out", str(tmp_path / "s")]
+    args = [
+        "--model",
+        str(tiny_bert),
+        "--train_file",
+        str(train),
+        "--valid_file",
+        str(dev),
+        "--epochs",
+        "1",
+        "--seeds",
+        "1,2",
+        "--out",
+        str(tmp_path / "s"),
+    ]
     assert finetune(*args) == 0
     first = json.loads((tmp_path / "s" / "report.json").read_text())
     capsys.readouterr()
@@ -326,14 +694,44 @@ def test_test_file_is_scored_once_and_reported_as_the_result(tiny_bert, sentimen
     test.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(30, 7)), encoding="utf-8")
     out = tmp_path / "run"
     capsys.readouterr()
-    assert finetune("--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--test_file", str(test), "--out", str(out),
-                    "--epochs", "2", "--train.lr", "3e-3", "--train.batch_size", "16") == 0
+    assert (
+        finetune(
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--test_file",
+            str(test),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--train.lr",
+            "3e-3",
+            "--train.batch_size",
+            "16",
+        )
+        == 0
+    )
     summary = json.loads((out / "report.json").read_text())
-    assert summary["metrics_split"] == "test" and summary["metrics"] == summary["test_metrics"] and summary["test_rows"] == 30
+    assert (
+        summary["metrics_split"] == "test"
+        and summary["metrics"] == summary["test_metrics"]
+        and summary["test_rows"] == 30
+    )
     assert summary["valid_metrics"]["accuracy"] == summary["best"]["value"]  # valid chose the checkpoint
     evaluated = tmp_path / "ev"
-    assert cli.main(["evaluate", "--task", "classification", "--model", str(out), "--data", str(test), "--out", str(evaluated)]) == 0
-    assert json.loads((evaluated / "report.json").read_text())["metrics"]["accuracy"] == pytest.approx(summary["test_metrics"]["accuracy"], abs=1e-6)
+    assert (
+        cli.main(
+            ["evaluate", "--task", "classification", "--model", str(out), "--data", str(test), "--out", str(evaluated)]
+        )
+        == 0
+    )
+    assert json.loads((evaluated / "report.json").read_text())["metrics"]["accuracy"] == pytest.approx(
+        summary["test_metrics"]["accuracy"], abs=1e-6
+    )
     assert "done: test accuracy" in capsys.readouterr().out
     assert "Result on the test file" in (out / "report.html").read_text()
 
@@ -342,7 +740,21 @@ def test_without_a_test_file_the_valid_figure_is_labelled(tiny_bert, sentiment, 
     train, dev = sentiment
     out = tmp_path / "run"
     capsys.readouterr()
-    assert finetune("--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--out", str(out), "--epochs", "1") == 0
+    assert (
+        finetune(
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+        )
+        == 0
+    )
     assert json.loads((out / "report.json").read_text())["metrics_split"] == "valid (used for model selection)"
     assert "done: valid (used for model selection) accuracy" in capsys.readouterr().out
     assert "optimistic" in (out / "report.html").read_text()
@@ -353,14 +765,38 @@ def test_best_seed_follows_the_selection_direction(tiny_bert, sentiment, tmp_pat
 
     train, dev = sentiment
     out = tmp_path / "s"
-    assert finetune("--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev), "--out", str(out), "--epochs", "1",
-                    "--seeds", "1,2", "--train.best_metric", "val_loss", "--train.best_mode", "max") == 0
+    assert (
+        finetune(
+            "--model",
+            str(tiny_bert),
+            "--train_file",
+            str(train),
+            "--valid_file",
+            str(dev),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--seeds",
+            "1,2",
+            "--train.best_metric",
+            "val_loss",
+            "--train.best_mode",
+            "max",
+        )
+        == 0
+    )
     summary = json.loads((out / "report.json").read_text())
-    losses = {r["seed"]: json.loads((out / f"seed_{r['seed']}" / "report.json").read_text())["valid_metrics"]["val_loss"] for r in summary["per_seed"]}
+    losses = {
+        r["seed"]: json.loads((out / f"seed_{r['seed']}" / "report.json").read_text())["valid_metrics"]["val_loss"]
+        for r in summary["per_seed"]
+    }
     chosen = max(losses, key=losses.get)  # best_mode max: the larger val_loss wins (as asked, odd as it is)
     assert summary["best_seed"] == chosen
-    assert torch.equal(load_file(str(out / "final" / "model.safetensors"))["classifier.weight"],
-                       load_file(str(out / f"seed_{chosen}" / "final" / "model.safetensors"))["classifier.weight"])
+    assert torch.equal(
+        load_file(str(out / "final" / "model.safetensors"))["classifier.weight"],
+        load_file(str(out / f"seed_{chosen}" / "final" / "model.safetensors"))["classifier.weight"],
+    )
 
 
 def test_length_grouping_by_task(tiny_bert, sentiment, tmp_path):

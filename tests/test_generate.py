@@ -6,16 +6,17 @@ import warnings
 
 import pytest
 import torch
+from conftest import tiny_overrides
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-from conftest import tiny_overrides
 from lmforge import config as config_mod
 from lmforge import documents
 from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.errors import LmforgeError
 from lmforge.generate import FillMaskConfig, GenerateConfig, fill_mask, generate, run_fill_mask, run_generate
-from lmforge.pretrain import PretrainConfig, run as pretrain
+from lmforge.pretrain import PretrainConfig
+from lmforge.pretrain import run as pretrain
 
 PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n"
 
@@ -49,7 +50,9 @@ def unigram_tokenizer(small_text):
 
 @pytest.fixture(scope="module")
 def bert_folder(small_text, tmp_path_factory):
-    return model_folder(tmp_path_factory.mktemp("bert"), trained_tokenizer(small_text, "wordpiece", "mlm"), "bert", "mlm")
+    return model_folder(
+        tmp_path_factory.mktemp("bert"), trained_tokenizer(small_text, "wordpiece", "mlm"), "bert", "mlm"
+    )
 
 
 def greedy_by_recomputation(model, ids: list[int], steps: int) -> list[int]:
@@ -64,12 +67,22 @@ def greedy_by_recomputation(model, ids: list[int], steps: int) -> list[int]:
 
 
 def test_generate_samples_with_filters(char_llama):
-    overrides = {"model": str(char_llama), "prompt": "ROMEO:", "max_new_tokens": 80, "samples": 2, "top_k": 10, "top_p": 0.9, "seed": 1}
+    overrides = {
+        "model": str(char_llama),
+        "prompt": "ROMEO:",
+        "max_new_tokens": 80,
+        "samples": 2,
+        "top_k": 10,
+        "top_p": 0.9,
+        "seed": 1,
+    }
     texts = run_generate(config_mod.resolve(GenerateConfig, None, overrides))
     assert len(texts) == 2 and all(t.startswith("ROMEO:") and len(t) == 6 + 80 for t in texts)
     assert texts[0] != texts[1]  # two samples, not one repeated
     assert run_generate(config_mod.resolve(GenerateConfig, None, overrides)) == texts  # seeded
-    greedy = run_generate(config_mod.resolve(GenerateConfig, None, {"model": str(char_llama), "temperature": 0, "max_new_tokens": 5}))
+    greedy = run_generate(
+        config_mod.resolve(GenerateConfig, None, {"model": str(char_llama), "temperature": 0, "max_new_tokens": 5})
+    )
     assert len(greedy[0]) == 1 + 5
 
 
@@ -126,7 +139,9 @@ def test_empty_prompt_without_eos_token_is_an_error(char_llama):
 
 
 def test_generate_refuses_a_masked_lm(bert_folder, tmp_path):
-    with pytest.raises(LmforgeError, match=rf"{bert_folder}: this is a masked LM.*lmforge fill-mask --model {bert_folder}"):
+    with pytest.raises(
+        LmforgeError, match=rf"{bert_folder}: this is a masked LM.*lmforge fill-mask --model {bert_folder}"
+    ):
         run_generate(config_mod.resolve(GenerateConfig, None, {"model": str(bert_folder), "max_new_tokens": 5}))
     from transformers import AutoModel
 
@@ -151,10 +166,14 @@ def test_fill_mask_probabilities_are_the_softmax_of_the_logits(bert_folder, tmp_
         model.cls.predictions.decoder.bias.copy_(bias)
     model.save_pretrained(str(tmp_path))
     tokenizer.save_pretrained(str(tmp_path))
-    results = run_fill_mask(config_mod.resolve(FillMaskConfig, None, {"model": str(tmp_path), "text": "the king [MASK] here", "top_k": 3}))
+    results = run_fill_mask(
+        config_mod.resolve(FillMaskConfig, None, {"model": str(tmp_path), "text": "the king [MASK] here", "top_k": 3})
+    )
     expected = bias.softmax(-1)
     assert [token for token, _ in results[0][:2]] == [first, second]
-    assert [p for _, p in results[0]] == pytest.approx([float(expected[top]), float(expected[runner_up]), float(expected.min())], rel=1e-5)
+    assert [p for _, p in results[0]] == pytest.approx(
+        [float(expected[top]), float(expected[runner_up]), float(expected.min())], rel=1e-5
+    )
     with pytest.raises(LmforgeError, match=r"must contain the mask token '\[MASK\]'"):
         run_fill_mask(config_mod.resolve(FillMaskConfig, None, {"model": str(tmp_path), "text": "no mask"}))
 
@@ -173,28 +192,51 @@ def test_fill_mask_encodes_the_text_line_by_line_as_training_did(small_text, tmp
 
 def test_generate_and_evaluate_take_a_run_folder(char_llama, small_text, tmp_path, capsys):
     """`--model runs/NAME` works wherever `runs/NAME/final` does (generate said "train a tokenizer")."""
-    from lmforge.evaluate import EvaluateConfig, run as evaluate
+    from lmforge.evaluate import EvaluateConfig
+    from lmforge.evaluate import run as evaluate
 
     run_dir = char_llama.parent
-    run_generate(config_mod.resolve(GenerateConfig, None, {"model": str(run_dir), "prompt": "ROMEO:", "max_new_tokens": 4}))
+    run_generate(
+        config_mod.resolve(GenerateConfig, None, {"model": str(run_dir), "prompt": "ROMEO:", "max_new_tokens": 4})
+    )
     assert "ROMEO:" in capsys.readouterr().out
-    evaluate(config_mod.resolve(EvaluateConfig, None, {"model": str(run_dir), "data": [str(small_text)], "out": str(tmp_path / "eval")}))
+    evaluate(
+        config_mod.resolve(
+            EvaluateConfig, None, {"model": str(run_dir), "data": [str(small_text)], "out": str(tmp_path / "eval")}
+        )
+    )
     assert (tmp_path / "eval" / "report.json").is_file()
 
 
-@pytest.mark.parametrize("flag, value, wanted", [
-    ("temperature", -1.0, "0 (greedy) or more"), ("top_p", 1.5, "in (0, 1]"), ("top_p", 0.0, "in (0, 1]"),
-    ("samples", 0, "at least 1"), ("max_new_tokens", 0, "at least 1"), ("top_k", 0, "at least 1"),
-])
+@pytest.mark.parametrize(
+    "flag, value, wanted",
+    [
+        ("temperature", -1.0, "0 (greedy) or more"),
+        ("top_p", 1.5, "in (0, 1]"),
+        ("top_p", 0.0, "in (0, 1]"),
+        ("samples", 0, "at least 1"),
+        ("max_new_tokens", 0, "at least 1"),
+        ("top_k", 0, "at least 1"),
+    ],
+)
 def test_meaningless_sampling_settings_are_one_line_errors(char_llama, flag, value, wanted):
     with pytest.raises(LmforgeError, match=rf"--{flag} {value}: must be {re.escape(wanted)}"):
         run_generate(config_mod.resolve(GenerateConfig, None, {"model": str(char_llama), flag: value}))
 
 
 def test_evaluate_context_beyond_the_models_positions_is_an_error(char_llama, small_text, tmp_path):
-    from lmforge.evaluate import EvaluateConfig, run as evaluate
+    from lmforge.evaluate import EvaluateConfig
+    from lmforge.evaluate import run as evaluate
 
     out = tmp_path / "eval"
-    with pytest.raises(LmforgeError, match=r"--context 4096: .* was built for at most 32 positions; give --context 32 or less"):
-        evaluate(config_mod.resolve(EvaluateConfig, None, {"model": str(char_llama), "data": [str(small_text)], "out": str(out), "context": 4096}))
+    with pytest.raises(
+        LmforgeError, match=r"--context 4096: .* was built for at most 32 positions; give --context 32 or less"
+    ):
+        evaluate(
+            config_mod.resolve(
+                EvaluateConfig,
+                None,
+                {"model": str(char_llama), "data": [str(small_text)], "out": str(out), "context": 4096},
+            )
+        )
     assert not out.exists()  # checked before the run folder is started

@@ -11,13 +11,15 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_overrides
+
 from lmforge import checkpoint, cli, hardware, objectives, optim
 from lmforge import config as config_mod
 from lmforge.errors import LmforgeError
-from lmforge.loop import LossModule, Process, Runtime, TrainConfig, fit, step_seed, validation_loss
+from lmforge.loop import LossModule, Runtime, fit, step_seed, validation_loss
 from lmforge.pretrain import PretrainConfig, run
+from lmforge.process import Process
+from lmforge.train_config import TrainConfig
 
 
 def rows_of(run_dir):
@@ -28,8 +30,17 @@ def tiny_llama(vocab=40, dropout=0.0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=2, max_position_embeddings=32, attention_dropout=dropout))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            attention_dropout=dropout,
+        )
+    )
 
 
 def clm_objective(seed=0):
@@ -54,7 +65,9 @@ def test_time_budget_is_not_spent_on_evaluation(tmp_path):
         time.sleep(0.5)
         return {"val_loss": 1.0}
 
-    cfg = TrainConfig(max_minutes=0.5 / 60, eval_every=20, log_every=1000, precision="fp32", warmup_steps=1, save_every=0)
+    cfg = TrainConfig(
+        max_minutes=0.5 / 60, eval_every=20, log_every=1000, precision="fp32", warmup_steps=1, save_every=0
+    )
     summary = fit(tiny_llama(), clm_objective(), cfg, tmp_path, evaluator=slow_evaluator, flops_per_token=1.0)
     assert summary.stopped_by == "max_minutes" and summary.training_seconds >= 0.5
     assert summary.steps > 20  # with evaluation counted, the first evaluation alone would have spent the budget
@@ -62,8 +75,22 @@ def test_time_budget_is_not_spent_on_evaluation(tmp_path):
 
 def test_warmup_is_capped_by_the_budget(small_text, tmp_path):
     out = tmp_path / "run"
-    run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, out, **{
-        "train.max_steps": None, "train.max_tokens": 10 * 8 * 32, "train.warmup_steps": 100, "train.min_lr": 1e-5})))
+    run(
+        config_mod.resolve(
+            PretrainConfig,
+            None,
+            tiny_overrides(
+                small_text,
+                out,
+                **{
+                    "train.max_steps": None,
+                    "train.max_tokens": 10 * 8 * 32,
+                    "train.warmup_steps": 100,
+                    "train.min_lr": 1e-5,
+                },
+            ),
+        )
+    )
     lrs = [r["lr"] for r in rows_of(out)]
     assert max(lrs) == pytest.approx(3e-3, rel=0.05)  # warm-up ended (10% of the budget: the first step)
     assert lrs[-1] < 0.05 * 3e-3  # and the run still ends annealed
@@ -72,8 +99,22 @@ def test_warmup_is_capped_by_the_budget(small_text, tmp_path):
 
 def test_a_run_stopped_inside_warmup_says_so(small_text, tmp_path, capsys):
     out = tmp_path / "run"
-    run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, out, **{
-        "train.max_steps": 400, "train.warmup_steps": 100, "train.warmup_fraction": 1.0, "train.stop_at_step": 3})))
+    run(
+        config_mod.resolve(
+            PretrainConfig,
+            None,
+            tiny_overrides(
+                small_text,
+                out,
+                **{
+                    "train.max_steps": 400,
+                    "train.warmup_steps": 100,
+                    "train.warmup_fraction": 1.0,
+                    "train.stop_at_step": 3,
+                },
+            ),
+        )
+    )
     assert "inside warm-up" in capsys.readouterr().out
 
 
@@ -85,7 +126,15 @@ def test_learning_rate_warmup_by_fraction():
 
 
 def test_checkpoint_by_wall_time(tmp_path):
-    cfg = TrainConfig(max_steps=6, eval_every=1000, precision="fp32", warmup_steps=1, save_every=0, save_every_minutes=1e-9, keep_last=3)
+    cfg = TrainConfig(
+        max_steps=6,
+        eval_every=1000,
+        precision="fp32",
+        warmup_steps=1,
+        save_every=0,
+        save_every_minutes=1e-9,
+        keep_last=3,
+    )
     fit(tiny_llama(), clm_objective(), cfg, tmp_path, flops_per_token=1.0)
     assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_4", "step_5", "step_6"]
 
@@ -98,12 +147,25 @@ def test_each_step_and_rank_seeds_its_own_dropout():
 def test_dropout_run_resumes_exactly_without_rng_state(tmp_path):
     cfg = dict(log_every=1, eval_every=1000, precision="fp32", warmup_steps=1, save_every=0, max_steps=6)
     fit(tiny_llama(dropout=0.5), clm_objective(), TrainConfig(**cfg), tmp_path / "whole", flops_per_token=1.0)
-    fit(tiny_llama(dropout=0.5), clm_objective(), TrainConfig(**cfg, stop_at_step=3), tmp_path / "parts", flops_per_token=1.0)
+    fit(
+        tiny_llama(dropout=0.5),
+        clm_objective(),
+        TrainConfig(**cfg, stop_at_step=3),
+        tmp_path / "parts",
+        flops_per_token=1.0,
+    )
     torch.manual_seed(999)  # whatever the global RNG holds now, step 4 draws its own masks
     (checkpoint.latest(tmp_path / "parts") / checkpoint.STATE_DIR / "rng.pt").unlink()
     state_dir = checkpoint.latest(tmp_path / "parts") / checkpoint.STATE_DIR
     torch.save({"torch": torch.get_rng_state()}, state_dir / "rng.pt")
-    fit(tiny_llama(dropout=0.5), clm_objective(), TrainConfig(**cfg), tmp_path / "parts", flops_per_token=1.0, resume=True)
+    fit(
+        tiny_llama(dropout=0.5),
+        clm_objective(),
+        TrainConfig(**cfg),
+        tmp_path / "parts",
+        flops_per_token=1.0,
+        resume=True,
+    )
     assert [r["loss"] for r in rows_of(tmp_path / "parts")] == [r["loss"] for r in rows_of(tmp_path / "whole")]
 
 
@@ -111,15 +173,27 @@ def test_mlm_validation_masks_do_not_depend_on_micro_batches():
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                       max_position_embeddings=34))
+    model = BertForMaskedLM(
+        BertConfig(
+            vocab_size=60,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=34,
+        )
+    )
     tokens = np.random.default_rng(1).integers(5, 60, size=2000).astype(np.uint16)
-    objective = objectives.MaskedLM(tokens, 32, 8, 0, mask_token_id=4, cls_token_id=2, sep_token_id=3, vocab_size=60,
-                                    special_ids=(0, 1, 2, 3, 4))
+    objective = objectives.MaskedLM(
+        tokens, 32, 8, 0, mask_token_id=4, cls_token_id=2, sep_token_id=3, vocab_size=60, special_ids=(0, 1, 2, 3, 4)
+    )
     windows = objectives.gather(tokens, objectives.eval_offsets(len(tokens), objective.window, 24), objective.window)
     batch = objective.eval_batch(windows)
     module = LossModule(model, objective)
-    values = [validation_loss(module, objective, batch, Runtime(torch.device("cpu"), torch.float32, Process(), micro)) for micro in (2, 8)]
+    values = [
+        validation_loss(module, objective, batch, Runtime(torch.device("cpu"), torch.float32, Process(), micro))
+        for micro in (2, 8)
+    ]
     assert values[0] == pytest.approx(values[1], rel=1e-6)
 
 
@@ -143,7 +217,14 @@ def test_best_mode_auto_follows_the_metric_name():
 def test_best_checkpoint_by_a_loss_keeps_the_lowest(tmp_path):
     values = iter([3.0, 1.0, 2.0])
     cfg = TrainConfig(max_steps=3, eval_every=1, precision="fp32", warmup_steps=1, best_metric="val_loss")
-    summary = fit(tiny_llama(), clm_objective(), cfg, tmp_path, evaluator=lambda m, r: {"val_loss": next(values)}, flops_per_token=1.0)
+    summary = fit(
+        tiny_llama(),
+        clm_objective(),
+        cfg,
+        tmp_path,
+        evaluator=lambda m, r: {"val_loss": next(values)},
+        flops_per_token=1.0,
+    )
     assert summary.best["value"] == 1.0 and summary.best["step"] == 2
 
 
@@ -193,7 +274,10 @@ def test_compile_flag_parses_from_yaml_and_cli():
 
 
 def test_a_null_learning_rate_outside_fine_tuning_is_an_error(tmp_path):
-    with pytest.raises(LmforgeError, match=r"train\.lr is null here, and only fine-tuning picks a value for null; give one, e\.g\. --train\.lr 0\.001"):
+    with pytest.raises(
+        LmforgeError,
+        match=r"train\.lr is null here, and only fine-tuning picks a value for null; give one, e\.g\. --train\.lr 0\.001",
+    ):
         fit(tiny_llama(), clm_objective(), TrainConfig(max_steps=1, lr=None), tmp_path)
 
 
@@ -219,8 +303,13 @@ sys.exit(cli.main(["pretrain", *flags]))
 def test_ctrl_c_checkpoints_the_step_and_resume_matches(small_text, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__), "OMP_NUM_THREADS": "1"}
-    child = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(small_text), str(out)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED, str(small_text), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and child.poll() is None:
         if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 20:
@@ -233,8 +322,14 @@ def test_ctrl_c_checkpoints_the_step_and_resume_matches(small_text, tmp_path):
     assert f"interrupted after step {step}; checkpoint" in stderr and "--resume true --out" in stderr
     assert rows_of(out)[-1]["step"] == step  # the checkpoint holds the last logged step
     # the same budget (and so the same schedule) stopped a few steps later on both sides
-    common = {"train.max_steps": 3000, "train.stop_at_step": step + 5, "train.save_every": 0, "train.eval_every": 0,
-              "train.log_every": 1, "train.eval_windows": 4}
+    common = {
+        "train.max_steps": 3000,
+        "train.stop_at_step": step + 5,
+        "train.save_every": 0,
+        "train.eval_every": 0,
+        "train.log_every": 1,
+        "train.eval_windows": 4,
+    }
     whole = tmp_path / "whole"
     run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, whole, **common)))
     run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, out, resume=True, **common)))

@@ -50,12 +50,15 @@ def test_entity_f1_is_strict_seqeval():
     assert metrics.entity_report(truth, predicted)["ORG"]["recall"] == 0.0
 
 
-@pytest.mark.parametrize("text, normal", [
-    ("The Eiffel Tower!", "eiffel tower"),
-    ("  an  apple, a pear ", "apple pear"),
-    ("Theory", "theory"),  # 'the' only as a whole word
-    ("Denver Broncos.", "denver broncos"),
-])
+@pytest.mark.parametrize(
+    "text, normal",
+    [
+        ("The Eiffel Tower!", "eiffel tower"),
+        ("  an  apple, a pear ", "apple pear"),
+        ("Theory", "theory"),  # 'the' only as a whole word
+        ("Denver Broncos.", "denver broncos"),
+    ],
+)
 def test_squad_normalisation(text, normal):
     assert metrics.normalize_answer(text) == normal
 

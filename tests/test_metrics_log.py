@@ -15,7 +15,11 @@ def test_metrics_rewrite_on_resume_keeps_earlier_rows_and_skips_a_torn_one(tmp_p
 def test_rows_and_the_evaluation_row_of_a_step(tmp_path):
     log = MetricsLog(tmp_path)
     assert log.rows() == [] and log.evaluation_at(2) is None
-    for row in ({"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "loss": 1.5, "val_loss": 1.6, "accuracy": 0.7}):
+    for row in (
+        {"step": 1, "loss": 2.0},
+        {"step": 2, "loss": 1.5},
+        {"step": 2, "loss": 1.5, "val_loss": 1.6, "accuracy": 0.7},
+    ):
         log.append(row)
     (tmp_path / "metrics.jsonl").write_text((tmp_path / "metrics.jsonl").read_text() + '{"step": 3, "lo')
     assert [r["step"] for r in log.rows()] == [1, 2, 2]

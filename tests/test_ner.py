@@ -28,7 +28,10 @@ def tokenizer():
 
 
 def sentences() -> list[data.Sentence]:
-    return [data.Sentence(words.split(" "), tags.split(), f"ner.txt:{1 + 20 * i}") for i, (words, tags) in enumerate(SENTENCES)]
+    return [
+        data.Sentence(words.split(" "), tags.split(), f"ner.txt:{1 + 20 * i}")
+        for i, (words, tags) in enumerate(SENTENCES)
+    ]
 
 
 def perfect_logits(task: NerTask, features: Features, gold: list[list[str]]) -> list[torch.Tensor]:
@@ -39,7 +42,9 @@ def perfect_logits(task: NerTask, features: Features, gold: list[list[str]]) -> 
         start = sentence_words.get(sentence, 0)
         words = features.meta["words"][r]
         sentence_words[sentence] = start + len(words)
-        logits = torch.randn(len(features.columns["input_ids"][r]), task.num_labels, generator=torch.Generator().manual_seed(r))
+        logits = torch.randn(
+            len(features.columns["input_ids"][r]), task.num_labels, generator=torch.Generator().manual_seed(r)
+        )
         for position, word in enumerate(features.meta["word_ids"][r]):
             if word is not None and (position == 0 or features.meta["word_ids"][r][position - 1] != word):
                 logits[position] = -10.0
@@ -60,8 +65,10 @@ def encode_with_word_ids(task, tokenizer, examples, max_length, labelled=True):
     """The task's features plus, for the test only, the tokenizer's word ids of each row."""
     fmt = data.FormatConfig(max_length=max_length)
     features = task.encode(examples, tokenizer, fmt, labelled=labelled)
-    features.meta["word_ids"] = [tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length).word_ids()
-                                 for words in features.meta["words"]]
+    features.meta["word_ids"] = [
+        tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length).word_ids()
+        for words in features.meta["words"]
+    ]
     return features
 
 
@@ -103,15 +110,24 @@ def test_head_mode_cache_keeps_each_tag_on_its_word(tokenizer, zero_words):
     task = NerTask.from_train(examples, data.FormatConfig())
     features = encode_with_word_ids(task, tokenizer, examples, 128)
     gold = [s.tags for s in examples]
-    cached = [task.cache_row(states, labels) for states, labels in zip(perfect_logits(task, features, gold), features.columns["labels"])]
-    head_features = Features({"hidden": [h for h, _ in cached], "labels": [l for _, l in cached]}, {"hidden": 0.0, "labels": IGNORE}, features.meta)
+    cached = [
+        task.cache_row(states, labels)
+        for states, labels in zip(perfect_logits(task, features, gold), features.columns["labels"])
+    ]
+    head_features = Features(
+        {"hidden": [h for h, _ in cached], "labels": [l for _, l in cached]},
+        {"hidden": 0.0, "labels": IGNORE},
+        features.meta,
+    )
     assert task.word_tags([h for h, _ in cached], head_features) == gold
     assert task.metrics([h for h, _ in cached], head_features)["f1"] == 1.0
     # the split normaliser counts head-mode (cached) rows' labels as it counts full-mode ones
     from lmforge.tasks.features import TaskObjective
 
     labelled = sum(len(l) for _, l in cached)
-    assert TaskObjective(head_features, task, 2, 0, None, normaliser="split").targets(None) == pytest.approx(labelled * 2 / len(cached))
+    assert TaskObjective(head_features, task, 2, 0, None, normaliser="split").targets(None) == pytest.approx(
+        labelled * 2 / len(cached)
+    )
 
 
 def test_zero_subtoken_words_carry_no_training_label(tokenizer, zero_words):
@@ -141,10 +157,15 @@ def test_training_batches_are_not_grouped_by_length(tokenizer):
     task = NerTask.from_train(examples, data.FormatConfig())
     features = task.encode(examples, tokenizer, data.FormatConfig(max_length=64))
     objective = TaskObjective(features, task, batch_size=8, seed=0, forward=None)
-    shares = [float((objective.batch(step)["attention_mask"].sum(1) <= 3).float().mean()) for step in range(objective.steps_per_epoch)]
+    shares = [
+        float((objective.batch(step)["attention_mask"].sum(1) <= 3).float().mean())
+        for step in range(objective.steps_per_epoch)
+    ]
     assert sum(share in (0.0, 1.0) for share in shares) <= 1, shares  # grouped by length: all 8 batches pure
     grouped = TaskObjective(features, task, batch_size=8, seed=0, forward=None, group_chunk=50)
-    assert all(float((grouped.batch(step)["attention_mask"].sum(1) <= 3).float().mean()) in (0.0, 1.0) for step in range(8))
+    assert all(
+        float((grouped.batch(step)["attention_mask"].sum(1) <= 3).float().mean()) in (0.0, 1.0) for step in range(8)
+    )
 
 
 def test_split_normaliser_weighs_every_labelled_token_the_same(tokenizer):
@@ -157,14 +178,26 @@ def test_split_normaliser_weighs_every_labelled_token_the_same(tokenizer):
     from lmforge.tasks.features import TaskObjective
 
     short = [data.Sentence(["Paris"], ["B-LOC"], "s.txt:1"), data.Sentence(["John", "left"], ["B-PER", "O"], "s.txt:3")]
-    long = [data.Sentence(("John Smith flew from Paris to London and then on to Rome " * 2).split(), ["O"] * 24, "l.txt:1")]
-    examples = (short * 4 + long * 4)
+    long = [
+        data.Sentence(("John Smith flew from Paris to London and then on to Rome " * 2).split(), ["O"] * 24, "l.txt:1")
+    ]
+    examples = short * 4 + long * 4
     task = NerTask.from_train(examples, data.FormatConfig())
     features = task.encode(examples, tokenizer, data.FormatConfig(max_length=64))
     torch.manual_seed(0)
-    model = BertForTokenClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                  intermediate_size=64, num_labels=task.num_labels)).eval()  # eval: no dropout
-    objective = TaskObjective(features, task, batch_size=4, seed=0, forward=full_forward(task), group_chunk=50, normaliser="split")
+    model = BertForTokenClassification(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=task.num_labels,
+        )
+    ).eval()  # eval: no dropout
+    objective = TaskObjective(
+        features, task, batch_size=4, seed=0, forward=full_forward(task), group_chunk=50, normaliser="split"
+    )
     steps = objective.steps_per_epoch
     assert steps * 4 == len(features)  # every row once per epoch
     for step in range(steps):

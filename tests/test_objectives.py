@@ -18,9 +18,18 @@ def within(count: int, trials: int, probability: float, sds: float = 4.0) -> boo
 
 def masking_batch() -> tuple[objectives.MaskedLM, torch.Tensor]:
     """1024 rows of `[CLS] text [SEP] more text [SEP] [PAD]...`: special tokens at known places."""
-    objective = objectives.MaskedLM(np.zeros(10, dtype=np.int64), context=128, global_batch=1, seed=0, mask_token_id=MASK,
-                                    cls_token_id=CLS, sep_token_id=SEP, vocab_size=VOCAB, special_ids=(PAD, UNK, CLS, SEP, MASK),
-                                    mlm_probability=0.15)
+    objective = objectives.MaskedLM(
+        np.zeros(10, dtype=np.int64),
+        context=128,
+        global_batch=1,
+        seed=0,
+        mask_token_id=MASK,
+        cls_token_id=CLS,
+        sep_token_id=SEP,
+        vocab_size=VOCAB,
+        special_ids=(PAD, UNK, CLS, SEP, MASK),
+        mlm_probability=0.15,
+    )
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(5, VOCAB, (1024, 128), generator=generator)
     input_ids[:, 0] = CLS

@@ -26,14 +26,25 @@ def input_paths(folder: Path) -> list[str]:
 def tour(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tour")
     env = {**os.environ, "LMFORGE": f"{sys.executable} -m lmforge", "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "tour.sh"), str(out)], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "tour.sh"), str(out)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 
 def test_every_stage_finished_and_left_its_folder(tour):
-    for name, stage in [("corpus", "corpus"), ("tok", "tokenizer"), ("shards", "shards"), ("gpt", "pretrain"), ("bert", "pretrain"),
-                        ("gpt-eval", "evaluate"), ("clf", "finetune"), ("clf-eval", "evaluate"), ("pred", "predict")]:
+    for name, stage in [
+        ("corpus", "corpus"),
+        ("tok", "tokenizer"),
+        ("shards", "shards"),
+        ("gpt", "pretrain"),
+        ("bert", "pretrain"),
+        ("gpt-eval", "evaluate"),
+        ("clf", "finetune"),
+        ("clf-eval", "evaluate"),
+        ("pred", "predict"),
+    ]:
         assert manifest(tour / name)["stage"] == stage, name
         assert manifest(tour / name).get("finished"), name
     for run in ("gpt", "bert", "clf"):
@@ -48,7 +59,9 @@ def test_each_stage_reads_what_the_one_before_left(tour):
         assert {str(tour / "shards"), str(tour / "tok")} <= set(input_paths(tour / run)), input_paths(tour / run)
     assert str(tour / "gpt" / "final") in input_paths(tour / "gpt-eval")
     assert str(tour / "bert" / "final") in input_paths(tour / "clf")  # finetune <- the pretrained masked LM
-    assert str(tour / "clf" / "final") in input_paths(tour / "clf-eval") and str(tour / "clf" / "final") in input_paths(tour / "pred")
+    assert str(tour / "clf" / "final") in input_paths(tour / "clf-eval") and str(tour / "clf" / "final") in input_paths(
+        tour / "pred"
+    )
 
 
 def test_the_tiny_classifier_learned_its_task(tour):

@@ -22,7 +22,9 @@ def head_model(tiny_bert: Path, folder: Path, auto) -> Path:
     from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    model = auto.from_pretrained(str(tiny_bert), num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    model = auto.from_pretrained(
+        str(tiny_bert), num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}
+    )
     model.save_pretrained(str(folder))
     AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(folder))
     return folder
@@ -57,19 +59,28 @@ def test_text_flag_takes_examples_from_the_command_line(classifier, tmp_path):
     rows = predict(classifier, tmp_path / "flag", "--text", *TEXTS)
     assert [r["text"] for r in rows] == TEXTS and [r["where"] for r in rows] == ["--text 1", "--text 2", "--text 3"]
     # the same texts, the same predictions, wherever they come from
-    assert [(r["prediction"], r["probabilities"]) for r in rows] == [(r["prediction"], r["probabilities"]) for r in from_file]
+    assert [(r["prediction"], r["probabilities"]) for r in rows] == [
+        (r["prediction"], r["probabilities"]) for r in from_file
+    ]
     assert len(predict(classifier, tmp_path / "one", "--text", "just one")) == 1
 
 
 def test_table_columns_are_carried_into_the_rows(classifier, tmp_path):
     tsv = tmp_path / "reviews.tsv"
-    tsv.write_text("id\tsentence\tsource\tlabel\n" + "".join(f"r{i}\t{t}\tweb\t1\n" for i, t in enumerate(TEXTS)), encoding="utf-8")
+    tsv.write_text(
+        "id\tsentence\tsource\tlabel\n" + "".join(f"r{i}\t{t}\tweb\t1\n" for i, t in enumerate(TEXTS)), encoding="utf-8"
+    )
     rows = predict(classifier, tmp_path / "tsv", "--input", str(tsv))
-    assert [r["id"] for r in rows] == ["r0", "r1", "r2"] and all(r["source"] == "web" and r["label"] == "1" for r in rows)
+    assert [r["id"] for r in rows] == ["r0", "r1", "r2"] and all(
+        r["source"] == "web" and r["label"] == "1" for r in rows
+    )
     assert "sentence" not in rows[0] and rows[0]["text"] == TEXTS[0] and list(rows[0])[:2] == ["id", "source"]
 
     jsonl = tmp_path / "reviews.jsonl"
-    jsonl.write_text("".join(json.dumps({"id": i, "text": t, "meta": {"lang": "en"}}) + "\n" for i, t in enumerate(TEXTS)), encoding="utf-8")
+    jsonl.write_text(
+        "".join(json.dumps({"id": i, "text": t, "meta": {"lang": "en"}}) + "\n" for i, t in enumerate(TEXTS)),
+        encoding="utf-8",
+    )
     rows = predict(classifier, tmp_path / "jsonl", "--input", str(jsonl))
     assert [r["id"] for r in rows] == [0, 1, 2] and rows[0]["meta"] == {"lang": "en"} and "label" not in rows[0]
 
@@ -82,7 +93,12 @@ def test_table_columns_are_carried_into_the_rows(classifier, tmp_path):
 def test_bad_inputs_name_the_fix(classifier, tiny_bert, tmp_path, capsys):
     txt = tmp_path / "reviews.txt"
     txt.write_text("fine\n", encoding="utf-8")
-    assert cli.main(["predict", "--model", str(classifier), "--out", str(tmp_path / "a"), "--input", str(txt), "--text", "x"]) == 2
+    assert (
+        cli.main(
+            ["predict", "--model", str(classifier), "--out", str(tmp_path / "a"), "--input", str(txt), "--text", "x"]
+        )
+        == 2
+    )
     assert "--input FILE or with --text" in capsys.readouterr().err
     assert cli.main(["predict", "--model", str(classifier), "--out", str(tmp_path / "b")]) == 2
     assert "neither was given" in capsys.readouterr().err
@@ -91,8 +107,26 @@ def test_bad_inputs_name_the_fix(classifier, tiny_bert, tmp_path, capsys):
     assert cli.main(["predict", "--model", str(classifier), "--out", str(tmp_path / "c"), "--input", str(empty)]) == 2
     assert f"{empty}: no text in this file" in capsys.readouterr().err
     # a .txt file has no labels: evaluation needs a table with a label column
-    assert cli.main(["evaluate", "--task", "classification", "--model", str(classifier), "--data", str(txt), "--out", str(tmp_path / "d")]) == 2
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--task",
+                "classification",
+                "--model",
+                str(classifier),
+                "--data",
+                str(txt),
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 2
+    )
     assert "a .txt file holds texts without labels" in capsys.readouterr().err
     tagger = head_model(tiny_bert, tmp_path / "tagger", AutoModelForTokenClassification)
-    assert cli.main(["predict", "--model", str(tagger), "--out", str(tmp_path / "e"), "--text", "John lives in Paris"]) == 2
+    assert (
+        cli.main(["predict", "--model", str(tagger), "--out", str(tmp_path / "e"), "--text", "John lives in Paris"])
+        == 2
+    )
     assert "--text is for classification models" in capsys.readouterr().err

@@ -23,9 +23,11 @@ def test_an_exception_inside_the_block_leaves_no_target_and_no_temp_folder(tmp_p
 
 def test_a_killed_process_leaves_only_a_temp_folder_that_clean_up_removes(tmp_path):
     # os._exit skips every `finally`, as kill -9 would
-    script = ("import os, sys; from pathlib import Path; from lmforge import publish\n"
-              "with publish.publish_folder(Path(sys.argv[1]) / 'out') as tmp:\n"
-              "    (tmp / 'half.bin').write_bytes(b'x'); os._exit(9)\n")
+    script = (
+        "import os, sys; from pathlib import Path; from lmforge import publish\n"
+        "with publish.publish_folder(Path(sys.argv[1]) / 'out') as tmp:\n"
+        "    (tmp / 'half.bin').write_bytes(b'x'); os._exit(9)\n"
+    )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=False, env=os.environ)
     assert [n.startswith(".tmp-out-") for n in names(tmp_path)] == [True]
     publish.clean_leftovers(tmp_path)

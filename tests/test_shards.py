@@ -4,21 +4,28 @@ import numpy as np
 import pytest
 
 from lmforge import config as config_mod
-from lmforge import shards, tokenizer as tokenizer_mod
+from lmforge import shards
+from lmforge import tokenizer as tokenizer_mod
 from lmforge.documents import SplitConfig
 
 
 @pytest.fixture(scope="module")
 def char_tokenizer(small_text, tmp_path_factory):
     out = tmp_path_factory.mktemp("tok")
-    cfg = config_mod.resolve(tokenizer_mod.TokenizerStageConfig, None, {"data": [str(small_text)], "out": str(out), "tokenizer.kind": "char"})
+    cfg = config_mod.resolve(
+        tokenizer_mod.TokenizerStageConfig, None, {"data": [str(small_text)], "out": str(out), "tokenizer.kind": "char"}
+    )
     tokenizer_mod.run(cfg)
     return out
 
 
 def test_shards_stage_writes_uint16_tokens_with_boundaries(small_text, char_tokenizer, tmp_path):
     out = tmp_path / "shards"
-    shards.run(config_mod.resolve(shards.ShardsConfig, None, {"data": [str(small_text)], "out": str(out), "tokenizer": str(char_tokenizer)}))
+    shards.run(
+        config_mod.resolve(
+            shards.ShardsConfig, None, {"data": [str(small_text)], "out": str(out), "tokenizer": str(char_tokenizer)}
+        )
+    )
     data = shards.TokenShards.open(out)
     tok = tokenizer_mod.load(char_tokenizer)
     assert data.train.dtype == np.uint16
@@ -55,7 +62,9 @@ def test_large_vocab_uses_uint32(tmp_path):
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok_dir = tmp_path / "tok"
-    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>").save_pretrained(str(tok_dir))
+    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>").save_pretrained(
+        str(tok_dir)
+    )
     text = tmp_path / "t.txt"
     text.write_text("w1 w69999 w5\n" * 20)
     from lmforge import documents

@@ -29,7 +29,7 @@ def test_tsv_columns_are_guessed(tmp_path):
 
 def test_pairs_bom_and_quoting_off(tmp_path):
     # MRPC-like: a BOM before the header, and a stray quote that would swallow the tab with quoting on
-    path = write(tmp_path / "m.tsv", "\ufeffQuality\t#1 String\t#2 String\n1\tHe said \"hi\tShe said hi\n0\tA\tB\n")
+    path = write(tmp_path / "m.tsv", '\ufeffQuality\t#1 String\t#2 String\n1\tHe said "hi\tShe said hi\n0\tA\tB\n')
     fmt = data.FormatConfig(text="#1 String", text_pair="#2 String", label="Quality", quoting=False)
     records = data.read_table(path, fmt)
     assert records[0].text == 'He said "hi' and records[0].text_pair == "She said hi" and records[0].label == "1"
@@ -43,13 +43,19 @@ def test_headerless_columns_by_index(tmp_path):
 
 
 def test_jsonl_and_label_kinds(tmp_path):
-    path = write(tmp_path / "c.jsonl", "\n".join(json.dumps(r) for r in [
-        {"text": "a", "label": "INHIBITOR"}, {"text": "b", "label": "AGONIST"}]) + "\n")
+    path = write(
+        tmp_path / "c.jsonl",
+        "\n".join(json.dumps(r) for r in [{"text": "a", "label": "INHIBITOR"}, {"text": "b", "label": "AGONIST"}])
+        + "\n",
+    )
     task = ClassificationTask.from_train(data.read_table(path, FMT), FMT)
     assert task.kind == "single" and task.labels == ["AGONIST", "INHIBITOR"]
     sts = write(tmp_path / "sts.tsv", "sentence1\tsentence2\tlabel\na\tb\t3.8\nc\td\t1.0\n")
     assert ClassificationTask.from_train(data.read_table(sts, FMT), FMT).kind == "regression"
-    multi = write(tmp_path / "m.jsonl", json.dumps({"text": "a", "labels": ["x", "y"]}) + "\n" + json.dumps({"text": "b", "labels": ["y"]}) + "\n")
+    multi = write(
+        tmp_path / "m.jsonl",
+        json.dumps({"text": "a", "labels": ["x", "y"]}) + "\n" + json.dumps({"text": "b", "labels": ["y"]}) + "\n",
+    )
     task = ClassificationTask.from_train(data.read_table(multi, FMT), FMT)
     assert task.kind == "multi" and task.labels == ["x", "y"]
     numeric = write(tmp_path / "n.tsv", "text\tlabel\na\t10\nb\t2\nc\t1\n")
@@ -126,19 +132,40 @@ def test_unseen_tag_names_its_line(tmp_path):
         task.encode(data.read_conll(valid_path, FMT, "valid"), tokenizer, format_for(NerTask, FMT))
 
 
-@pytest.mark.parametrize("scheme, tags, iob2", [
-    ("iob1", ["I-PER", "I-PER", "O", "I-LOC", "B-LOC"], ["B-PER", "I-PER", "O", "B-LOC", "B-LOC"]),
-    ("iob1", ["I-PER", "I-LOC"], ["B-PER", "B-LOC"]),
-    ("bioes", ["B-PER", "E-PER", "S-LOC", "O"], ["B-PER", "I-PER", "B-LOC", "O"]),
-    ("iob2", ["B-PER", "I-PER"], ["B-PER", "I-PER"]),
-])
+@pytest.mark.parametrize(
+    "scheme, tags, iob2",
+    [
+        ("iob1", ["I-PER", "I-PER", "O", "I-LOC", "B-LOC"], ["B-PER", "I-PER", "O", "B-LOC", "B-LOC"]),
+        ("iob1", ["I-PER", "I-LOC"], ["B-PER", "B-LOC"]),
+        ("bioes", ["B-PER", "E-PER", "S-LOC", "O"], ["B-PER", "I-PER", "B-LOC", "O"]),
+        ("iob2", ["B-PER", "I-PER"], ["B-PER", "I-PER"]),
+    ],
+)
 def test_tag_schemes_become_iob2(scheme, tags, iob2):
     assert data.to_iob2(tags, scheme) == iob2
 
 
 def squad_json(answer_start: int) -> dict:
-    return {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "Paris is the capital of France.",
-            "qas": [{"id": "q1", "question": "What is the capital?", "answers": [{"text": "Paris", "answer_start": answer_start}]}]}]}]}
+    return {
+        "version": "1.1",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "Paris is the capital of France.",
+                        "qas": [
+                            {
+                                "id": "q1",
+                                "question": "What is the capital?",
+                                "answers": [{"text": "Paris", "answer_start": answer_start}],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
 
 
 def test_squad_reader_and_bad_offset(tmp_path):
@@ -146,7 +173,9 @@ def test_squad_reader_and_bad_offset(tmp_path):
     (question,) = data.read_squad(good)
     assert question.answers[0]["text"] == "Paris"
     bad = write(tmp_path / "bad.json", json.dumps(squad_json(3)))
-    with pytest.raises(LmforgeError, match=r"bad\.json: question q1: answer 'Paris' is not at character 3 .*found 'is is'"):
+    with pytest.raises(
+        LmforgeError, match=r"bad\.json: question q1: answer 'Paris' is not at character 3 .*found 'is is'"
+    ):
         data.read_squad(bad)
 
 
@@ -154,7 +183,9 @@ def test_squad_reader_and_bad_offset(tmp_path):
 def test_tag_column_outside_the_file_is_named(tmp_path, column):
     path = tmp_path / "x.conll"
     path.write_text("EU NNP B-ORG\nrejects VBZ O\n")
-    with pytest.raises(LmforgeError, match=r"x.conll:1: --format.tag_column -?\d is not a tag column of this 3-column file"):
+    with pytest.raises(
+        LmforgeError, match=r"x.conll:1: --format.tag_column -?\d is not a tag column of this 3-column file"
+    ):
         data.read_conll(path, data.FormatConfig(tag_column=column))
 
 
@@ -168,8 +199,11 @@ def test_every_task_declares_the_task_interface(tiny_bert):
     tasks = [ClassificationTask("single", ["a", "b"]), NerTask(["O", "B-PER"]), QaTask()]
     assert [t.name for t in tasks] == list(TASKS) and all(isinstance(t, Task) for t in tasks)
     # head mode needs the head's modules by name: a bare encoder has none of them
-    with pytest.raises(LmforgeError, match=r"--mode head trains the dropout \+ classifier of a BERT-style classification model; "
-                                           r"BertModel has no dropout, classifier; use --mode full or lora"):
+    with pytest.raises(
+        LmforgeError,
+        match=r"--mode head trains the dropout \+ classifier of a BERT-style classification model; "
+        r"BertModel has no dropout, classifier; use --mode full or lora",
+    ):
         freeze_encoder(AutoModel.from_pretrained(str(tiny_bert)), tasks[0])
 
 
@@ -193,7 +227,10 @@ def test_a_squad_question_without_answers_is_an_error_unless_impossible(tmp_path
     paragraph = {"context": "Paris is in France.", "qas": [{"id": "q1", "question": "Where is Paris?"}]}
     path = tmp_path / "squad.json"
     path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [paragraph]}]}))
-    with pytest.raises(LmforgeError, match=r"squad\.json: question q1: no 'answers' field; give its answers, or mark it \"is_impossible\": true"):
+    with pytest.raises(
+        LmforgeError,
+        match=r"squad\.json: question q1: no 'answers' field; give its answers, or mark it \"is_impossible\": true",
+    ):
         data.read_squad(path)
     assert data.read_squad(path, labelled=False)[0].answers == []  # predict needs no answers
     paragraph["qas"][0]["is_impossible"] = True

@@ -33,7 +33,11 @@ def test_ner_encoding_on_real_wordpieces(tokenizer):
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
     labelled = [(tok, task.labels[lab]) for tok, lab in zip(tokens, labels) if lab != IGNORE]
     # exactly one label per word, on the word's first piece
-    assert labelled == [(tokenizer.tokenize("Blackburn")[0], "B-PER"), ("visited", "O"), (tokenizer.tokenize("Wolfsburg")[0], "B-LOC")]
+    assert labelled == [
+        (tokenizer.tokenize("Blackburn")[0], "B-PER"),
+        ("visited", "O"),
+        (tokenizer.tokenize("Wolfsburg")[0], "B-LOC"),
+    ]
     assert len(tokenizer.tokenize("Wolfsburg")) > 1  # the example does test sub-tokens
     # predicted logits that favour each word's gold tag map back to word tags
     logits = torch.full((len(labels), 3), -5.0)
@@ -51,7 +55,9 @@ def test_long_ner_sentences_are_split_between_words_and_joined_back(tokenizer):
     features = task.encode([data.Sentence(words, tags, "x:1"), short], tokenizer, data.FormatConfig(max_length=16))
     assert len(features) > 3 and features.meta["sentence"][-1] == 1
     assert all(len(ids) <= 16 for ids in features.columns["input_ids"])
-    assert [w for i, piece in enumerate(features.meta["words"]) if features.meta["sentence"][i] == 0 for w in piece] == words
+    assert [
+        w for i, piece in enumerate(features.meta["words"]) if features.meta["sentence"][i] == 0 for w in piece
+    ] == words
     # logits that favour each word's gold tag give back every word's tag, per sentence
     logits = []
     for labels in features.columns["labels"]:
@@ -75,13 +81,15 @@ def test_answer_span_by_hand():
     # [CLS] q [SEP] paris is the capital [SEP]; context characters of each token
     offsets = [(0, 0), (0, 4), (0, 0), (0, 5), (6, 8), (9, 12), (13, 20), (0, 0)]
     sequence_ids = [None, 0, None, 1, 1, 1, 1, None]
-    assert answer_span(offsets, sequence_ids, 9, 20) == (5, 6)      # "the capital"
-    assert answer_span(offsets, sequence_ids, 0, 5) == (3, 3)       # "paris"
-    assert answer_span(offsets, sequence_ids, 15, 30) == (0, 0)     # runs past the window: [CLS]
+    assert answer_span(offsets, sequence_ids, 9, 20) == (5, 6)  # "the capital"
+    assert answer_span(offsets, sequence_ids, 0, 5) == (3, 3)  # "paris"
+    assert answer_span(offsets, sequence_ids, 15, 30) == (0, 0)  # runs past the window: [CLS]
 
 
 def qa_question(context: str, answer: str) -> data.Question:
-    return data.Question("q1", "Which city hosts the tower?", context, [{"text": answer, "answer_start": context.index(answer)}], "x")
+    return data.Question(
+        "q1", "Which city hosts the tower?", context, [{"text": answer, "answer_start": context.index(answer)}], "x"
+    )
 
 
 def test_qa_windows_map_answers_back_to_characters(tokenizer):
@@ -112,7 +120,7 @@ def test_qa_windows_map_answers_back_to_characters(tokenizer):
 
 def test_best_span_rejects_question_tokens_and_reversed_spans():
     offsets = [None, None, (0, 5), (6, 8), (9, 12)]
-    start = torch.tensor([9.0, 0, 1, 0, 3])   # [CLS] scores highest but is not context
+    start = torch.tensor([9.0, 0, 1, 0, 3])  # [CLS] scores highest but is not context
     end = torch.tensor([0.0, 0, 4, 0, 0])
     assert best_span(start, end, offsets) == (pytest.approx(5.0), 0, 5)  # start 2, end 2 (4 -> 2 would be reversed)
 
@@ -144,14 +152,21 @@ def test_unanswerable_questions_decode_to_empty_by_the_null_score(tokenizer):
     task = QaTask.from_train([answerable, impossible], fmt)
     assert task.no_answer and task.config_fields() == {"qa_no_answer": True, "qa_no_answer_threshold": 0.0}
     features = task.encode([answerable, impossible], tokenizer, fmt)
-    assert features.columns["start_positions"][1] == 0 and features.columns["end_positions"][1] == 0  # trains towards [CLS]
+    assert (
+        features.columns["start_positions"][1] == 0 and features.columns["end_positions"][1] == 0
+    )  # trains towards [CLS]
     logits = [torch.zeros(len(ids), 2) for ids in features.columns["input_ids"]]
     gold = features.columns["start_positions"][0], features.columns["end_positions"][0]
     logits[0][gold[0], 0] = logits[0][gold[1], 1] = 5.0  # span score 10 vs null 0: answered
-    logits[1][0, :] = 4.0                                  # null score 8 vs any span <= 0: no answer
+    logits[1][0, :] = 4.0  # null score 8 vs any span <= 0: no answer
     assert task.answers(logits, features) == {"q1": "Paris, France", "q2": ""}
-    assert task.metrics(logits, features) == {"exact_match": 100.0, "f1": 100.0, "has_answer_exact_match": 100.0,
-                                              "has_answer_f1": 100.0, "no_answer_accuracy": 100.0}
+    assert task.metrics(logits, features) == {
+        "exact_match": 100.0,
+        "f1": 100.0,
+        "has_answer_exact_match": 100.0,
+        "has_answer_f1": 100.0,
+        "no_answer_accuracy": 100.0,
+    }
     # a v1 model (trained without unanswerable questions) always answers
     assert QaTask(no_answer=False).answers(logits, features)["q2"] != ""
     # the threshold moves the decision: a null score must beat the span by more than it
@@ -177,6 +192,10 @@ def test_squad_json_with_a_missing_field_names_the_record(tmp_path):
 def test_a_wrong_answer_to_an_unanswerable_question_is_a_mistake():
     from lmforge.tasks.scoring import mistakes
 
-    rows = [{"prediction": "Paris", "answers": []}, {"prediction": "", "answers": []},
-            {"prediction": "Paris", "answers": ["Paris"]}, {"prediction": "", "answers": ["Paris"]}]
+    rows = [
+        {"prediction": "Paris", "answers": []},
+        {"prediction": "", "answers": []},
+        {"prediction": "Paris", "answers": ["Paris"]},
+        {"prediction": "", "answers": ["Paris"]},
+    ]
     assert mistakes(QaTask(no_answer=True), rows) == [rows[0], rows[3]]

@@ -8,12 +8,23 @@ from lmforge import tokenizer as tokenizer_mod
 from lmforge.errors import LmforgeError
 
 
-@pytest.mark.parametrize("kind,objective", [("bpe", "clm"), ("wordpiece", "mlm"), ("unigram", "clm"), ("char", "clm"), ("char", "mlm")])
+@pytest.mark.parametrize(
+    "kind,objective", [("bpe", "clm"), ("wordpiece", "mlm"), ("unigram", "clm"), ("char", "clm"), ("char", "mlm")]
+)
 def test_tokenizer_trains_saves_and_round_trips(small_text, tmp_path, kind, objective):
     out = tmp_path / kind
-    cfg = config_mod.resolve(tokenizer_mod.TokenizerStageConfig, None, {
-        "data": [str(small_text)], "out": str(out), "objective": objective,
-        "tokenizer.kind": kind, "tokenizer.vocab_size": 500, "tokenizer.min_frequency": 1})
+    cfg = config_mod.resolve(
+        tokenizer_mod.TokenizerStageConfig,
+        None,
+        {
+            "data": [str(small_text)],
+            "out": str(out),
+            "objective": objective,
+            "tokenizer.kind": kind,
+            "tokenizer.vocab_size": 500,
+            "tokenizer.min_frequency": 1,
+        },
+    )
     tokenizer_mod.run(cfg)
     tok = AutoTokenizer.from_pretrained(str(out))
     text = "First Citizen:\nBefore we proceed"
@@ -79,7 +90,9 @@ def test_statistics_count_the_tokens_the_shards_hold(unigram_tokenizer, small_te
     text = tmp_path / "play.txt"
     text.write_text(small_text.read_text()[:3000])  # speeches separated by blank lines
     unigram_tokenizer.save_pretrained(str(tmp_path / "tok"))
-    meta = shards.build(documents.resolve_sources([text]), tmp_path / "tok", SplitConfig(valid_fraction=0.0), tmp_path / "shards")
+    meta = shards.build(
+        documents.resolve_sources([text]), tmp_path / "tok", SplitConfig(valid_fraction=0.0), tmp_path / "shards"
+    )
     stats = tokenizer_mod.statistics(unigram_tokenizer, [(text.read_text(), True)])
     assert stats["heldout_tokens"] == meta["splits"]["train"]["tokens"] - 1  # all but the closing boundary token
     assert stats["heldout_words"] == len(text.read_text().split())
@@ -97,13 +110,26 @@ def test_saved_padding_and_truncation_do_not_reach_the_shards(tmp_path):
     assert len(tokenizer("a b c", padding="max_length", max_length=8)["input_ids"]) == 8  # explicit padding still works
 
 
-@pytest.mark.parametrize("kind, size, least", [("bpe", 0, 260), ("bpe", 259, 260), ("wordpiece", 3, 7), ("unigram", 0, 7), ("char", 1, 7)])
+@pytest.mark.parametrize(
+    "kind, size, least", [("bpe", 0, 260), ("bpe", 259, 260), ("wordpiece", 3, 7), ("unigram", 0, 7), ("char", 1, 7)]
+)
 def test_a_vocabulary_too_small_for_its_kind_is_an_error(small_text, tmp_path, kind, size, least):
     from lmforge import config as config_mod
     from lmforge.tokenizer import TokenizerStageConfig, run
 
-    cfg = config_mod.resolve(TokenizerStageConfig, None, {"data": [str(small_text)], "out": str(tmp_path / "tok"), "objective": "mlm" if kind != "bpe" else "clm",
-                                                          "tokenizer.kind": kind, "tokenizer.vocab_size": size})
-    with pytest.raises(LmforgeError, match=rf"--tokenizer.vocab_size {size}: a {kind} vocabulary needs at least {least}"):
+    cfg = config_mod.resolve(
+        TokenizerStageConfig,
+        None,
+        {
+            "data": [str(small_text)],
+            "out": str(tmp_path / "tok"),
+            "objective": "mlm" if kind != "bpe" else "clm",
+            "tokenizer.kind": kind,
+            "tokenizer.vocab_size": size,
+        },
+    )
+    with pytest.raises(
+        LmforgeError, match=rf"--tokenizer.vocab_size {size}: a {kind} vocabulary needs at least {least}"
+    ):
         run(cfg)
     assert not (tmp_path / "tok").exists()

@@ -18,12 +18,14 @@ because it changes which kernel is fastest (inductor fuses eager attention's mat
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 if TYPE_CHECKING:
-    from lmforge.loop import Runtime, TrainConfig
+    from lmforge.loop import Runtime
+    from lmforge.train_config import TrainConfig
 
 SDPA_FP32 = "lmforge_sdpa_fp32"
 Kernel = Literal["auto", "sdpa", "sdpa_fp32", "eager"]
@@ -39,7 +41,9 @@ def sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()
     with torch.autocast(query.device.type, enabled=False):
-        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+        out, weights = sdpa_attention_forward(
+            module, query.float(), key.float(), value.float(), attention_mask, **kwargs
+        )
     return out.to(query.dtype), weights
 
 
@@ -63,11 +67,6 @@ def hf_model(model: torch.nn.Module):
     return next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)
 
 
-def current(model: torch.nn.Module) -> str | None:
-    hf = hf_model(model)
-    return None if hf is None else hf.config._attn_implementation
-
-
 def use(model: torch.nn.Module, kernel: str) -> None:
     """Switch every attention layer of `model` to `kernel` (a config name or a transformers name)."""
     register()
@@ -85,8 +84,9 @@ def _best_step_ms(step: Callable[[], None], repeats: int) -> float:
     return round(best * 1e3, 2)
 
 
-def choose(model: torch.nn.Module, step: Callable[[], None], dtype: torch.dtype, device: torch.device,
-           repeats: int = 3) -> tuple[str | None, dict[str, float]]:
+def choose(
+    model: torch.nn.Module, step: Callable[[], None], dtype: torch.dtype, device: torch.device, repeats: int = 3
+) -> tuple[str | None, dict[str, float]]:
     """Time `step()` (one forward+backward of a real micro-batch) with each kernel; leave the fastest
     set on `model` and return its config name and every kernel's best time in milliseconds.
 
@@ -121,8 +121,13 @@ def trial_step(module: torch.nn.Module, sample: dict[str, torch.Tensor], runtime
             param.grad = None
 
 
-def choose_attention(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg: TrainConfig, runtime: Runtime,
-                     resumed: str | None = None) -> dict:
+def choose_attention(
+    module: torch.nn.Module,
+    sample: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    runtime: Runtime,
+    resumed: str | None = None,
+) -> dict:
     """Set the attention kernel `cfg.attention` names, or with `auto` the fastest on `sample`
     (rank 0 times, every rank follows); a resumed run keeps the kernel it chose (`resumed`), so its
     numbers match an uninterrupted run. Returns {"kernel": name or None, "ms": {kernel: ms}}."""
@@ -130,6 +135,8 @@ def choose_attention(module: torch.nn.Module, sample: dict[str, torch.Tensor], c
     if fixed is not None:
         use(module, fixed)
         return {"kernel": fixed, "ms": {}}
+    if runtime.proc.main:
+        print("attention: timing the kernels on one micro-batch (a few seconds)...", flush=True)
     kernel, times = choose(module, lambda: trial_step(module, sample, runtime), runtime.dtype, runtime.device)
     if kernel is None:
         return {"kernel": None, "ms": {}}
@@ -137,12 +144,25 @@ def choose_attention(module: torch.nn.Module, sample: dict[str, torch.Tensor], c
     kernel = names[runtime.proc.from_main(names.index(kernel))]
     use(module, kernel)
     if runtime.proc.main:
-        print(f"attention: {kernel} (forward+backward of one micro-batch: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()) + ")", flush=True)
+        print(
+            f"attention: {kernel} (forward+backward of one micro-batch: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items())
+            + ")",
+            flush=True,
+        )
     return {"kernel": kernel, "ms": times}
 
 
-def choose_compile(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg: TrainConfig, runtime: Runtime,
-                   attention: dict, resumed: str | None = None, repeats: int = 5, rounds: int = 3) -> tuple[torch.nn.Module, dict]:
+def choose_compile(
+    module: torch.nn.Module,
+    sample: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    runtime: Runtime,
+    attention: dict,
+    resumed: str | None = None,
+    repeats: int = 5,
+    rounds: int = 3,
+) -> tuple[torch.nn.Module, dict]:
     """The module to train with, compiled or not, and {"setting", "choice", "kernel", "ms"}.
 
     `true` compiles (eager, with a warning, if compiling fails: no C++ compiler, an unsupported op);
@@ -166,6 +186,8 @@ def choose_compile(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg
         kernels = ["eager", uncompiled_kernel]
     race_eager = setting == "auto" and resumed is None
     timed = race_eager or len(kernels) > 1
+    if runtime.proc.main:
+        print("compile: compiling the model (the first call takes 3-60 s on CPU)...", flush=True)
     compiled = torch.compile(module)
     started = time.perf_counter()
     failed = False
@@ -175,7 +197,10 @@ def choose_compile(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg
         try:
             step(compiled)()
         except Exception as err:  # noqa: BLE001 - any compiler failure means: train eagerly
-            print(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:120]}); training without it", flush=True)
+            print(
+                f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:120]}); training without it",
+                flush=True,
+            )
             failed = True
         if runtime.proc.any(failed)[0]:  # one rank's failure makes every rank train eagerly
             if uncompiled_kernel is not None:
@@ -196,7 +221,9 @@ def choose_compile(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg
             for is_compiled, kernel in candidates:
                 if kernel is not None:
                     use(module, kernel)
-                ms[(is_compiled, kernel)] = min(ms[(is_compiled, kernel)], _best_step_ms(step(compiled if is_compiled else module), repeats))
+                ms[(is_compiled, kernel)] = min(
+                    ms[(is_compiled, kernel)], _best_step_ms(step(compiled if is_compiled else module), repeats)
+                )
     # rank 0's timings decide for every rank (untimed: every ms is inf, the first candidate wins)
     winner = candidates[runtime.proc.from_main(min(range(len(candidates)), key=lambda i: ms[candidates[i]]))]
     best = min(kernels, key=lambda k: ms[(True, k)])  # the fastest compiled step, for the record
@@ -211,13 +238,24 @@ def choose_compile(module: torch.nn.Module, sample: dict[str, torch.Tensor], cfg
             info["ms"]["eager"] = ms[(False, uncompiled_kernel)]
     if not winner[0]:
         if runtime.proc.main:
-            print(f"compile: eager is faster ({info['ms']['eager']:.1f} ms vs {info['ms']['compiled']:.1f} ms compiled per micro-batch); training without it", flush=True)
+            print(
+                f"compile: eager is faster ({info['ms']['eager']:.1f} ms vs {info['ms']['compiled']:.1f} ms compiled per micro-batch); training without it",
+                flush=True,
+            )
         return module, info
     info["choice"] = "compiled"
     if runtime.proc.main:
-        timing = f"; {info['ms']['compiled']:.1f} ms vs {info['ms']['eager']:.1f} ms eager per micro-batch" if "eager" in info["ms"] else ""
+        timing = (
+            f"; {info['ms']['compiled']:.1f} ms vs {info['ms']['eager']:.1f} ms eager per micro-batch"
+            if "eager" in info["ms"]
+            else ""
+        )
         kernel_text = f", {winner[1]} attention" if winner[1] is not None else ""
         if len(kernels) > 1:
-            kernel_text += " (compiled: " + ", ".join(f"{k} {v:.1f} ms" for k, v in info["ms"]["compiled_by_attention"].items()) + ")"
+            kernel_text += (
+                " (compiled: "
+                + ", ".join(f"{k} {v:.1f} ms" for k, v in info["ms"]["compiled_by_attention"].items())
+                + ")"
+            )
         print(f"compiled the model in {compile_seconds:.0f} s{kernel_text}{timing}", flush=True)
     return compiled, info

@@ -70,7 +70,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit() and is_complete(p)]
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit() and is_complete(p)
+    ]
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
@@ -116,11 +120,15 @@ def load_weights(model, folder: Path) -> None:
         # name; peft maps them back (load_state_dict found none of them: LoRA runs never resumed)
         result = peft.set_peft_model_state_dict(model, tensors)
         if result.unexpected_keys:
-            raise RuntimeError(f"checkpoint {folder} does not match the LoRA model: unexpected {sorted(result.unexpected_keys)[:3]}")
+            raise RuntimeError(
+                f"checkpoint {folder} does not match the LoRA model: unexpected {sorted(result.unexpected_keys)[:3]}"
+            )
         return
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     tied = {k for k in missing if "embed" in k or "lm_head" in k or "decoder" in k or "predictions" in k}
     if set(missing) - tied or unexpected:
-        raise RuntimeError(f"checkpoint {folder} does not match the model: missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        raise RuntimeError(
+            f"checkpoint {folder} does not match the model: missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
     if hasattr(model, "tie_weights"):
         model.tie_weights()

@@ -21,16 +21,56 @@ from lmforge.errors import LmforgeError, RunInterrupted
 
 # stage -> (module, config class, run function, one-line summary)
 STAGES: dict[str, tuple[str, str, str, str]] = {
-    "corpus": ("lmforge.corpus", "CorpusConfig", "run", "documents (txt, md, html, pdf, jsonl, csv, docx) -> cleaned, deduplicated, split corpus/"),
-    "tokenizer": ("lmforge.tokenizer", "TokenizerStageConfig", "run", "train a BPE / WordPiece / Unigram / char tokenizer on text"),
+    "corpus": (
+        "lmforge.corpus",
+        "CorpusConfig",
+        "run",
+        "documents (txt, md, html, pdf, jsonl, csv, docx) -> cleaned, deduplicated, split corpus/",
+    ),
+    "tokenizer": (
+        "lmforge.tokenizer",
+        "TokenizerStageConfig",
+        "run",
+        "train a BPE / WordPiece / Unigram / char tokenizer on text",
+    ),
     "shards": ("lmforge.shards", "ShardsConfig", "run", "tokenize text into packed train/valid token shards (cached)"),
-    "pretrain": ("lmforge.pretrain", "PretrainConfig", "run", "pretrain a model from scratch (clm or mlm) under a budget; text in, model out"),
-    "evaluate": ("lmforge.evaluate", "EvaluateConfig", "run", "perplexity, bits-per-byte and masked-token accuracy of a checkpoint"),
+    "pretrain": (
+        "lmforge.pretrain",
+        "PretrainConfig",
+        "run",
+        "pretrain a model from scratch (clm or mlm) under a budget; text in, model out",
+    ),
+    "evaluate": (
+        "lmforge.evaluate",
+        "EvaluateConfig",
+        "run",
+        "perplexity, bits-per-byte and masked-token accuracy of a checkpoint",
+    ),
     "generate": ("lmforge.generate", "GenerateConfig", "run_generate", "sample text from a causal LM checkpoint"),
-    "fill-mask": ("lmforge.generate", "FillMaskConfig", "run_fill_mask", "top-k predictions for [MASK] from a masked LM checkpoint"),
-    "finetune": ("lmforge.finetune", "FinetuneConfig", "run", "fine-tune a pretrained model for classification, NER or extractive QA (full, LoRA or head only)"),
-    "predict": ("lmforge.predict", "PredictConfig", "run", "run a fine-tuned model over a file (CSV, TSV, JSONL, plain lines) or --text and write its predictions"),
-    "quickstart": ("lmforge.quickstart", "QuickstartConfig", "run", "the embedded demo: a char-level model on tinyshakespeare in ~3 minutes"),
+    "fill-mask": (
+        "lmforge.generate",
+        "FillMaskConfig",
+        "run_fill_mask",
+        "top-k predictions for [MASK] from a masked LM checkpoint",
+    ),
+    "finetune": (
+        "lmforge.finetune",
+        "FinetuneConfig",
+        "run",
+        "fine-tune a pretrained model for classification, NER or extractive QA (full, LoRA or head only)",
+    ),
+    "predict": (
+        "lmforge.predict",
+        "PredictConfig",
+        "run",
+        "run a fine-tuned model over a file (CSV, TSV, JSONL, plain lines) or --text and write its predictions",
+    ),
+    "quickstart": (
+        "lmforge.quickstart",
+        "QuickstartConfig",
+        "run",
+        "the embedded demo: a char-level model on tinyshakespeare in ~3 minutes",
+    ),
 }
 
 
@@ -74,7 +114,11 @@ def unknown_flag_message(unknown: list[str], flags: list[str]) -> str:
     if not near:  # `--model.l` for `--model.layers`: the flags of that section that start with it
         section, _, leaf = name.rpartition(".")
         near = [f for f in flags if f.startswith(f"{section}.{leaf}")] if section and leaf else []
-    hint = f" (did you mean {near[0]}?)" if len(near) == 1 else (f" (did you mean one of {', '.join(near)}?)" if near else "")
+    hint = (
+        f" (did you mean {near[0]}?)"
+        if len(near) == 1
+        else (f" (did you mean one of {', '.join(near)}?)" if near else "")
+    )
     return f"unknown option {name}{hint}"
 
 
@@ -99,7 +143,9 @@ def check_out(cfg) -> None:
     fields = {f.name for f in dataclasses.fields(cfg)}
     out = Path(cfg.out) if "out" in fields and cfg.out else None
     if out is not None and out.exists() and not out.is_dir():
-        raise LmforgeError(f"--out {out} is a file, not a folder; give the path of a folder (new, or a run folder to continue)")
+        raise LmforgeError(
+            f"--out {out} is a file, not a folder; give the path of a folder (new, or a run folder to continue)"
+        )
 
 
 def resumed_recipe(overrides: dict) -> str | None:
@@ -132,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RunInterrupted as stop:
         out = overrides.get("out", "DIR")
-        print(f"lmforge {stage}: interrupted after step {stop.step}; checkpoint {stop.folder}; "
-              f"continue with `lmforge {stage} --resume true --out {out}`", file=sys.stderr)
+        print(
+            f"lmforge {stage}: interrupted after step {stop.step}; checkpoint {stop.folder}; "
+            f"continue with `lmforge {stage} --resume true --out {out}`",
+            file=sys.stderr,
+        )
         return 130
     except KeyboardInterrupt:
         print(f"lmforge {stage}: interrupted; {_what_is_kept(overrides)}", file=sys.stderr)

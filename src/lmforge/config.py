@@ -59,7 +59,9 @@ def _choice_text(choice: Any) -> str:
 
 
 def _bad(key: str, value: Any, tp: Any) -> LmforgeError:
-    return LmforgeError(f"config field '{key}': got {value!r}, expected {type_name(tp)}; fix the value in the recipe or the --{key} flag")
+    return LmforgeError(
+        f"config field '{key}': got {value!r}, expected {type_name(tp)}; fix the value in the recipe or the --{key} flag"
+    )
 
 
 def coerce(tp: Any, value: Any, key: str) -> Any:
@@ -76,7 +78,10 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
         for choice in choices:
             if isinstance(choice, bool) != isinstance(value, bool) and not isinstance(value, str):
                 continue  # 1 == True in Python, but `1` is not the choice `true`
-            if value == choice or (isinstance(value, str) and _choice_text(choice) == (value.lower() if isinstance(choice, bool) else value)):
+            if value == choice or (
+                isinstance(value, str)
+                and _choice_text(choice) == (value.lower() if isinstance(choice, bool) else value)
+            ):
                 return choice
         raise _bad(key, value, tp)
     if origin is list:
@@ -232,17 +237,23 @@ def recipe_path(name: str | Path) -> Path:
 def load_yaml(path: str | Path) -> dict:
     path = recipe_path(path)
     if not path.is_file():
-        raise LmforgeError(f"config file {path} not found; pass a recipe file to --config, or a packaged recipe: {', '.join(packaged_recipes())}")
+        raise LmforgeError(
+            f"config file {path} not found; pass a recipe file to --config, or a packaged recipe: {', '.join(packaged_recipes())}"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise LmforgeError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the recipe syntax") from None
+        raise LmforgeError(
+            f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the recipe syntax"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise LmforgeError(f"{path}: a recipe must be a mapping of sections (train:, model:, ...), got {type(data).__name__}")
+        raise LmforgeError(
+            f"{path}: a recipe must be a mapping of sections (train:, model:, ...), got {type(data).__name__}"
+        )
     return data
 
 

@@ -42,14 +42,27 @@ class EvaluateConfig:
     context: Optional[int] = option(None, "window length (default: the model's max positions)")
     stride: Optional[int] = option(None, "clm: tokens advanced per window (default: context / 2)")
     batch_size: int = option(16, "windows per forward pass")
-    split: Optional[Literal["valid", "test", "train", "all"]] = option(None, "a corpus folder (from `lmforge corpus`): which split to score (default valid; all: train, valid, test in that order); plain files are scored whole")
-    max_tokens: Optional[int] = option(None, "score at most this many tokens of the text (the report says whether it cut)")
+    split: Optional[Literal["valid", "test", "train", "all"]] = option(
+        None,
+        "a corpus folder (from `lmforge corpus`): which split to score (default valid; all: train, valid, test in that order); plain files are scored whole",
+    )
+    max_tokens: Optional[int] = option(
+        None, "score at most this many tokens of the text (the report says whether it cut)"
+    )
     mlm_probability: float = option(0.15, "mlm: fraction of tokens masked")
     seed: int = option(0, "mlm: masking seed")
-    pseudo_perplexity_tokens: Optional[int] = option(20_000, "mlm: pseudo-perplexity scores the first this many tokens, each masked in turn (one forward row of `context` tokens each); 0: skip, null: all")
+    pseudo_perplexity_tokens: Optional[int] = option(
+        20_000,
+        "mlm: pseudo-perplexity scores the first this many tokens, each masked in turn (one forward row of `context` tokens each); 0: skip, null: all",
+    )
     device: str = option("auto", "cpu, cuda or auto")
-    encoding_errors: Literal["strict", "replace"] = option("strict", "non-UTF-8 bytes: stop (strict) or replace with U+FFFD")
-    task: Literal["lm", "classification", "ner", "qa"] = option("lm", "lm: perplexity of a language model; classification/ner/qa: metrics of a fine-tuned model on one labelled file (report.html, errors.jsonl)")
+    encoding_errors: Literal["strict", "replace"] = option(
+        "strict", "non-UTF-8 bytes: stop (strict) or replace with U+FFFD"
+    )
+    task: Literal["lm", "classification", "ner", "qa"] = option(
+        "lm",
+        "lm: perplexity of a language model; classification/ner/qa: metrics of a fine-tuned model on one labelled file (report.html, errors.jsonl)",
+    )
     format: FormatConfig = field(default_factory=FormatConfig)
 
 
@@ -67,15 +80,19 @@ def select_split(sources: list[documents.Source], split: str | None) -> tuple[li
     told), plain files are scored whole ("whole"). Raises LmforgeError for a split that cannot apply."""
     if not any(s.split for s in sources):
         if split is not None:
-            raise LmforgeError(f"--split {split}: only a corpus folder (written by `lmforge corpus`) has splits, and --data names plain files, "
-                               "which are scored whole; drop --split or point --data at a corpus folder")
+            raise LmforgeError(
+                f"--split {split}: only a corpus folder (written by `lmforge corpus`) has splits, and --data names plain files, "
+                "which are scored whole; drop --split or point --data at a corpus folder"
+            )
         return sources, "whole"
     split = split or "valid"
     if split == "all":
         return sources, split
     if not any(s.split == split for s in sources):
         folders = ", ".join(sorted({str(s.path.parent) for s in sources if s.split}))
-        raise LmforgeError(f"--data {folders}: the corpus has no {split} split (no {split}-*.jsonl files); pick another --split (valid, test, train or all)")
+        raise LmforgeError(
+            f"--data {folders}: the corpus has no {split} split (no {split}-*.jsonl files); pick another --split (valid, test, train or all)"
+        )
     return [s for s in sources if s.split in (None, split)], split
 
 
@@ -83,7 +100,9 @@ def _documents(sources: list[documents.Source], encoding_errors: str) -> Iterato
     """(text block, ends_document) over whole sources: a text file is one document, a JSONL line is one."""
     for source in sources:
         if source.kind == "jsonl":
-            for _, text in documents.read_jsonl_documents(source.path, encoding_errors=encoding_errors, setting="encoding_errors"):
+            for _, text in documents.read_jsonl_documents(
+                source.path, encoding_errors=encoding_errors, setting="encoding_errors"
+            ):
                 yield text, True
             continue
         blocks = documents.read_text_blocks(source.path, encoding_errors=encoding_errors, setting="encoding_errors")
@@ -158,12 +177,26 @@ def causal_scores(model, tokens: np.ndarray, context: int, stride: int, batch_si
 
 
 @torch.no_grad()
-def masked_scores(model, tokenizer, tokens: np.ndarray, context: int, batch_size: int, probability: float, seed: int, device) -> dict:
-    objective = objectives.MaskedLM(tokens, context, batch_size, seed, tokenizer.mask_token_id, tokenizer.cls_token_id,
-                                    tokenizer.sep_token_id, model.config.vocab_size, tuple(tokenizer.all_special_ids), probability)
+def masked_scores(
+    model, tokenizer, tokens: np.ndarray, context: int, batch_size: int, probability: float, seed: int, device
+) -> dict:
+    objective = objectives.MaskedLM(
+        tokens,
+        context,
+        batch_size,
+        seed,
+        tokenizer.mask_token_id,
+        tokenizer.cls_token_id,
+        tokenizer.sep_token_id,
+        model.config.vocab_size,
+        tuple(tokenizer.all_special_ids),
+        probability,
+    )
     offsets = objectives.eval_offsets(len(tokens), objective.window, None)
     if len(offsets) == 0:
-        raise LmforgeError(f"the text has {len(tokens)} tokens, fewer than one window of {objective.window}; give more text or a smaller --context")
+        raise LmforgeError(
+            f"the text has {len(tokens)} tokens, fewer than one window of {objective.window}; give more text or a smaller --context"
+        )
     generator = torch.Generator().manual_seed(seed)
     loss_sum = correct = count = 0.0
     for i in range(0, len(offsets), batch_size):
@@ -178,7 +211,9 @@ def masked_scores(model, tokenizer, tokens: np.ndarray, context: int, batch_size
 
 
 @torch.no_grad()
-def pseudo_log_likelihood(model, tokenizer, tokens: np.ndarray, context: int, batch_size: int, device) -> tuple[float, int]:
+def pseudo_log_likelihood(
+    model, tokenizer, tokens: np.ndarray, context: int, batch_size: int, device
+) -> tuple[float, int]:
     """Summed NLL (nats) and count of the tokens scored by masking each in turn (Salazar et al. 2020,
     "Masked Language Model Scoring"); pseudo-perplexity is exp(NLL / count).
 
@@ -219,11 +254,20 @@ def score(model, tokenizer, text: ScoredText, objective: str, context: int, conf
     if objective == "clm":
         stride = config.stride or max(context // 2, 1)
         nll, predicted = causal_scores(model, text.tokens, context, stride, config.batch_size, device)
-        return {"loss": nll / predicted, "perplexity": math.exp(nll / predicted), "bits_per_byte": nll / math.log(2) / text.bytes,
-                "predicted_tokens": predicted, "stride": stride}
-    results = masked_scores(model, tokenizer, text.tokens, context, config.batch_size, config.mlm_probability, config.seed, device)
+        return {
+            "loss": nll / predicted,
+            "perplexity": math.exp(nll / predicted),
+            "bits_per_byte": nll / math.log(2) / text.bytes,
+            "predicted_tokens": predicted,
+            "stride": stride,
+        }
+    results = masked_scores(
+        model, tokenizer, text.tokens, context, config.batch_size, config.mlm_probability, config.seed, device
+    )
     if config.pseudo_perplexity_tokens != 0:
-        nll, count = pseudo_log_likelihood(model, tokenizer, text.tokens[: config.pseudo_perplexity_tokens], context, config.batch_size, device)
+        nll, count = pseudo_log_likelihood(
+            model, tokenizer, text.tokens[: config.pseudo_perplexity_tokens], context, config.batch_size, device
+        )
         if count:
             results.update(pseudo_loss=nll / count, pseudo_perplexity=math.exp(nll / count), pseudo_scored_tokens=count)
     return results
@@ -238,7 +282,9 @@ def check_context(context: int | None, model, model_dir: Path) -> int:
     if context < 2:
         raise LmforgeError(f"--context {context}: must be at least 2 tokens")
     if positions and context > positions:
-        raise LmforgeError(f"--context {context}: {model_dir} was built for at most {positions} positions; give --context {positions} or less (or leave it out)")
+        raise LmforgeError(
+            f"--context {context}: {model_dir} was built for at most {positions} positions; give --context {positions} or less (or leave it out)"
+        )
     return context
 
 
@@ -253,7 +299,9 @@ def run(config: EvaluateConfig) -> Path:
 
     model_dir = model_mod.folder_of(config.model)
     if config.pseudo_perplexity_tokens is not None and config.pseudo_perplexity_tokens < 0:
-        raise LmforgeError(f"--pseudo_perplexity_tokens {config.pseudo_perplexity_tokens}: must be 0 (skip), a positive count, or null (all)")
+        raise LmforgeError(
+            f"--pseudo_perplexity_tokens {config.pseudo_perplexity_tokens}: must be 0 (skip), a positive count, or null (all)"
+        )
     objective = model_mod.objective_of(model_dir) if config.objective == "auto" else config.objective
     sources, split = select_split(documents.resolve_sources(config.data), config.split)
     tokenizer = tokenizer_mod.load(model_dir)
@@ -266,24 +314,63 @@ def run(config: EvaluateConfig) -> Path:
     text = read_tokens(sources, tokenizer, config.encoding_errors, config.max_tokens)
     tokens = text.tokens
     if len(tokens) < 2:
-        raise LmforgeError(f"--data: {', '.join(str(s.path) for s in sources[:3])}: no text to score ({len(tokens)} token(s) after tokenizing); give files with text in them")
+        raise LmforgeError(
+            f"--data: {', '.join(str(s.path) for s in sources[:3])}: no text to score ({len(tokens)} token(s) after tokenizing); give files with text in them"
+        )
     if tokens.max() >= model.config.vocab_size:
-        raise LmforgeError(f"token id {int(tokens.max())} is outside {model_dir}'s vocabulary of {model.config.vocab_size}; the tokenizer does not belong to this model")
-    scored = {"data": [str(s.path) for s in sources], "split": split, "tokens": int(len(tokens)), "bytes": text.bytes,
-              "max_tokens": config.max_tokens, "cut_by_max_tokens": text.cut}
-    results = {"model": str(model_dir), "objective": objective, "context": context,
-               **score(model, tokenizer, text, objective, context, config, device)}
+        raise LmforgeError(
+            f"token id {int(tokens.max())} is outside {model_dir}'s vocabulary of {model.config.vocab_size}; the tokenizer does not belong to this model"
+        )
+    scored = {
+        "data": [str(s.path) for s in sources],
+        "split": split,
+        "tokens": int(len(tokens)),
+        "bytes": text.bytes,
+        "max_tokens": config.max_tokens,
+        "cut_by_max_tokens": text.cut,
+    }
+    results = {
+        "model": str(model_dir),
+        "objective": objective,
+        "context": context,
+        **score(model, tokenizer, text, objective, context, config, device),
+    }
     out = Path(config.out)
     write_json_atomic(out / "report.json", {**results, **scored})
-    headline = next((f"{k.replace('_', ' ')} {results[k]:.4f}" for k in ("perplexity", "pseudo_perplexity", "masked_accuracy", "loss")
-                     if isinstance(results.get(k), float)), "")
-    lead = report.Lead(f"Score {model_dir} as a {objective.upper()} on held-out text", headline,
-                       f"{scored['split']} ({scored['tokens']:,} tokens)", {"data": ", ".join(scored["data"])})
-    report.write_html(out / "report.html", f"lmforge evaluate: {Path(config.out).name}",
-                      [("What was scored", report.table_html(scored)), ("Results", report.table_html(results))], lead)
+    headline = next(
+        (
+            f"{k.replace('_', ' ')} {results[k]:.4f}"
+            for k in ("perplexity", "pseudo_perplexity", "masked_accuracy", "loss")
+            if isinstance(results.get(k), float)
+        ),
+        "",
+    )
+    lead = report.Lead(
+        f"Score {model_dir} as a {objective.upper()} on held-out text",
+        headline,
+        f"{scored['split']} ({scored['tokens']:,} tokens)",
+        {"data": ", ".join(scored["data"])},
+    )
+    report.write_html(
+        out / "report.html",
+        f"lmforge evaluate: {Path(config.out).name}",
+        [("What was scored", report.table_html(scored)), ("Results", report.table_html(results))],
+        lead,
+    )
     folder.finish()
-    shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()
-             if k in ("loss", "perplexity", "bits_per_byte", "masked_loss", "masked_accuracy", "pseudo_perplexity")}
-    what = f"{len(tokens):,} tokens" + ("" if split == "whole" else f" of the {split} split") + (", cut at --max_tokens" if text.cut else "")
-    print(f"{model_dir}: " + ", ".join(f"{k} {v}" for k, v in shown.items()) + f" ({what}); report in {out / 'report.json'}")
+    shown = {
+        k: round(v, 4) if isinstance(v, float) else v
+        for k, v in results.items()
+        if k in ("loss", "perplexity", "bits_per_byte", "masked_loss", "masked_accuracy", "pseudo_perplexity")
+    }
+    what = (
+        f"{len(tokens):,} tokens"
+        + ("" if split == "whole" else f" of the {split} split")
+        + (", cut at --max_tokens" if text.cut else "")
+    )
+    print(
+        f"{model_dir}: "
+        + ", ".join(f"{k} {v}" for k, v in shown.items())
+        + f" ({what}); report in {out / 'report.json'}"
+    )
     return out

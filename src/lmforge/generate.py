@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -52,15 +51,30 @@ def _cache_argument(model) -> str:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
-             top_p: float | None, samples: int = 1, seed: int = 0) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    samples: int = 1,
+    seed: int = 0,
+) -> list[str]:
     """Continuations of `prompt` (prompt included). Each step sees the last `context` tokens,
     so generation can run past the trained context length.
 
     Within the context, keys and values are cached (one new token per forward pass); past it,
     the window slides, which a cache cannot follow, so each step re-reads the last `context` tokens.
     """
-    from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    from transformers import (
+        DynamicCache,
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     generator = torch.Generator(device=model.device).manual_seed(seed)
     ids = tokenizer_mod.encode_text(tokenizer, prompt) or [tokenizer.eos_token_id]
@@ -111,14 +125,25 @@ def check_sampling(config: GenerateConfig) -> None:
 def run_generate(config: GenerateConfig) -> list[str]:
     from transformers import AutoModelForCausalLM
 
-
     if model_mod.objective_of(model_mod.folder_of(config.model)) == "mlm":
-        raise LmforgeError(f"--model {config.model}: this is a masked LM, which predicts masked tokens and cannot write text left to right; "
-                           f"use `lmforge fill-mask --model {config.model} --text '... [MASK] ...'`, or give a causal LM folder")
+        raise LmforgeError(
+            f"--model {config.model}: this is a masked LM, which predicts masked tokens and cannot write text left to right; "
+            f"use `lmforge fill-mask --model {config.model} --text '... [MASK] ...'`, or give a causal LM folder"
+        )
     check_sampling(config)
     model, tokenizer = _load(config.model, AutoModelForCausalLM)
     model.to(hardware.resolve_device(config.device))
-    texts = generate(model, tokenizer, config.prompt, config.max_new_tokens, config.temperature, config.top_k, config.top_p, config.samples, config.seed)
+    texts = generate(
+        model,
+        tokenizer,
+        config.prompt,
+        config.max_new_tokens,
+        config.temperature,
+        config.top_k,
+        config.top_p,
+        config.samples,
+        config.seed,
+    )
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1}")
@@ -129,7 +154,9 @@ def run_generate(config: GenerateConfig) -> list[str]:
 def fill_mask(model, tokenizer, text: str, top_k: int) -> list[list[tuple[str, float]]]:
     """For each mask token in `text`: the top-k (token, probability) predictions."""
     if tokenizer.mask_token is None or tokenizer.mask_token not in text:
-        raise LmforgeError(f"--text must contain the mask token {tokenizer.mask_token!r}, e.g. 'To be or not to {tokenizer.mask_token}'")
+        raise LmforgeError(
+            f"--text must contain the mask token {tokenizer.mask_token!r}, e.g. 'To be or not to {tokenizer.mask_token}'"
+        )
     # [CLS] text [SEP], the text encoded line by line: the rows the model was trained on
     cls, sep = [[i] if i is not None else [] for i in (tokenizer.cls_token_id, tokenizer.sep_token_id)]
     input_ids = torch.tensor([cls + tokenizer_mod.encode_text(tokenizer, text) + sep], device=model.device)

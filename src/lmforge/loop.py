@@ -17,114 +17,21 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import os
-import signal
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from lmforge import attention as attention_mod
-from lmforge import checkpoint, hardware, optim, publish
-from lmforge.config import option
+from lmforge import checkpoint, hardware, optim
 from lmforge.errors import LmforgeError, RunInterrupted
 from lmforge.metrics_log import MetricsLog
-
-
-LOWER_IS_BETTER = ("loss", "mse", "mae", "error", "perplexity")
-
-
-@dataclass
-class TrainConfig:
-    """The loop's settings: the `train` section of every stage that trains (`--train.lr` means the
-    same in pretraining and fine-tuning). The defaults are pretraining's; fine-tuning starts from
-    its own (`finetune.train_defaults`), where a null lr, warmup_steps or eval_every is filled in
-    from the mode and the epoch length. A stage's own settings live in a subclass
-    (`pretrain.PretrainTrainConfig`: the objective; `finetune.FinetuneTrainConfig`: batching)."""
-
-    batch_size: int = option(32, "global batch in sequences per optimizer step (all processes, all accumulation steps)")
-    micro_batch_size: Optional[int] = option(None, "sequences per forward pass in one process; default: batch_size / processes (no accumulation)")
-    lr: Optional[float] = option(1e-3, "peak learning rate (fine-tuning's null: 5e-5 full, 2e-3 lora, 1e-3 head)")
-    min_lr: float = option(1e-4, "learning rate at the end of the budget")
-    warmup_steps: Optional[int] = option(100, "linear warm-up steps (ended earlier by warmup_fraction; fine-tuning's null: 6% of the training steps)")
-    warmup_fraction: float = option(0.1, "warm-up ends by this fraction of the budget at the latest, so a short time, token or FLOP budget still ends annealed (1: no cap)")
-    schedule: Literal["cosine", "linear", "constant"] = option("cosine", "decay from lr to min_lr over the budget")
-    weight_decay: float = option(0.1, "AdamW weight decay on matrices (not on biases or norms)")
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.99, "AdamW beta2")
-    grad_clip: float = option(1.0, "clip the global gradient norm to this (0 disables)")
-    layer_decay: float = option(1.0, "layer-wise LR decay: the block k below the top trains at lr x layer_decay^k, e.g. 0.8 (1: off)")
-    max_steps: Optional[int] = option(None, "budget: optimizer steps (fine-tuning: default from --epochs)")
-    max_tokens: Optional[int] = option(None, "budget: training tokens")
-    max_minutes: Optional[float] = option(None, "budget: minutes of training (evaluation and checkpoint writes not counted)")
-    max_flops: Optional[float] = option(None, "budget: training FLOPs (6N + attention per token; pretraining only)")
-    stop_at_step: Optional[int] = option(None, "stop after this step as if interrupted, keeping the full budget's schedule (resume later; not saved in config.yaml)")
-    eval_every: Optional[int] = option(250, "evaluate on the validation split every N steps and at the end (0: only at the end; fine-tuning's null: once per epoch)")
-    best_metric: Optional[str] = option(None, "keep a best/ model folder chosen by this evaluation metric (e.g. val_loss, accuracy; fine-tuning's null: accuracy, pearson, f1_micro, or entity/SQuAD f1)")
-    best_mode: Literal["auto", "max", "min"] = option("auto", "whether a larger (max) or smaller (min) best_metric is better; auto: min for losses and errors (val_loss, mse, ...), else max")
-    early_stopping_patience: int = option(0, "stop after this many evaluations without a better best_metric (0: never)")
-    save_every: int = option(0, "write a resumable checkpoint every N steps (0: only by time and at the end)")
-    save_every_minutes: float = option(10.0, "write a resumable checkpoint every N minutes of wall time (0: off); Ctrl-C and SIGTERM always write one")
-    keep_last: int = option(2, "keep this many newest checkpoints")
-    log_every: int = option(10, "append a metrics.jsonl row and print progress every N steps (0: first and last step only)")
-    seed: int = option(1337, "seed for initialisation, data order, masking and dropout")
-    device: str = option("auto", "cpu, cuda, cuda:N or auto (under torchrun, cuda means cuda:LOCAL_RANK)")
-    precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 autocast where the hardware supports it (auto), or force fp32 / bf16")
-    compile: Literal[True, False, "auto"] = option(False, "torch.compile the model: true, false, or auto (compile, time steps both ways on the run's own batch, keep the faster)")
-    attention: attention_mod.Kernel = option("auto", "attention kernel; auto: under bf16 on CPU, time sdpa, sdpa in fp32 and eager on the first micro-batch and keep the fastest (else the model's default)")
-
-    def budget(self) -> optim.Budget:
-        return optim.Budget(self.max_steps, self.max_tokens, self.max_minutes * 60 if self.max_minutes else None, self.max_flops)
-
-    def larger_is_better(self) -> bool:
-        """Direction of `best_metric`: `auto` treats losses and errors (val_loss, mse, ...) as lower-is-better."""
-        if self.best_mode != "auto":
-            return self.best_mode == "max"
-        return not any(word in (self.best_metric or "") for word in LOWER_IS_BETTER)
-
-    def check_values(self) -> None:
-        """Values outside their meaning are one-line errors before any data is read (a negative lr
-        trained backwards; batch_size 0 ended in "need at least one array to stack" or a ZeroDivisionError)."""
-        rules = [
-            ("batch_size", self.batch_size >= 1, "at least 1"),
-            ("micro_batch_size", self.micro_batch_size is None or 1 <= self.micro_batch_size <= self.batch_size, "between 1 and train.batch_size, or null"),
-            ("lr", self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "a positive number"),
-            ("min_lr", math.isfinite(self.min_lr) and self.min_lr >= 0, "0 or more"),
-            ("warmup_steps", self.warmup_steps is None or self.warmup_steps >= 0, "0 or more"),
-            ("warmup_fraction", 0 < self.warmup_fraction <= 1, "in (0, 1]"),
-            ("weight_decay", self.weight_decay >= 0, "0 or more"),
-            ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
-            ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
-            ("grad_clip", self.grad_clip >= 0, "0 (off) or more"),
-            ("layer_decay", 0 < self.layer_decay <= 1, "in (0, 1]"),
-            ("max_steps", self.max_steps is None or self.max_steps >= 1, "at least 1, or null"),
-            ("max_tokens", self.max_tokens is None or self.max_tokens >= 1, "at least 1, or null"),
-            ("max_minutes", self.max_minutes is None or self.max_minutes > 0, "more than 0, or null"),
-            ("max_flops", self.max_flops is None or self.max_flops > 0, "more than 0, or null"),
-            ("eval_every", self.eval_every is None or self.eval_every >= 0, "0 (only at the end) or more"),
-            ("early_stopping_patience", self.early_stopping_patience >= 0, "0 (never) or more"),
-            ("save_every", self.save_every >= 0, "0 (off) or more"),
-            ("save_every_minutes", self.save_every_minutes >= 0, "0 (off) or more"),
-            ("keep_last", self.keep_last >= 1, "at least 1"),
-            ("log_every", self.log_every >= 0, "0 or more"),
-        ]
-        for name, ok, wanted in rules:
-            if not ok:
-                raise LmforgeError(f"--train.{name} {getattr(self, name)}: must be {wanted}")
-
-    def check_ready(self) -> None:
-        """Raise unless the values make sense, a budget is set and no field is left null for a stage to fill in."""
-        self.check_values()
-        if not self.budget().is_set():
-            raise LmforgeError("no budget set: give one of --train.max_steps, --train.max_tokens, --train.max_minutes, --train.max_flops")
-        for name, value in (("lr", self.lr), ("warmup_steps", self.warmup_steps), ("eval_every", self.eval_every)):
-            if value is None:  # only fine-tuning fills these in
-                default = TrainConfig.__dataclass_fields__[name].default
-                raise LmforgeError(f"train.{name} is null here, and only fine-tuning picks a value for null; give one, e.g. --train.{name} {default}")
+from lmforge.process import Process, StopSignals
+from lmforge.train_config import TrainConfig
 
 
 class TrainingDiverged(LmforgeError):
@@ -144,60 +51,6 @@ class LossModule(torch.nn.Module):
 
 
 @dataclass
-class Process:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun) and its device."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = torch.device("cpu")
-
-    @classmethod
-    def from_env(cls, device: torch.device) -> "Process":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        if world > 1 and not dist.is_initialized():
-            # NCCL reduces CUDA tensors only; gloo the CPU ones (see `sum`, `from_main`)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return cls(int(os.environ.get("RANK", "0")), world, device)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def _comm_device(self) -> torch.device:
-        return self.device if self.device.type == "cuda" else torch.device("cpu")
-
-    def from_main(self, value: int) -> int:
-        """Rank 0's `value` on every process (so all ranks make rank 0's choice)."""
-        if self.world == 1:
-            return value
-        tensor = torch.tensor([value], device=self._comm_device)
-        dist.broadcast(tensor, src=0)
-        return int(tensor.cpu())
-
-    def sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self.world == 1:
-            return value
-        value = value.to(self._comm_device, copy=True)
-        dist.all_reduce(value)
-        return value.cpu()
-
-    def any(self, *flags: bool) -> list[bool]:
-        """Each flag, true on every process if it is true on any (one small all-reduce)."""
-        if self.world == 1:
-            return list(flags)
-        tensor = torch.tensor([int(f) for f in flags], device=self._comm_device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return [bool(v) for v in tensor.cpu().tolist()]
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-@dataclass
 class Runtime:
     """Where and how the loop runs; handed to evaluators so they batch and cast the same way."""
 
@@ -207,7 +60,7 @@ class Runtime:
     micro: int
 
     @classmethod
-    def start(cls, cfg: TrainConfig) -> "Runtime":
+    def start(cls, cfg: TrainConfig) -> Runtime:
         """Device, dtype and process of `cfg`; joins the torchrun job (see `Process.from_env`)."""
         device = hardware.resolve_device(cfg.device)
         dtype = hardware.resolve_precision(cfg.precision, device)
@@ -280,6 +133,7 @@ class LoopState:
     tokens: int = 0
     seconds: float = 0.0  # training time only (no evaluation, no checkpoint writes)
     eval_seconds: float = 0.0
+    evaluations: int = 0  # how many evaluations eval_seconds covers (an ETA for the next one)
     checkpoint_seconds: float = 0.0
     flops: float = 0.0
     warmup_end_progress: Optional[float] = None
@@ -292,17 +146,17 @@ class LoopState:
     compile: Optional[str] = None  # "compiled" or "eager", as chosen at the start
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LoopState":
+    def from_dict(cls, data: dict) -> LoopState:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
     @classmethod
-    def read(cls, folder: Path) -> "LoopState":
+    def read(cls, folder: Path) -> LoopState:
         """The state saved in checkpoint `folder` (nothing restored)."""
         return cls.from_dict(checkpoint.read_state(folder))
 
     @classmethod
-    def restore(cls, folder: Path, optimizer) -> "LoopState":
+    def restore(cls, folder: Path, optimizer) -> LoopState:
         """The state saved in checkpoint `folder`, with the optimizer and RNG restored from it."""
         return cls.from_dict(checkpoint.load_state(folder, optimizer))
 
@@ -325,7 +179,9 @@ class LoopState:
         self.seconds += seconds
 
     def in_warmup(self, cfg: TrainConfig, budget: optim.Budget) -> bool:
-        return self.warmup_end_progress is None and not optim.warmup_done(self.step, self.progress(budget), cfg.warmup_steps, cfg.warmup_fraction)
+        return self.warmup_end_progress is None and not optim.warmup_done(
+            self.step, self.progress(budget), cfg.warmup_steps, cfg.warmup_fraction
+        )
 
 
 @dataclass
@@ -356,8 +212,18 @@ class RunSummary:
     finished: bool
 
     @classmethod
-    def of(cls, state: LoopState, cfg: TrainConfig, runtime: Runtime, metrics: dict, recent: collections.deque, attention: dict,
-           compiled: dict, flops_per_token: float, peak: float) -> "RunSummary":
+    def of(
+        cls,
+        state: LoopState,
+        cfg: TrainConfig,
+        runtime: Runtime,
+        metrics: dict,
+        recent: collections.deque,
+        attention: dict,
+        compiled: dict,
+        flops_per_token: float,
+        peak: float,
+    ) -> RunSummary:
         tokens_per_second = state.tokens / max(state.seconds, 1e-9)
         if state.stopped_early:
             stopped_by = "early_stopping"
@@ -365,26 +231,49 @@ class RunSummary:
             stopped_by = cfg.budget().limiting(state.step, state.tokens, state.seconds, state.flops)
         else:
             stopped_by = "stop_at_step"
-        best = {"metric": cfg.best_metric, "value": state.best, "step": state.best_step, "mode": "max" if cfg.larger_is_better() else "min"}
+        best = {
+            "metric": cfg.best_metric,
+            "value": state.best,
+            "step": state.best_step,
+            "mode": "max" if cfg.larger_is_better() else "min",
+        }
         return cls(
-            val_loss=metrics.get("val_loss"), metrics=metrics, best=best if cfg.best_metric else None,
-            train_loss=sum(recent) / len(recent) if recent else None, steps=state.step, tokens=state.tokens,
-            training_seconds=round(state.seconds, 2), evaluation_seconds=round(state.eval_seconds, 2),
-            checkpoint_seconds=round(state.checkpoint_seconds, 2), tokens_per_second=round(tokens_per_second, 1),
-            flops=state.flops, mfu=flops_per_token * tokens_per_second / peak, peak_flops=peak,
-            precision=str(runtime.dtype).replace("torch.", ""), attention=attention["kernel"], attention_ms=attention["ms"],
-            compile=compiled, device=str(runtime.device), processes=runtime.proc.world, stopped_by=stopped_by,
-            stopped_in_warmup=state.in_warmup(cfg, cfg.budget()), finished=state.finished or state.stopped_early,
+            val_loss=metrics.get("val_loss"),
+            metrics=metrics,
+            best=best if cfg.best_metric else None,
+            train_loss=sum(recent) / len(recent) if recent else None,
+            steps=state.step,
+            tokens=state.tokens,
+            training_seconds=round(state.seconds, 2),
+            evaluation_seconds=round(state.eval_seconds, 2),
+            checkpoint_seconds=round(state.checkpoint_seconds, 2),
+            tokens_per_second=round(tokens_per_second, 1),
+            flops=state.flops,
+            mfu=flops_per_token * tokens_per_second / peak,
+            peak_flops=peak,
+            precision=str(runtime.dtype).replace("torch.", ""),
+            attention=attention["kernel"],
+            attention_ms=attention["ms"],
+            compile=compiled,
+            device=str(runtime.device),
+            processes=runtime.proc.world,
+            stopped_by=stopped_by,
+            stopped_in_warmup=state.in_warmup(cfg, cfg.budget()),
+            finished=state.finished or state.stopped_early,
         )
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _track_best(state: LoopState, metrics: dict, cfg: TrainConfig, run_dir: Path, model, tokenizer, proc: Process) -> None:
+def _track_best(
+    state: LoopState, metrics: dict, cfg: TrainConfig, run_dir: Path, model, tokenizer, proc: Process
+) -> None:
     """Save best/ when `cfg.best_metric` improves; count evaluations without improvement."""
     if cfg.best_metric not in metrics:
-        raise LmforgeError(f"train.best_metric '{cfg.best_metric}' is not among the evaluation metrics ({', '.join(metrics)}); pick one of those")
+        raise LmforgeError(
+            f"train.best_metric '{cfg.best_metric}' is not among the evaluation metrics ({', '.join(metrics)}); pick one of those"
+        )
     value = metrics[cfg.best_metric]
     better = state.best is None or (value > state.best if cfg.larger_is_better() else value < state.best)
     if better:
@@ -401,37 +290,6 @@ def _track_best(state: LoopState, metrics: dict, cfg: TrainConfig, run_dir: Path
 def _format_seconds(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class StopSignals:
-    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current step;
-    a second one interrupts at once. Handlers are only installed from the main thread."""
-
-    def __init__(self, main: bool):
-        self.main = main
-        self.received: int | None = None
-        self._previous: dict = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is not None:
-            self.__exit__()
-            raise KeyboardInterrupt
-        self.received = signum
-        if self.main:
-            print(f"\n{signal.Signals(signum).name}: finishing this step and writing a checkpoint (press Ctrl-C again to stop at once)", flush=True)
-
-    def __enter__(self) -> "StopSignals":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                break
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
 
 
 def _start_state(model, optimizer, run_dir: Path, log: MetricsLog, proc: Process, resume: bool) -> LoopState:
@@ -452,7 +310,9 @@ def _start_state(model, optimizer, run_dir: Path, log: MetricsLog, proc: Process
     return state
 
 
-def _training_module(loss_module: LossModule, objective, cfg: TrainConfig, runtime: Runtime, state: LoopState) -> tuple[torch.nn.Module, dict, dict]:
+def _training_module(
+    loss_module: LossModule, objective, cfg: TrainConfig, runtime: Runtime, state: LoopState
+) -> tuple[torch.nn.Module, dict, dict]:
     """The module the steps run, with the attention kernel and compile choice made on the first
     micro-batch (a resumed run keeps those in `state`; new ones are recorded there), DDP-wrapped
     under torchrun. Also returns the attention and compile records for the summary."""
@@ -472,8 +332,16 @@ def _training_module(loss_module: LossModule, objective, cfg: TrainConfig, runti
 
 def _set_lr(optimizer, cfg: TrainConfig, state: LoopState, progress: float) -> float:
     """The learning rate of the coming step, set on every parameter group (times its layer-decay scale)."""
-    lr = optim.learning_rate(state.step, progress, state.warmup_end_progress, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.schedule,
-                             cfg.warmup_fraction)
+    lr = optim.learning_rate(
+        state.step,
+        progress,
+        state.warmup_end_progress,
+        cfg.lr,
+        cfg.min_lr,
+        cfg.warmup_steps,
+        cfg.schedule,
+        cfg.warmup_fraction,
+    )
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr
@@ -504,7 +372,9 @@ def _check_finite(step_loss: float, step: int, optimizer, run_dir: Path) -> None
         optimizer.zero_grad(set_to_none=True)
         last = checkpoint.latest(run_dir)
         keep = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-        raise TrainingDiverged(f"loss became {step_loss} at step {step + 1}; stopped without saving ({keep}); lower train.lr, raise train.warmup_steps or use train.precision fp32")
+        raise TrainingDiverged(
+            f"loss became {step_loss} at step {step + 1}; stopped without saving ({keep}); lower train.lr, raise train.warmup_steps or use train.precision fp32"
+        )
 
 
 class _Throughput:
@@ -526,14 +396,37 @@ class _Throughput:
 
 def _log_row(state: LoopState, step_loss: float, lr: float, tokens_per_second: float | None) -> dict:
     """A metrics.jsonl row (evaluation metrics are added to it on evaluated steps)."""
-    return {"step": state.step, "tokens": state.tokens, "loss": step_loss, "lr": lr,
-            "tokens_per_second": tokens_per_second, "elapsed_seconds": round(state.seconds, 2)}
+    return {
+        "step": state.step,
+        "tokens": state.tokens,
+        "loss": step_loss,
+        "lr": lr,
+        "tokens_per_second": tokens_per_second,
+        "elapsed_seconds": round(state.seconds, 2),
+    }
 
 
-def _evaluate(evaluator: Evaluator, loss_module, runtime: Runtime, state: LoopState, cfg: TrainConfig, run_dir: Path, model, tokenizer) -> dict:
+def _evaluate(
+    evaluator: Evaluator,
+    loss_module,
+    runtime: Runtime,
+    state: LoopState,
+    cfg: TrainConfig,
+    run_dir: Path,
+    model,
+    tokenizer,
+) -> dict:
     """Run `evaluator`, keep best/ when `cfg.best_metric` improved; the time goes to `state.eval_seconds`."""
     started = time.perf_counter()
+    if runtime.proc.main and state.eval_seconds > 10 * max(
+        state.evaluations, 1
+    ):  # evaluations of ~10 s or more: say so
+        print(
+            f"step {state.step:>6} | evaluating (about {state.eval_seconds / max(state.evaluations, 1):.0f} s)...",
+            flush=True,
+        )
     metrics = evaluator(loss_module, runtime)
+    state.evaluations += 1
     if cfg.best_metric:
         _track_best(state, metrics, cfg, run_dir, model, tokenizer, runtime.proc)
     state.eval_seconds += time.perf_counter() - started
@@ -544,7 +437,14 @@ class _Checkpoints:
     """Writes checkpoints/step_N (rank 0; every rank waits), timed apart from training."""
 
     def __init__(self, run_dir: Path, model, tokenizer, optimizer, cfg: TrainConfig, proc: Process):
-        self.run_dir, self.model, self.tokenizer, self.optimizer, self.cfg, self.proc = run_dir, model, tokenizer, optimizer, cfg, proc
+        self.run_dir, self.model, self.tokenizer, self.optimizer, self.cfg, self.proc = (
+            run_dir,
+            model,
+            tokenizer,
+            optimizer,
+            cfg,
+            proc,
+        )
         self.last_save = time.monotonic()
 
     def due_by_time(self) -> bool:
@@ -565,15 +465,29 @@ class _Checkpoints:
 
 
 def _progress_line(state: LoopState, row: dict, metrics: dict, progress: float) -> str:
-    eta = state.seconds * (1 - progress) / progress if progress > 0 else 0
+    # the ETA is wall time: evaluation and checkpoint writes take their share of what is left too
+    spent = state.seconds + state.eval_seconds + state.checkpoint_seconds
+    eta = spent * (1 - progress) / progress if progress > 0 else 0
     rate_text = f"{row['tokens_per_second'] / 1000:.1f}k tok/s" if row["tokens_per_second"] else ""
     val_text = "".join(f" | {k} {v:.4f}" for k, v in metrics.items() if k in row and isinstance(v, float))
-    return (f"step {state.step:>6} | loss {row['loss']:.4f}{val_text} | lr {row['lr']:.2e} | {rate_text} | "
-            f"{_format_seconds(state.seconds)} training | ETA {_format_seconds(eta)}")
+    return (
+        f"step {state.step:>6} | loss {row['loss']:.4f}{val_text} | lr {row['lr']:.2e} | {rate_text} | "
+        f"{_format_seconds(state.seconds)} training | ETA {_format_seconds(eta)}"
+    )
 
 
-def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None, *, evaluator: Evaluator | None = None,
-        flops_per_token: float = 0.0, resume: bool = False, tensorboard: bool = False) -> RunSummary:
+def fit(
+    model,
+    objective,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    tokenizer=None,
+    *,
+    evaluator: Evaluator | None = None,
+    flops_per_token: float = 0.0,
+    resume: bool = False,
+    tensorboard: bool = False,
+) -> RunSummary:
     """Train `model` on `objective` until the budget in `cfg` is spent; return the run summary.
 
     `evaluator(module, runtime)` returns a dict of metrics (e.g. `val_loss`), called every
@@ -634,7 +548,13 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
             state.finished = state.progress(budget) >= 1.0 or state.stopped_early
             # any rank's signal stops every rank at this step
             stop_requested, by_time = proc.any(signals.received is not None, checkpoints.due_by_time())
-            if (cfg.save_every and state.step % cfg.save_every == 0) or done or interrupted or by_time or stop_requested:
+            if (
+                (cfg.save_every and state.step % cfg.save_every == 0)
+                or done
+                or interrupted
+                or by_time
+                or stop_requested
+            ):
                 checkpoints.save(state)
             if stop_requested and not done:
                 raise RunInterrupted(state.step, run_dir / "checkpoints" / f"step_{state.step}")
@@ -642,7 +562,10 @@ def fit(model, objective, cfg: TrainConfig, run_dir: str | Path, tokenizer=None,
     if evaluator is not None and not metrics and state.finished:  # resumed a finished run whose end a kill cut short
         metrics = evaluator(loss_module, runtime)
     if state.in_warmup(cfg, budget) and proc.main:
-        print(f"note: the run stopped at step {state.step}, inside warm-up (the learning rate was still rising); "
-              "resume with a larger budget, or lower train.warmup_steps", flush=True)
+        print(
+            f"note: the run stopped at step {state.step}, inside warm-up (the learning rate was still rising); "
+            "resume with a larger budget, or lower train.warmup_steps",
+            flush=True,
+        )
     log.close()
     return RunSummary.of(state, cfg, runtime, metrics, recent, attention, compiled, flops_per_token, peak)

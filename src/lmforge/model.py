@@ -30,8 +30,14 @@ PRESETS: dict[str, tuple[int, int, int]] = {
 
 @dataclass
 class ModelConfig:
-    family: Optional[Family] = option(None, "architecture: llama or gpt2 (causal LM), bert or modernbert (masked LM); default llama for clm, bert for mlm")
-    preset: Literal["tiny", "mini", "small", "medium", "base"] = option("mini", "size preset (layers/width/heads): tiny 2/64/2, mini 4/128/4, small 4/256/4, medium 8/512/8, base 12/768/12")
+    family: Optional[Family] = option(
+        None,
+        "architecture: llama or gpt2 (causal LM), bert or modernbert (masked LM); default llama for clm, bert for mlm",
+    )
+    preset: Literal["tiny", "mini", "small", "medium", "base"] = option(
+        "mini",
+        "size preset (layers/width/heads): tiny 2/64/2, mini 4/128/4, small 4/256/4, medium 8/512/8, base 12/768/12",
+    )
     layers: Optional[int] = option(None, "number of transformer blocks (overrides the preset)")
     width: Optional[int] = option(None, "hidden size (overrides the preset)")
     heads: Optional[int] = option(None, "attention heads (overrides the preset)")
@@ -40,7 +46,9 @@ class ModelConfig:
     context: int = option(128, "context length in tokens (the training window)")
     dropout: float = option(0.0, "dropout on residuals and attention (0 is usual for short pretraining)")
     tie_embeddings: bool = option(True, "share input embedding and output projection weights")
-    init_from: Optional[str] = option(None, "start from this HF model folder instead of random weights (continued pretraining)")
+    init_from: Optional[str] = option(
+        None, "start from this HF model folder instead of random weights (continued pretraining)"
+    )
 
 
 def dimensions(cfg: ModelConfig) -> tuple[int, int, int, int]:
@@ -49,7 +57,9 @@ def dimensions(cfg: ModelConfig) -> tuple[int, int, int, int]:
     width = cfg.width or width
     heads = cfg.heads or heads
     if width % heads:
-        raise LmforgeError(f"model.width {width} is not divisible by model.heads {heads}; pick dimensions where width % heads == 0")
+        raise LmforgeError(
+            f"model.width {width} is not divisible by model.heads {heads}; pick dimensions where width % heads == 0"
+        )
     if cfg.intermediate:
         intermediate = cfg.intermediate
     elif cfg.family in ("llama", None):
@@ -68,29 +78,66 @@ def hf_config(cfg: ModelConfig, tokenizer):
     pad = tokenizer.pad_token_id
     if cfg.family == "llama":
         return LlamaConfig(
-            vocab_size=vocab, hidden_size=width, intermediate_size=intermediate, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=cfg.kv_heads or heads, max_position_embeddings=cfg.context,
-            attention_dropout=cfg.dropout, tie_word_embeddings=cfg.tie_embeddings, rms_norm_eps=1e-5,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+            vocab_size=vocab,
+            hidden_size=width,
+            intermediate_size=intermediate,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=cfg.kv_heads or heads,
+            max_position_embeddings=cfg.context,
+            attention_dropout=cfg.dropout,
+            tie_word_embeddings=cfg.tie_embeddings,
+            rms_norm_eps=1e-5,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad,
         )
     if cfg.family == "gpt2":
         return GPT2Config(
-            vocab_size=vocab, n_embd=width, n_layer=layers, n_head=heads, n_inner=intermediate, n_positions=cfg.context,
-            resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, tie_word_embeddings=cfg.tie_embeddings,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+            vocab_size=vocab,
+            n_embd=width,
+            n_layer=layers,
+            n_head=heads,
+            n_inner=intermediate,
+            n_positions=cfg.context,
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.dropout,
+            tie_word_embeddings=cfg.tie_embeddings,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=pad,
         )
     if cfg.family == "bert":
         return BertConfig(
-            vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
-            intermediate_size=intermediate, max_position_embeddings=cfg.context, hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout, pad_token_id=pad, tie_word_embeddings=cfg.tie_embeddings,
+            vocab_size=vocab,
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
+            max_position_embeddings=cfg.context,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
+            pad_token_id=pad,
+            tie_word_embeddings=cfg.tie_embeddings,
         )
     return ModernBertConfig(
-        vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=intermediate, max_position_embeddings=cfg.context, embedding_dropout=cfg.dropout,
-        attention_dropout=cfg.dropout, mlp_dropout=cfg.dropout, tie_word_embeddings=cfg.tie_embeddings,
-        pad_token_id=pad, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-        cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id, global_attn_every_n_layers=3,
+        vocab_size=vocab,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=cfg.context,
+        embedding_dropout=cfg.dropout,
+        attention_dropout=cfg.dropout,
+        mlp_dropout=cfg.dropout,
+        tie_word_embeddings=cfg.tie_embeddings,
+        pad_token_id=pad,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        global_attn_every_n_layers=3,
         local_attention=min(128, cfg.context),
     )
 
@@ -102,11 +149,23 @@ def family_for(cfg: ModelConfig, objective: str) -> str:
 def check_family(cfg: ModelConfig, objective: str) -> None:
     allowed = DECODERS if objective == "clm" else ENCODERS
     if family_for(cfg, objective) not in allowed:
-        raise LmforgeError(f"model.family {cfg.family} cannot train objective {objective}; use one of {', '.join(allowed)} (or change train.objective)")
+        raise LmforgeError(
+            f"model.family {cfg.family} cannot train objective {objective}; use one of {', '.join(allowed)} (or change train.objective)"
+        )
 
 
 # model_type values of encoder-only architectures, which continue pretraining with masked LM
-ENCODER_TYPES = ("bert", "roberta", "xlm-roberta", "modernbert", "distilbert", "electra", "deberta", "deberta-v2", "camembert")
+ENCODER_TYPES = (
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "modernbert",
+    "distilbert",
+    "electra",
+    "deberta",
+    "deberta-v2",
+    "camembert",
+)
 
 
 def folder_of(model: str) -> Path:
@@ -135,7 +194,9 @@ def check_init_objective(folder: Path, objective: str, init_from: str) -> None:
     wanted = objective_of(folder)
     if objective != wanted:
         kind = "an encoder (masked LM)" if wanted == "mlm" else "a decoder (causal LM)"
-        raise LmforgeError(f"model.init_from {init_from} is {kind} ({model_type}); continue its pretraining with --train.objective {wanted}")
+        raise LmforgeError(
+            f"model.init_from {init_from} is {kind} ({model_type}); continue its pretraining with --train.objective {wanted}"
+        )
 
 
 def build(cfg: ModelConfig, tokenizer, objective: str):
@@ -163,7 +224,9 @@ def load(path: str | Path, auto=None):
     hf_logging.disable_progress_bar()
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise LmforgeError(f"{path}: not a model folder (no config.json); point at a `final/` or `checkpoints/step_N/` folder")
+        raise LmforgeError(
+            f"{path}: not a model folder (no config.json); point at a `final/` or `checkpoints/step_N/` folder"
+        )
     try:
         return (auto or AutoModel).from_pretrained(str(path), use_safetensors=True)
     except ValueError as err:

@@ -58,7 +58,9 @@ class CausalLM:
         return self.context + 1
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        offsets = window_offsets(len(self.train_tokens), self.window, self.global_batch, _step_generator(self.seed, step))
+        offsets = window_offsets(
+            len(self.train_tokens), self.window, self.global_batch, _step_generator(self.seed, step)
+        )
         return {"tokens": gather(self.train_tokens, offsets, self.window)}
 
     def eval_batch(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:

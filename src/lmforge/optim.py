@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 
@@ -39,14 +38,26 @@ def param_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float
             continue
         decays = param.dim() >= 2
         depth = layer_depth(name, layers) if layer_decay != 1.0 else layers + 1
-        group = groups.setdefault((decays, depth), {"params": [], "weight_decay": weight_decay if decays else 0.0,
-                                                    "lr_scale": layer_decay ** (layers + 1 - depth)})
+        group = groups.setdefault(
+            (decays, depth),
+            {
+                "params": [],
+                "weight_decay": weight_decay if decays else 0.0,
+                "lr_scale": layer_decay ** (layers + 1 - depth),
+            },
+        )
         group["params"].append(param)
     return list(groups.values())
 
 
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], eps: float = 1e-8,
-          layer_decay: float = 1.0) -> torch.optim.AdamW:
+def adamw(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float = 1e-8,
+    layer_decay: float = 1.0,
+) -> torch.optim.AdamW:
     groups = param_groups(model, weight_decay, layer_decay)
     try:  # the fused kernel is fastest on CPU and GPU alike (torch >= 2.4)
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
@@ -95,8 +106,16 @@ def warmup_done(step: int, progress: float, warmup_steps: int, warmup_fraction: 
     return step >= warmup_steps or (warmup_fraction < 1.0 and progress >= warmup_fraction)
 
 
-def learning_rate(step: int, progress: float, warmup_end_progress: float | None, lr: float, min_lr: float,
-                  warmup_steps: int, schedule: str, warmup_fraction: float = 1.0) -> float:
+def learning_rate(
+    step: int,
+    progress: float,
+    warmup_end_progress: float | None,
+    lr: float,
+    min_lr: float,
+    warmup_steps: int,
+    schedule: str,
+    warmup_fraction: float = 1.0,
+) -> float:
     """Linear warm-up, then decay from `lr` to `min_lr` as progress goes to 1.
 
     Warm-up rises with whichever is further along, steps over `warmup_steps` or progress over

@@ -23,10 +23,16 @@ from lmforge.tasks.data import FormatConfig
 @dataclass
 class PredictConfig:
     model: str = option("", "fine-tuned model folder (a finetune run's final/ or the run folder)")
-    input: str = option("", "file to predict: CSV/TSV/JSONL or .txt, one text per line (classification), CoNLL (ner), SQuAD JSON (qa)")
-    text: list[str] = option([], "classification: texts to predict instead of --input, one example each (--text \"first\" \"second\")")
+    input: str = option(
+        "", "file to predict: CSV/TSV/JSONL or .txt, one text per line (classification), CoNLL (ner), SQuAD JSON (qa)"
+    )
+    text: list[str] = option(
+        [], 'classification: texts to predict instead of --input, one example each (--text "first" "second")'
+    )
     out: str = option("runs/predict", "folder for predictions.jsonl")
-    task: Optional[TaskName] = option(None, "check the model's head is for this task (default: whatever it was fine-tuned for)")
+    task: Optional[TaskName] = option(
+        None, "check the model's head is for this task (default: whatever it was fine-tuned for)"
+    )
     batch_size: int = option(64, "examples per forward pass")
     device: str = option("auto", "cpu, cuda or auto")
     format: FormatConfig = field(default_factory=FormatConfig)
@@ -35,8 +41,10 @@ class PredictConfig:
 def run(config: PredictConfig) -> Path:
     """Write `out/predictions.jsonl`, one row per example in input order; returns the folder."""
     if bool(config.input) == bool(config.text):
-        raise LmforgeError("give the examples with --input FILE or with --text \"...\" (one of the two): "
-                           + ("both were given" if config.input else "neither was given"))
+        raise LmforgeError(
+            'give the examples with --input FILE or with --text "..." (one of the two): '
+            + ("both were given" if config.input else "neither was given")
+        )
     if config.input and not Path(config.input).is_file():  # before loading the model: a typo costs no wait
         raise LmforgeError(f"--input {config.input}: no such file; check the path")
     task, model, tokenizer, folder = scoring.load_task_model(config.model, config.task, config.format)
@@ -44,9 +52,13 @@ def run(config: PredictConfig) -> Path:
     run_folder = RunFolder(out, "predict").start(config, [config.input, folder] if config.input else [folder])
     if config.text:
         examples = task.text_examples([(text, f"--text {i}") for i, text in enumerate(config.text, 1)])
-        scored = scoring.score_examples(task, model, tokenizer, examples, config.format, False, config.device, config.batch_size)
+        scored = scoring.score_examples(
+            task, model, tokenizer, examples, config.format, False, config.device, config.batch_size
+        )
     else:
-        scored = scoring.score_file(task, model, tokenizer, config.input, config.format, False, config.device, config.batch_size, "input")
+        scored = scoring.score_file(
+            task, model, tokenizer, config.input, config.format, False, config.device, config.batch_size, "input"
+        )
     rows = scoring.predictions(scored)
     for row in rows:  # unlabelled input: no gold fields computed
         row.pop("label", None)

@@ -194,7 +194,9 @@ def replace_dir(tmp: Path, folder: Path) -> None:
         fsync_dir(folder.parent)
         discard(tmp)  # tmp now holds the old folder
         return
-    if folder.exists():  # no atomic exchange: rename the old one aside first; `clean_leftovers` restores it after a kill
+    if (
+        folder.exists()
+    ):  # no atomic exchange: rename the old one aside first; `clean_leftovers` restores it after a kill
         old = folder.with_name(f"{OLD_PREFIX}{folder.name}")
         discard(old)
         os.replace(folder, old)
@@ -231,8 +233,8 @@ def clean_leftovers(folder: Path, shared: bool = False) -> None:
             if name.startswith(TRASH_PREFIX) or (name.startswith(TMP_PREFIX) and _abandoned(path)):
                 shutil.rmtree(path, ignore_errors=True)
         elif name.startswith(OLD_PREFIX):
-            if not (folder / name[len(OLD_PREFIX):]).exists():
-                os.replace(path, folder / name[len(OLD_PREFIX):])
+            if not (folder / name[len(OLD_PREFIX) :]).exists():
+                os.replace(path, folder / name[len(OLD_PREFIX) :])
             else:
                 shutil.rmtree(path, ignore_errors=True)
         elif name.startswith((TMP_PREFIX, TRASH_PREFIX)):

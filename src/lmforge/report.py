@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,12 @@ def svg_figure(fig) -> str:
 class ReportConfig:
     """The `--report.*` section of the stages that train."""
 
-    tensorboard: bool = field(default=False, metadata={"help": "also write TensorBoard event files into RUN/tensorboard/ as the run logs (needs the tensorboard package: pip install tensorboard)"})
+    tensorboard: bool = field(
+        default=False,
+        metadata={
+            "help": "also write TensorBoard event files into RUN/tensorboard/ as the run logs (needs the tensorboard package: pip install tensorboard)"
+        },
+    )
 
     def check(self) -> None:
         """A missing tensorboard package is an error before training, not after the first log row."""
@@ -50,7 +54,9 @@ class ReportConfig:
             import importlib.util
 
             if importlib.util.find_spec("tensorboard") is None:
-                raise LmforgeError("--report.tensorboard true needs the tensorboard package: pip install tensorboard (or drop the flag)")
+                raise LmforgeError(
+                    "--report.tensorboard true needs the tensorboard package: pip install tensorboard (or drop the flag)"
+                )
 
 
 @dataclass
@@ -73,8 +79,14 @@ def curves_svg(rows: list[dict], x: str = "tokens", steps_per_epoch: int | None 
     train = [(r[x], r["loss"]) for r in rows if x in r and "loss" in r]
     valid = [(r[x], r["val_loss"]) for r in rows if x in r and "val_loss" in r]
     rates = [(r[x], r["lr"]) for r in rows if x in r and isinstance(r.get("lr"), (int, float))]
-    metric_names = sorted({k for r in rows for k, v in r.items() if k not in NOT_CURVES and k != "val_loss"
-                           and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    metric_names = sorted(
+        {
+            k
+            for r in rows
+            for k, v in r.items()
+            if k not in NOT_CURVES and k != "val_loss" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
     panels = 2 + (1 if metric_names else 0)
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
     loss_ax, lr_ax = axes[0], axes[1]
@@ -110,16 +122,38 @@ def curves_svg(rows: list[dict], x: str = "tokens", steps_per_epoch: int | None 
 
 # run facts people read: key -> label; keys not listed are shown under their own name
 FACT_LABELS = {
-    "steps": "optimizer steps", "tokens": "training tokens", "training_seconds": "training time",
-    "evaluation_seconds": "evaluation time", "checkpoint_seconds": "checkpoint writes", "wall_seconds": "wall time",
-    "tokens_per_second": "tokens/s (training)", "mfu": "model FLOPs utilisation", "peak_flops": "matmul peak probed",
-    "flops": "training FLOPs", "flops_per_token": "FLOPs per token", "params": "parameters",
-    "trainable_parameters": "trainable parameters", "peak_rss_mb": "peak memory (RSS)", "precision": "precision",
-    "attention": "attention kernel", "compile": "torch.compile", "device": "device", "processes": "processes",
-    "stopped_by": "stopped by", "stopped_in_warmup": "stopped inside warm-up", "train_loss": "train loss (last steps)",
-    "val_loss": "validation loss", "train_rows": "train rows", "valid_rows": "valid rows", "test_rows": "test rows",
-    "tokenizer": "tokenizer", "shards": "token shards", "valid_windows": "validation windows",
-    "valid_tokens": "validation tokens", "tokenize_tokens_per_second": "tokenizing tokens/s", "seed": "seed",
+    "steps": "optimizer steps",
+    "tokens": "training tokens",
+    "training_seconds": "training time",
+    "evaluation_seconds": "evaluation time",
+    "checkpoint_seconds": "checkpoint writes",
+    "wall_seconds": "wall time",
+    "tokens_per_second": "tokens/s (training)",
+    "mfu": "model FLOPs utilisation",
+    "peak_flops": "matmul peak probed",
+    "flops": "training FLOPs",
+    "flops_per_token": "FLOPs per token",
+    "params": "parameters",
+    "trainable_parameters": "trainable parameters",
+    "peak_rss_mb": "peak memory (RSS)",
+    "precision": "precision",
+    "attention": "attention kernel",
+    "compile": "torch.compile",
+    "device": "device",
+    "processes": "processes",
+    "stopped_by": "stopped by",
+    "stopped_in_warmup": "stopped inside warm-up",
+    "train_loss": "train loss (last steps)",
+    "val_loss": "validation loss",
+    "train_rows": "train rows",
+    "valid_rows": "valid rows",
+    "test_rows": "test rows",
+    "tokenizer": "tokenizer",
+    "shards": "token shards",
+    "valid_windows": "validation windows",
+    "valid_tokens": "validation tokens",
+    "tokenize_tokens_per_second": "tokenizing tokens/s",
+    "seed": "seed",
 }
 # shown elsewhere on the page, or raw material for other tools
 NOT_FACTS = {"metrics", "valid_metrics", "test_metrics", "attention_ms", "finished", "labels", "per_class", "best"}
@@ -197,7 +231,9 @@ def rows_html(rows) -> str:
 
 def table_html(summary: dict) -> str:
     """A two-column table of a flat dict, values formatted as run facts (metrics keep 4 figures)."""
-    return rows_html((k, f"{v:.4g}" if isinstance(v, float) else (fact_text(str(k), v) or "")) for k, v in summary.items())
+    return rows_html(
+        (k, f"{v:.4g}" if isinstance(v, float) else (fact_text(str(k), v) or "")) for k, v in summary.items()
+    )
 
 
 def grid_html(table: dict[str, dict]) -> str:
@@ -206,9 +242,14 @@ def grid_html(table: dict[str, dict]) -> str:
         return ""
     columns = list(next(iter(table.values())))
     head = "<tr><th></th>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in columns) + "</tr>"
-    body = "".join(f"<tr><th>{html.escape(str(name))}</th>" + "".join(
-        f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>"
-        for name, row in table.items())
+    body = "".join(
+        f"<tr><th>{html.escape(str(name))}</th>"
+        + "".join(
+            f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>" for v in row.values()
+        )
+        + "</tr>"
+        for name, row in table.items()
+    )
     return f"<table>{head}{body}</table>"
 
 
@@ -236,15 +277,28 @@ def write_html(path: str | Path, title: str, sections: list[tuple[str, str]], le
     """Write a page: the lead, then (heading, html body) sections (empty bodies are left out)."""
     body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections if content)
     path = Path(path)
-    path.write_text(PAGE.format(title=html.escape(title), lead=lead_html(lead) if lead else "", sections=body), encoding="utf-8")
+    path.write_text(
+        PAGE.format(title=html.escape(title), lead=lead_html(lead) if lead else "", sections=body), encoding="utf-8"
+    )
     return path
 
 
-def write_training_report(run_dir: str | Path, summary: dict, lead: Lead, sections: list[tuple[str, str]] = (),
-                          x: str = "tokens", steps_per_epoch: int | None = None, stage: str = "run") -> Path:
+def write_training_report(
+    run_dir: str | Path,
+    summary: dict,
+    lead: Lead,
+    sections: list[tuple[str, str]] = (),
+    x: str = "tokens",
+    steps_per_epoch: int | None = None,
+    stage: str = "run",
+) -> Path:
     """report.html of a training run: the lead, the curves from metrics.jsonl, the stage's own
     `sections` (result tables, per-class tables), then the run facts."""
     run_dir = Path(run_dir)
     rows = MetricsLog(run_dir).rows()
-    page = [("Training curves", curves_svg(rows, x, steps_per_epoch) if rows else ""), *sections, ("Run facts", facts_html(summary))]
+    page = [
+        ("Training curves", curves_svg(rows, x, steps_per_epoch) if rows else ""),
+        *sections,
+        ("Run facts", facts_html(summary)),
+    ]
     return write_html(run_dir / "report.html", f"lmforge {stage}: {run_dir.name}", page, lead)

@@ -72,7 +72,7 @@ class RunFolder:
         self.stage = stage
         self.manifest: dict[str, Any] = {}
 
-    def start(self, config: Any, inputs: list[str | Path] = ()) -> "RunFolder":
+    def start(self, config: Any, inputs: list[str | Path] = ()) -> RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         config_mod.dump_yaml(config, self.path / "config.yaml")
         self.manifest = {
@@ -107,8 +107,10 @@ def check_unchanged_on_resume(folder: str | Path, config: Any, frozen: tuple[str
     given = _flat(config_mod.to_dict(config))
     for key in sorted(given):
         if key.startswith(frozen) and key in saved and saved[key] != given[key]:
-            raise LmforgeError(f"--resume true cannot change {key} (the run in {folder} has {saved[key]!r}, this command gives {given[key]!r}); "
-                               f"drop --{key} to continue the run, or start a new run with another --out")
+            raise LmforgeError(
+                f"--resume true cannot change {key} (the run in {folder} has {saved[key]!r}, this command gives {given[key]!r}); "
+                f"drop --{key} to continue the run, or start a new run with another --out"
+            )
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

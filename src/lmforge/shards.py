@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,15 +55,44 @@ def boundary_token_id(tokenizer) -> int:
     for token_id in (tokenizer.eos_token_id, tokenizer.sep_token_id):
         if token_id is not None:
             return int(token_id)
-    raise LmforgeError("the tokenizer has neither an EOS nor a SEP token to mark document boundaries; train it with `lmforge tokenizer`")
+    raise LmforgeError(
+        "the tokenizer has neither an EOS nor a SEP token to mark document boundaries; train it with `lmforge tokenizer`"
+    )
 
 
-def _encode_split(tokenizer, blocks, handle, dtype, boundary: int) -> tuple[int, list[int]]:
+class TokenizeProgress:
+    """A line every ~10 s while tokenizing (characters read of the inputs' total, tokens/s, ETA):
+    on a large corpus this phase takes minutes and printed nothing."""
+
+    def __init__(self, total_chars: int, every: float = 10.0):
+        self.total, self.every = max(total_chars, 1), every
+        self.chars = self.tokens = 0
+        self.started = self.last = time.monotonic()
+
+    def add(self, chars: int, tokens: int) -> None:
+        self.chars += chars
+        self.tokens += tokens
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            rate, done = self.tokens / (now - self.started), min(self.chars / self.total, 1.0)
+            eta = (now - self.started) * (1 - done) / done if done > 0 else 0
+            print(
+                f"tokenizing: {done:.0%} of the text, {self.tokens:,} tokens, {rate / 1000:.0f}k tokens/s, ETA {eta:.0f} s",
+                flush=True,
+            )
+
+
+def _encode_split(
+    tokenizer, blocks, handle, dtype, boundary: int, progress: TokenizeProgress | None = None
+) -> tuple[int, list[int]]:
     """Append one split's tokens to `handle`; return (token count, document start offsets)."""
     written = 0
     starts = [0]
     for block, ends_document in blocks:
         ids = np.asarray(tokenizer_mod.encode_text(tokenizer, block), dtype=np.int64)
+        if progress is not None:
+            progress.add(len(block), len(ids))
         if ends_document:
             ids = np.append(ids, boundary)
         ids.astype(dtype).tofile(handle)
@@ -79,32 +109,50 @@ def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: Spl
     return meta
 
 
-def _tokenize_into(folder: Path, sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig) -> dict:
+def _tokenize_into(
+    folder: Path, sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig
+) -> dict:
     """Write both splits' token files and meta.json into the (temp) `folder`; return meta.json's content."""
     tokenizer = tokenizer_mod.load(tokenizer_dir)
     vocab = len(tokenizer)
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
     boundary = boundary_token_id(tokenizer)
     stats = documents.DecodeStats()
-    meta = {"dtype": np.dtype(dtype).name, "vocab_size": vocab, "boundary_token_id": boundary,
-            "tokenizer_hash": tokenizer_hash(tokenizer_dir), "tokenizer": str(tokenizer_dir), "splits": {}}
+    meta = {
+        "dtype": np.dtype(dtype).name,
+        "vocab_size": vocab,
+        "boundary_token_id": boundary,
+        "tokenizer_hash": tokenizer_hash(tokenizer_dir),
+        "tokenizer": str(tokenizer_dir),
+        "splits": {},
+    }
     started = time.time()
+    progress = TokenizeProgress(sum(os.path.getsize(s.path) for s in sources if Path(s.path).is_file()))
     for name in SPLITS:
-        blocks = documents.iter_split(sources, name, split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field)
+        blocks = documents.iter_split(
+            sources, name, split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field
+        )
         with open(folder / f"{name}.bin", "wb") as handle:
-            count, starts = _encode_split(tokenizer, blocks, handle, dtype, boundary)
+            count, starts = _encode_split(tokenizer, blocks, handle, dtype, boundary, progress)
         np.save(folder / f"{name}.docs.npy", np.asarray(starts, dtype=np.int64))
         meta["splits"][name] = {"tokens": count, "documents": len(starts) if count else 0}
     seconds = max(time.time() - started, 1e-9)
     total = sum(s["tokens"] for s in meta["splits"].values())
-    meta.update(tokenize_seconds=round(seconds, 3), tokens_per_second=round(total / seconds, 1), replaced_characters=stats.total)
+    meta.update(
+        tokenize_seconds=round(seconds, 3), tokens_per_second=round(total / seconds, 1), replaced_characters=stats.total
+    )
     publish.write_json_atomic(folder / "meta.json", meta)
     return meta
 
 
 def cache_inputs(tokenizer_dir: str | Path, split: SplitConfig, fingerprint: list[str]) -> dict:
     """What cached shards depend on (`cache.key` hashes it into the entry name)."""
-    return {"tokenizer": tokenizer_hash(tokenizer_dir), "split": split.__dict__, "inputs": fingerprint, "encoding": ENCODING_RULES}
+    return {
+        "tokenizer": tokenizer_hash(tokenizer_dir),
+        "split": split.__dict__,
+        "inputs": fingerprint,
+        "encoding": ENCODING_RULES,
+    }
 
 
 def cached(sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig) -> Path:
@@ -127,7 +175,7 @@ class TokenShards:
     valid: np.ndarray
 
     @classmethod
-    def open(cls, folder: str | Path) -> "TokenShards":
+    def open(cls, folder: str | Path) -> TokenShards:
         folder = Path(folder)
         if (folder / "tokens" / "meta.json").is_file():  # a `lmforge shards` run folder
             folder = folder / "tokens"
@@ -138,7 +186,9 @@ class TokenShards:
         arrays = {}
         for name in SPLITS:
             path = folder / f"{name}.bin"
-            arrays[name] = np.memmap(path, dtype=meta["dtype"], mode="r") if path.stat().st_size else np.zeros(0, meta["dtype"])
+            arrays[name] = (
+                np.memmap(path, dtype=meta["dtype"], mode="r") if path.stat().st_size else np.zeros(0, meta["dtype"])
+            )
         return cls(folder, meta, arrays["train"], arrays["valid"])
 
 
@@ -151,6 +201,8 @@ def run(config: ShardsConfig) -> Path:
     folder = RunFolder(out, "shards").start(config, [s.path for s in sources])
     meta = build(sources, config.tokenizer, config.split, out / "tokens")
     folder.finish(meta=meta)
-    print(f"shards in {out / 'tokens'}: train {meta['splits']['train']['tokens']:,} tokens, valid {meta['splits']['valid']['tokens']:,} tokens; "
-          f"{meta['tokens_per_second']:,.0f} tokens/s")
+    print(
+        f"shards in {out / 'tokens'}: train {meta['splits']['train']['tokens']:,} tokens, valid {meta['splits']['valid']['tokens']:,} tokens; "
+        f"{meta['tokens_per_second']:,.0f} tokens/s"
+    )
     return out

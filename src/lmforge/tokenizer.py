@@ -29,13 +29,21 @@ Objective = Literal["clm", "mlm"]
 
 SPECIALS: dict[str, dict[str, str]] = {
     "clm": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "unk_token": "<unk>", "pad_token": "<pad>"},
-    "mlm": {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]"},
+    "mlm": {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    },
 }
 
 
 @dataclass
 class TokenizerConfig:
-    kind: Literal["bpe", "wordpiece", "unigram", "char"] = option("bpe", "tokenizer model: byte-level BPE, WordPiece, Unigram or character level")
+    kind: Literal["bpe", "wordpiece", "unigram", "char"] = option(
+        "bpe", "tokenizer model: byte-level BPE, WordPiece, Unigram or character level"
+    )
     vocab_size: int = option(8192, "target vocabulary size including special tokens (char: upper bound)")
     min_frequency: int = option(2, "a merge or piece must occur this often in the training text")
     lowercase: bool = option(False, "lowercase text before tokenizing (WordPiece uncased style)")
@@ -47,7 +55,9 @@ class TokenizerConfig:
 class TokenizerStageConfig:
     data: list[str] = option([], "input text: files, folders or globs (.txt .md .rst .jsonl, or a corpus/ folder)")
     out: str = option("runs/tokenizer", "output folder: an HF tokenizer folder plus report.json")
-    objective: Objective = option("clm", "which special tokens to add: clm (<|endoftext|>) or mlm (BERT's [CLS] [SEP] [MASK] ...)")
+    objective: Objective = option(
+        "clm", "which special tokens to add: clm (<|endoftext|>) or mlm (BERT's [CLS] [SEP] [MASK] ...)"
+    )
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
 
@@ -82,7 +92,9 @@ def _subword_tokenizer(batches: Iterable[list[str]], cfg: TokenizerConfig, speci
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(min_frequency=cfg.min_frequency, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **common)
+        trainer = trainers.BpeTrainer(
+            min_frequency=cfg.min_frequency, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **common
+        )
     elif cfg.kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token=unk))
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -105,8 +117,14 @@ def check(cfg: TokenizerConfig, objective: Objective) -> None:
     specials = len(dict.fromkeys(SPECIALS[objective].values()))
     least = 256 + specials + 1 if cfg.kind == "bpe" else specials + 2
     if cfg.vocab_size < least:
-        why = f"256 byte tokens + {specials} special tokens + merges" if cfg.kind == "bpe" else f"{specials} special tokens + text tokens"
-        raise LmforgeError(f"--tokenizer.vocab_size {cfg.vocab_size}: a {cfg.kind} vocabulary needs at least {least} ({why}); give a larger size, e.g. 8192")
+        why = (
+            f"256 byte tokens + {specials} special tokens + merges"
+            if cfg.kind == "bpe"
+            else f"{specials} special tokens + text tokens"
+        )
+        raise LmforgeError(
+            f"--tokenizer.vocab_size {cfg.vocab_size}: a {cfg.kind} vocabulary needs at least {least} ({why}); give a larger size, e.g. 8192"
+        )
     if cfg.min_frequency < 1:
         raise LmforgeError(f"--tokenizer.min_frequency {cfg.min_frequency}: must be at least 1")
     if cfg.sample_bytes < 1:
@@ -127,11 +145,15 @@ def train(blocks: Iterable[tuple[str, bool]], cfg: TokenizerConfig, objective: O
     else:
         tok = _subword_tokenizer(batches, cfg, specials, unk)
     if tok.get_vocab_size() <= len(specials):
-        raise LmforgeError("the training text is empty after splitting, so no tokenizer could be trained; give more text")
+        raise LmforgeError(
+            "the training text is empty after splitting, so no tokenizer could be trained; give more text"
+        )
     if objective == "mlm":
         cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
         )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **special_map)
     fast.model_max_length = 1_000_000
@@ -194,7 +216,9 @@ def load(path: str | Path):
 
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "vocab.txt").is_file():
-        raise LmforgeError(f"{path}: no tokenizer here (tokenizer.json or vocab.txt); train one with `lmforge tokenizer` or point at a model folder that has one")
+        raise LmforgeError(
+            f"{path}: no tokenizer here (tokenizer.json or vocab.txt); train one with `lmforge tokenizer` or point at a model folder that has one"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -208,16 +232,31 @@ def cache_inputs(cfg: TokenizerConfig, split: SplitConfig, objective: str, finge
     return {"tokenizer": cfg.__dict__, "split": split.__dict__, "objective": objective, "inputs": fingerprint}
 
 
-def build(sources: list[documents.Source], cfg: TokenizerConfig, split: SplitConfig, objective: Objective, out: Path) -> dict:
+def build(
+    sources: list[documents.Source], cfg: TokenizerConfig, split: SplitConfig, objective: Objective, out: Path
+) -> dict:
     """Train on the train split, save into `out`, and return the held-out statistics."""
     stats = documents.DecodeStats()
     started = time.time()
-    tokenizer = train(documents.iter_split(sources, "train", split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field), cfg, objective)
+    tokenizer = train(
+        documents.iter_split(
+            sources, "train", split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field
+        ),
+        cfg,
+        objective,
+    )
     seconds = time.time() - started
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out))
-    heldout = documents.iter_split(sources, "valid", split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field)
-    report = {"kind": cfg.kind, "objective": objective, "train_seconds": round(seconds, 2), **statistics(tokenizer, heldout)}
+    heldout = documents.iter_split(
+        sources, "valid", split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field
+    )
+    report = {
+        "kind": cfg.kind,
+        "objective": objective,
+        "train_seconds": round(seconds, 2),
+        **statistics(tokenizer, heldout),
+    }
     report["replaced_characters"] = stats.total
     write_json_atomic(out / "report.json", report)
     return report
@@ -234,5 +273,9 @@ def run(config: TokenizerStageConfig) -> Path:
     fert = report["fertility"]
     unk = report["unk_rate"]
     print(f"tokenizer ({config.tokenizer.kind}, vocab {report['vocab_size']}) saved to {out}")
-    print(f"held-out: fertility {fert:.3f} tokens/word, unknown-token rate {unk:.4%}" if fert is not None and unk is not None else "held-out split is empty: no statistics")
+    print(
+        f"held-out: fertility {fert:.3f} tokens/word, unknown-token rate {unk:.4%}"
+        if fert is not None and unk is not None
+        else "held-out split is empty: no statistics"
+    )
     return out

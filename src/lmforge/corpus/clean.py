@@ -43,8 +43,15 @@ def _fix_mojibake(text: str) -> str:
 
     # Only encoding repairs: quotes, ligatures, widths and line breaks are left as written.
     config = ftfy.TextFixerConfig(
-        unescape_html=False, remove_terminal_escapes=True, fix_latin_ligatures=False, fix_character_width=False,
-        uncurl_quotes=False, fix_line_breaks=False, remove_control_chars=False, normalization=None, explain=False,
+        unescape_html=False,
+        remove_terminal_escapes=True,
+        fix_latin_ligatures=False,
+        fix_character_width=False,
+        uncurl_quotes=False,
+        fix_line_breaks=False,
+        remove_control_chars=False,
+        normalization=None,
+        explain=False,
     )
     return ftfy.fix_text(text, config)
 

@@ -28,8 +28,19 @@ _MINHASH_SEED = 1
 
 
 # Odd 64-bit multipliers that mix the word hashes of a shingle into one (position-dependent).
-_SHINGLE_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
-                         0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x94D049BB133111EB, 0xBF58476D1CE4E5B9], dtype=np.uint64)
+_SHINGLE_MIX = np.array(
+    [
+        0x9E3779B97F4A7C15,
+        0xC2B2AE3D27D4EB4F,
+        0x165667B19E3779F9,
+        0xD6E8FEB86659FD93,
+        0xFF51AFD7ED558CCD,
+        0xC4CEB9FE1A85EC53,
+        0x94D049BB133111EB,
+        0xBF58476D1CE4E5B9,
+    ],
+    dtype=np.uint64,
+)
 
 
 def canonical_words(text: str) -> list[str]:
@@ -70,7 +81,7 @@ def shingle_hashes(words: list[str], k: int) -> np.ndarray:
     n = len(words) - k + 1
     combined = np.zeros(n, dtype=np.uint64)
     for j in range(k):
-        combined += word_hashes[j:j + n] * _SHINGLE_MIX[j]  # wraps modulo 2**64, as intended
+        combined += word_hashes[j : j + n] * _SHINGLE_MIX[j]  # wraps modulo 2**64, as intended
     return combined >> np.uint64(32)
 
 
@@ -126,13 +137,13 @@ class DuplicateIndex:
 
     def _band_keys(self, signature: np.ndarray) -> list[int]:
         r = self.rows
-        return [hash(signature[i * r:(i + 1) * r].tobytes()) for i in range(self.bands)]
+        return [hash(signature[i * r : (i + 1) * r].tobytes()) for i in range(self.bands)]
 
     def _near(self, keys: list[int], signature: np.ndarray) -> Match | None:
         tried: set[int] = set()
         for table, key in zip(self.tables, keys):
             found = table.get(key)
-            for candidate in ([found] if isinstance(found, int) else found or []):
+            for candidate in [found] if isinstance(found, int) else found or []:
                 if candidate in tried:
                     continue
                 tried.add(candidate)
@@ -145,7 +156,7 @@ class DuplicateIndex:
     def _remember(self, number: int, keys: list[int], signature: np.ndarray) -> None:
         if number >= len(self.signatures):
             grown = np.empty((2 * len(self.signatures), self.signatures.shape[1]), dtype=np.uint32)
-            grown[:len(self.signatures)] = self.signatures
+            grown[: len(self.signatures)] = self.signatures
             self.signatures = grown
         self.signatures[number] = signature
         for table, key in zip(self.tables, keys):

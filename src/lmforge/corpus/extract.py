@@ -31,15 +31,27 @@ from lmforge.corpus.config import ExtractConfig
 from lmforge.corpus.errors import ExtractionError
 from lmforge.corpus.pdf import pdf_text
 from lmforge.documents.read import (
-    EncodingErrors, FilePart, RawDocument, ReadError, ReadLog, check_not_binary, decode, jsonl_values, read_all, read_plain_text, table_rows,
+    EncodingErrors,
+    FilePart,
+    RawDocument,
+    ReadError,
+    ReadLog,
+    check_not_binary,
+    decode,
+    jsonl_values,
+    read_all,
+    read_plain_text,
+    table_rows,
 )
 
 ENCODING_SETTING = "extract.encoding_errors"
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 # Permalinks next to headings and definitions: Sphinx and MkDocs `<a class="headerlink">¶</a>`,
 # and other generators' anchors whose only text is a mark.
-_PERMALINKS = ("//a[contains(concat(' ', normalize-space(@class), ' '), ' headerlink ')]"
-               " | //a[starts-with(@href, '#') and (normalize-space(.) = '¶' or normalize-space(.) = '§' or normalize-space(.) = '#')]")
+_PERMALINKS = (
+    "//a[contains(concat(' ', normalize-space(@class), ' '), ' headerlink ')]"
+    " | //a[starts-with(@href, '#') and (normalize-space(.) = '¶' or normalize-space(.) = '§' or normalize-space(.) = '#')]"
+)
 
 
 @dataclass
@@ -60,16 +72,25 @@ def _errors(cfg: ExtractConfig) -> EncodingErrors:
 
 
 def _copy_fields(record: dict, names: list[str]) -> dict:
-    return {name: record[name] for name in names if name in record and isinstance(record[name], (str, int, float, bool))}
+    return {
+        name: record[name] for name in names if name in record and isinstance(record[name], (str, int, float, bool))
+    }
 
 
 def read_jsonl(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[RawDocument]:
     """One document per line, text in `extract.text_field`; a bad line is logged as file:line and skipped."""
     for line, record in jsonl_values(part, _errors(cfg), log, ENCODING_SETTING):
         if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
-            log.problems.append((f"line{line}", f"{part.file.path}:{line}: no string field '{cfg.text_field}'; fix the line or set extract.text_field"))
+            log.problems.append(
+                (
+                    f"line{line}",
+                    f"{part.file.path}:{line}: no string field '{cfg.text_field}'; fix the line or set extract.text_field",
+                )
+            )
             continue
-        yield RawDocument(record[cfg.text_field], f"line{line}", {"line": line, **_copy_fields(record, cfg.metadata_fields)})
+        yield RawDocument(
+            record[cfg.text_field], f"line{line}", {"line": line, **_copy_fields(record, cfg.metadata_fields)}
+        )
 
 
 def read_table(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[RawDocument]:
@@ -78,12 +99,16 @@ def read_table(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[Raw
     columns = next(rows, (0, []))[1]
     if cfg.text_column not in columns:
         shown = ", ".join(columns[:12]) or "none: the file is empty"
-        raise ExtractionError(f"no column '{cfg.text_column}' (columns: {shown}); set extract.text_column to the column with the text")
+        raise ExtractionError(
+            f"no column '{cfg.text_column}' (columns: {shown}); set extract.text_column to the column with the text"
+        )
     for line, fields in rows:
         row = dict(zip(columns, fields))
         text = row.get(cfg.text_column)
         if text is None:
-            log.problems.append((f"row{line}", f"{part.file.path}:{line}: the row has no '{cfg.text_column}' value; fix the row"))
+            log.problems.append(
+                (f"row{line}", f"{part.file.path}:{line}: the row has no '{cfg.text_column}' value; fix the row")
+            )
             continue
         yield RawDocument(text, f"row{line}", {"line": line, **_copy_fields(row, cfg.metadata_fields)})
 
@@ -139,8 +164,15 @@ def html_to_text(data: bytes, focus: str, fallback: bool = False) -> tuple[str, 
     import trafilatura
 
     text = trafilatura.extract(
-        _prepared_tree(data), fast=not fallback, output_format="txt", include_comments=False, include_tables=True, include_images=False,
-        include_links=False, favor_precision=focus == "precision", favor_recall=focus == "recall",
+        _prepared_tree(data),
+        fast=not fallback,
+        output_format="txt",
+        include_comments=False,
+        include_tables=True,
+        include_images=False,
+        include_links=False,
+        favor_precision=focus == "precision",
+        favor_recall=focus == "recall",
     )
     meta = {}
     title = _TITLE.search(data[:65536])
@@ -157,7 +189,9 @@ def docx_to_text(data: bytes) -> str:
     try:
         document = docx.Document(io.BytesIO(data))
     except Exception as err:  # python-docx raises zipfile, KeyError and XML errors for broken files
-        raise ExtractionError(f"not a readable .docx ({type(err).__name__}: {err}); re-save it from a word processor") from None
+        raise ExtractionError(
+            f"not a readable .docx ({type(err).__name__}: {err}); re-save it from a word processor"
+        ) from None
     blocks = []
     for item in document.iter_inner_content():
         if isinstance(item, Table):
@@ -196,11 +230,15 @@ def read_documents(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator
         else:
             yield _whole_file_document(part, cfg, log)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise ExtractionError(f"the gzip stream is broken or ends early ({err}); re-download or re-compress the file") from None
+        raise ExtractionError(
+            f"the gzip stream is broken or ends early ({err}); re-download or re-compress the file"
+        ) from None
     except ReadError as err:
         raise ExtractionError(str(err)) from None
     except UnicodeDecodeError as err:
-        raise ExtractionError(f"bytes at offset {err.start} are not UTF-8; convert the file to UTF-8 or set extract.encoding_errors: replace") from None
+        raise ExtractionError(
+            f"bytes at offset {err.start} are not UTF-8; convert the file to UTF-8 or set extract.encoding_errors: replace"
+        ) from None
     except csv.Error as err:
         raise ExtractionError(f"not valid {part.file.format.upper()} ({err}); fix the quoting of that row") from None
 
@@ -218,7 +256,11 @@ def read_in_batches(part: FilePart, cfg: ExtractConfig, batch_chars: int) -> Ite
 
     def batch(failure: str | None = None) -> DocumentBatch:
         nonlocal documents, chars, consumed, first
-        position = part.file.size if failure is not None or log.raw is None or log.raw.closed else min(log.raw.tell(), part.file.size)
+        position = (
+            part.file.size
+            if failure is not None or log.raw is None or log.raw.closed
+            else min(log.raw.tell(), part.file.size)
+        )
         made = DocumentBatch(documents, position - consumed, first, log.problems[:], log.replaced_chars, failure)
         log.problems.clear()
         log.replaced_chars = 0

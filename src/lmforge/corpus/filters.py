@@ -7,7 +7,6 @@ Each document is charged to the first filter that rejects it, so the report's co
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 
 from lmforge.corpus.config import FilterConfig
@@ -54,7 +53,6 @@ class QualityFilter:
     def __init__(self, cfg: FilterConfig):
         self.cfg = cfg
         self.languages = {code.lower() for code in cfg.languages}
-        self.counts: Counter[str] = Counter()
 
     def _shape_reason(self, text: str, words: list[str]) -> str | None:
         cfg = self.cfg
@@ -102,6 +100,4 @@ class QualityFilter:
             language, probability = identify_language(text)
             if self.languages and (language not in self.languages or probability < self.cfg.min_language_score):
                 reason = "language"
-        if reason is not None:
-            self.counts[reason] += 1
         return Verdict(reason, language, len(words))

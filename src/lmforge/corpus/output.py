@@ -27,7 +27,9 @@ def prepare_out_folder(out: Path) -> None:
     if not stale:
         return
     if stage_of(out) != "corpus":
-        raise LmforgeError(f"--out {out}: the folder holds {stale[0].name} but was not written by `lmforge corpus`; choose an empty or new --out folder")
+        raise LmforgeError(
+            f"--out {out}: the folder holds {stale[0].name} but was not written by `lmforge corpus`; choose an empty or new --out folder"
+        )
     for path in stale:
         path.unlink()
 

@@ -30,12 +30,16 @@ def read_pages(data: bytes) -> list[str]:
             except Exception:  # pypdf raises several types here, e.g. when a cipher needs `cryptography`
                 opened = 0
             if not opened:
-                raise ExtractionError("the PDF is encrypted with a password; decrypt it first (e.g. `qpdf --decrypt`) or leave it out")
+                raise ExtractionError(
+                    "the PDF is encrypted with a password; decrypt it first (e.g. `qpdf --decrypt`) or leave it out"
+                )
         return [page.extract_text() or "" for page in reader.pages]
     except ExtractionError:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, IndexError, AttributeError, OSError) as err:
-        raise ExtractionError(f"not a readable PDF ({type(err).__name__}: {err}); re-export or repair it (e.g. `qpdf in.pdf out.pdf`)") from None
+        raise ExtractionError(
+            f"not a readable PDF ({type(err).__name__}: {err}); re-export or repair it (e.g. `qpdf in.pdf out.pdf`)"
+        ) from None
 
 
 def _line_key(line: str) -> str:
@@ -120,6 +124,7 @@ def rejoin_hyphenation(text: str) -> str:
 
     The two lines become one, so the joined word is not left dangling at a line start.
     """
+
     def join(match: re.Match) -> str:
         head, tail = match.group(1), match.group(2)
         return head + tail if tail[0].islower() else match.group(0)

@@ -83,7 +83,12 @@ class UnitWorker:
         lines = []
         for number, piece in enumerate(pieces):
             meta = dict(base["meta"], snippet=number, snippets=len(pieces)) if self.snipper else base["meta"]
-            lines.append(json.dumps({"text": piece, "source": base["source"], "doc_id": base["doc_id"], "meta": meta}, ensure_ascii=False))
+            lines.append(
+                json.dumps(
+                    {"text": piece, "source": base["source"], "doc_id": base["doc_id"], "meta": meta},
+                    ensure_ascii=False,
+                )
+            )
         return ("\n".join(lines) + "\n").encode("utf-8"), len(pieces)
 
     def _document(self, raw: RawDocument, part: FilePart, tally: Tally) -> KeptDocument | dict:
@@ -92,20 +97,38 @@ class UnitWorker:
         tally.counts["chars_in"] += len(raw.text)
         text = self.cleaner(raw.text)
         verdict = self.filter.check(text)
-        doc_id = hashlib.blake2b(f"{source}\0{raw.position}".encode("utf-8"), digest_size=8).hexdigest()
+        doc_id = hashlib.blake2b(f"{source}\0{raw.position}".encode(), digest_size=8).hexdigest()
         if verdict.reason is not None:
             tally.counts[f"filter.{verdict.reason}"] += 1
             tally.counts[f"filter.{verdict.reason}_chars"] += len(text)
             tally.example(f"filter.{verdict.reason}", f"{source} ({raw.position})", text or raw.text)
-            return {"source": source, "position": raw.position, "doc_id": doc_id, "reason": "filter",
-                    "filter": verdict.reason, "chars": len(text), "words": verdict.words}
+            return {
+                "source": source,
+                "position": raw.position,
+                "doc_id": doc_id,
+                "reason": "filter",
+                "filter": verdict.reason,
+                "chars": len(text),
+                "words": verdict.words,
+            }
         meta = {"format": fmt, "language": verdict.language, "words": verdict.words, **raw.meta}
         payload, records = self._records(text, {"source": source, "doc_id": doc_id, "meta": meta})
         tally.counts[f"format.{fmt}.documents"] += 1
         tally.counts[f"format.{fmt}.chars"] += len(text)
         words = canonical_words(text)
-        return KeptDocument(doc_id, source, raw.position, normalised_hash(words), self.signer.signature(words) if self.signer else None,
-                            payload, records, len(text), verdict.words, verdict.language, excerpt(text))
+        return KeptDocument(
+            doc_id,
+            source,
+            raw.position,
+            normalised_hash(words),
+            self.signer.signature(words) if self.signer else None,
+            payload,
+            records,
+            len(text),
+            verdict.words,
+            verdict.language,
+            excerpt(text),
+        )
 
     def _count_input(self, part: FilePart, first: bool, size: int, tally: Tally) -> None:
         fmt = part.file.format
@@ -128,8 +151,15 @@ class UnitWorker:
             return f"{type(err).__name__}: {err}; the file may be corrupt"
         return None
 
-    def _after_read(self, part: FilePart, problems: list[tuple[str, str]], replaced: int, failure: str | None,
-                    tally: Tally, documents: UnitDocuments) -> None:
+    def _after_read(
+        self,
+        part: FilePart,
+        problems: list[tuple[str, str]],
+        replaced: int,
+        failure: str | None,
+        tally: Tally,
+        documents: UnitDocuments,
+    ) -> None:
         path = part.file.path
         for position, message in problems:
             documents.append({"source": path, "position": position, "reason": "unreadable_record", "error": message})
@@ -152,7 +182,9 @@ class UnitWorker:
             self._after_read(part, batch.problems, batch.replaced_chars, batch.failure or failure, tally, documents)
         else:
             for part in unit.parts:
-                self._count_input(part, part.chunk == 0, (part.end if part.end is not None else part.file.size) - part.start, tally)
+                self._count_input(
+                    part, part.chunk == 0, (part.end if part.end is not None else part.file.size) - part.start, tally
+                )
                 log = ReadLog()
                 failure = self._take(read_documents(part, self.config.extract, log), part, tally, documents)
                 self._after_read(part, log.problems, log.replaced_chars, failure, tally, documents)
@@ -199,16 +231,22 @@ def validate(config: CorpusConfig) -> None:
     """Reject settings that cannot work, naming the field and the fix."""
     split, dedup = config.split, config.dedup
     if not (0 <= split.valid_fraction and 0 <= split.test_fraction and split.valid_fraction + split.test_fraction < 1):
-        raise LmforgeError("split.valid_fraction + split.test_fraction must be in [0, 1) so train keeps documents; lower them")
+        raise LmforgeError(
+            "split.valid_fraction + split.test_fraction must be in [0, 1) so train keeps documents; lower them"
+        )
     if not 0 < dedup.threshold <= 1:
         raise LmforgeError(f"dedup.threshold {dedup.threshold}: must be in (0, 1]; 0.8 is usual")
     if dedup.num_perm < 2 or not 1 <= dedup.shingle_words <= 8:
         raise LmforgeError("dedup.num_perm must be >= 2 and dedup.shingle_words between 1 and 8")
     if split.unit == "snippets" and not 0 <= split.snippet_overlap < split.snippet_length:
-        raise LmforgeError(f"split.snippet_overlap {split.snippet_overlap} must be >= 0 and below split.snippet_length {split.snippet_length}")
+        raise LmforgeError(
+            f"split.snippet_overlap {split.snippet_overlap} must be >= 0 and below split.snippet_length {split.snippet_length}"
+        )
     if split.unit == "snippets" and split.length_unit == "tokens":
         if not split.tokenizer:
-            raise LmforgeError("split.length_unit tokens needs split.tokenizer: a folder made by `lmforge tokenizer` or a tokenizer.json")
+            raise LmforgeError(
+                "split.length_unit tokens needs split.tokenizer: a folder made by `lmforge tokenizer` or a tokenizer.json"
+            )
         load_token_counter(split.tokenizer)
     if config.extract.chunk_bytes < 1 or config.shard_bytes < 1 or config.extract.max_document_chars < 1:
         raise LmforgeError("extract.chunk_bytes, extract.max_document_chars and shard_bytes must be positive")
@@ -231,9 +269,15 @@ def why_empty(report: CorpusReport, out: Path) -> str:
     filtered = {k.split(".")[1]: v for k, v in counts.items() if k.startswith("filter.") and not k.endswith("_chars")}
     if filtered:
         name, n = max(filtered.items(), key=lambda kv: kv[1])
-        hints = {"too_few_words": "lower filter.min_words", "language": "check filter.languages",
-                 "alpha_ratio": "lower filter.min_alpha_ratio", "empty": "check the files hold text"}
-        reasons.append(f"{sum(filtered.values())} document(s) removed by filters, most by {name} ({n}): {hints.get(name, f'relax filter settings')}")
+        hints = {
+            "too_few_words": "lower filter.min_words",
+            "language": "check filter.languages",
+            "alpha_ratio": "lower filter.min_alpha_ratio",
+            "empty": "check the files hold text",
+        }
+        reasons.append(
+            f"{sum(filtered.values())} document(s) removed by filters, most by {name} ({n}): {hints.get(name, 'relax filter settings')}"
+        )
     if counts["record_problems"]:
         reasons.append(f"{counts['record_problems']} record(s) unreadable (first: {report.tally.problems[0]})")
     if not reasons:
@@ -266,9 +310,16 @@ class CorpusAssembler:
             if match is not None:
                 kept_id, kept_source, kept_position = self.kept_docs[match.kept]
                 self.report.duplicate(match.kept, (kept_id, kept_source), match.kind, match.similarity, doc)
-                self.dropped.write({"source": doc.source, "position": doc.position, "doc_id": doc.doc_id,
-                                    "reason": f"{match.kind}_duplicate", "similarity": round(match.similarity, 3),
-                                    "duplicate_of": {"doc_id": kept_id, "source": kept_source, "position": kept_position}})
+                self.dropped.write(
+                    {
+                        "source": doc.source,
+                        "position": doc.position,
+                        "doc_id": doc.doc_id,
+                        "reason": f"{match.kind}_duplicate",
+                        "similarity": round(match.similarity, 3),
+                        "duplicate_of": {"doc_id": kept_id, "source": kept_source, "position": kept_position},
+                    }
+                )
                 continue
             source = self._sources.setdefault(doc.source, doc.source)
             self.kept_docs.append((doc.doc_id, source, doc.position))
@@ -292,7 +343,9 @@ def work_units(units: list[WorkUnit], extract: ExtractConfig, batch_chars: int) 
             yield WorkUnit(unit.number, unit.parts, batch=batch)
 
 
-def _stream(config: CorpusConfig, units: Iterable[WorkUnit], workers: int, assembler: CorpusAssembler, total_bytes: int) -> None:
+def _stream(
+    config: CorpusConfig, units: Iterable[WorkUnit], workers: int, assembler: CorpusAssembler, total_bytes: int
+) -> None:
     started = last_progress = time.perf_counter()
     try:
         for documents, tally in ordered_map(_process_unit, units, workers, _init_worker, (config,)):
@@ -300,8 +353,12 @@ def _stream(config: CorpusConfig, units: Iterable[WorkUnit], workers: int, assem
             if time.perf_counter() - last_progress > PROGRESS_SECONDS:
                 last_progress = time.perf_counter()
                 done = assembler.report.tally.counts["bytes_in"]
-                print(f"corpus: {done / 1e6:,.0f}/{total_bytes / 1e6:,.0f} MB, {done / 1e6 / (last_progress - started):.1f} MB/s, "
-                      f"{len(assembler.kept_docs):,} documents kept", file=sys.stderr, flush=True)
+                print(
+                    f"corpus: {done / 1e6:,.0f}/{total_bytes / 1e6:,.0f} MB, {done / 1e6 / (last_progress - started):.1f} MB/s, "
+                    f"{len(assembler.kept_docs):,} documents kept",
+                    file=sys.stderr,
+                    flush=True,
+                )
     except BaseException:
         assembler.close(keep=False)
         raise
@@ -330,24 +387,36 @@ def run(config: CorpusConfig) -> Path:
     report.source_copies = inventory.source_copies
     assembler = CorpusAssembler(config, out, report)
     for copy in inventory.source_copies:
-        assembler.dropped.write({"source": copy["path"], "position": None, "reason": "source_copy", "rendered": copy["rendered"]})
+        assembler.dropped.write(
+            {"source": copy["path"], "position": None, "reason": "source_copy", "rendered": copy["rendered"]}
+        )
     _stream(config, work_units(units, config.extract, target), workers, assembler, sum(f.size for f in inventory.files))
     usable = len(assembler.kept_docs) > 0
     shards = assembler.close(keep=usable)
     report.dropped = dict(assembler.dropped.counts)
     for split, fraction in (("valid", config.split.valid_fraction), ("test", config.split.test_fraction)):
         if usable and fraction > 0 and not report.splits[split]["documents"]:
-            report.warnings.append(f"the {split} split is empty: {len(assembler.kept_docs)} document(s) are too few for "
-                                   f"split.{split}_fraction {fraction}; add documents or use split.unit snippets with more text")
+            report.warnings.append(
+                f"the {split} split is empty: {len(assembler.kept_docs)} document(s) are too few for "
+                f"split.{split}_fraction {fraction}; add documents or use split.unit snippets with more text"
+            )
     for warning in report.warnings:
         print(f"corpus: warning: {warning}", file=sys.stderr)
     payload = report.write(out, time.perf_counter() - started, _peak_rss_mb(), workers)
     if not usable:
         folder.finish(status="failed", summary=payload["summary"])
         raise LmforgeError(why_empty(report, out))
-    folder.finish(status="complete", summary=payload["summary"], shards=shards,
-                  splits=payload["splits"], report=["report.json", "report.html", DROPPED_LOG])
+    folder.finish(
+        status="complete",
+        summary=payload["summary"],
+        shards=shards,
+        splits=payload["splits"],
+        report=["report.json", "report.html", DROPPED_LOG],
+    )
     s = payload["summary"]
-    print(f"corpus: {s['documents_out']:,} of {s['documents_in']:,} documents kept ({s['records_out']:,} records) "
-          f"from {s['files_in']:,} files, {s['files_failed']} failed; {s['mb_per_second']} MB/s -> {out}", flush=True)
+    print(
+        f"corpus: {s['documents_out']:,} of {s['documents_in']:,} documents kept ({s['records_out']:,} records) "
+        f"from {s['files_in']:,} files, {s['files_failed']} failed; {s['mb_per_second']} MB/s -> {out}",
+        flush=True,
+    )
     return out

@@ -24,9 +24,11 @@ MAX_CLUSTERS_SHOWN = 20
 MAX_FAILURES_SHOWN = 500
 MAX_SOURCE_COPIES_SHOWN = 20
 # Which member of a duplicate cluster survives, as report.json states it.
-KEPT_IN_CLUSTER = ("the first in processing order, which puts rendered formats (HTML, PDF, DOCX) before the others "
-                   "(Markdown, text, JSONL, CSV), each in --data order with folders sorted by path: a rendered page wins "
-                   "over its source; doc ids and splits do not depend on this order")
+KEPT_IN_CLUSTER = (
+    "the first in processing order, which puts rendered formats (HTML, PDF, DOCX) before the others "
+    "(Markdown, text, JSONL, CSV), each in --data order with folders sorted by path: a rendered page wins "
+    "over its source; doc ids and splits do not depend on this order"
+)
 
 
 def excerpt(text: str) -> str:
@@ -48,7 +50,7 @@ class Tally:
         if len(kept) < self.max_examples:
             kept.append({"source": source, "excerpt": excerpt(text), **extra})
 
-    def merge(self, other: "Tally") -> None:
+    def merge(self, other: Tally) -> None:
         self.counts.update(other.counts)
         for key, items in other.examples.items():
             kept = self.examples.setdefault(key, [])
@@ -88,8 +90,15 @@ class CorpusReport:
         self.tally.counts[f"dedup.{kind}"] += 1
         self.tally.counts[f"dedup.{kind}_chars"] += doc.chars
         if len(cluster.members) < self.max_examples:
-            cluster.members.append({"doc_id": doc.doc_id, "source": doc.source, "kind": kind,
-                                    "similarity": round(similarity, 3), "excerpt": doc.excerpt})
+            cluster.members.append(
+                {
+                    "doc_id": doc.doc_id,
+                    "source": doc.source,
+                    "kind": kind,
+                    "similarity": round(similarity, 3),
+                    "excerpt": doc.excerpt,
+                }
+            )
 
     def written(self, doc, split: str) -> None:
         self.lengths.append(doc.words)
@@ -102,8 +111,14 @@ class CorpusReport:
     def _filters(self) -> dict:
         counts = self.tally.counts
         names = sorted({k.split(".", 1)[1] for k in counts if k.startswith("filter.") and not k.endswith("_chars")})
-        return {name: {"documents": counts[f"filter.{name}"], "chars": counts[f"filter.{name}_chars"],
-                       "examples": self.tally.examples.get(f"filter.{name}", [])} for name in names}
+        return {
+            name: {
+                "documents": counts[f"filter.{name}"],
+                "chars": counts[f"filter.{name}_chars"],
+                "examples": self.tally.examples.get(f"filter.{name}", []),
+            }
+            for name in names
+        }
 
     def _formats(self) -> dict:
         counts = self.tally.counts
@@ -118,8 +133,13 @@ class CorpusReport:
         top = max(int(values.max()), 2)
         edges = np.unique(np.geomspace(1, top + 1, num=31).round().astype(int))
         counts, _ = np.histogram(values, bins=edges)
-        return {"edges": edges.tolist(), "counts": counts.tolist(), "median": float(np.median(values)),
-                "mean": float(values.mean()), "max": int(values.max())}
+        return {
+            "edges": edges.tolist(),
+            "counts": counts.tolist(),
+            "median": float(np.median(values)),
+            "mean": float(values.mean()),
+            "max": int(values.max()),
+        }
 
     def to_json(self, seconds: float, peak_rss_mb: dict, workers: int) -> dict:
         counts = self.tally.counts
@@ -128,28 +148,41 @@ class CorpusReport:
         out_docs = sum(s["documents"] for s in self.splits.values())
         return {
             "summary": {
-                "files_in": counts["files_in"], "files_failed": len(self.tally.failures),
-                "bytes_in": bytes_in, "documents_in": counts["documents_in"], "chars_in": counts["chars_in"],
-                "documents_out": out_docs, "chars_out": sum(s["chars"] for s in self.splits.values()),
+                "files_in": counts["files_in"],
+                "files_failed": len(self.tally.failures),
+                "bytes_in": bytes_in,
+                "documents_in": counts["documents_in"],
+                "chars_in": counts["chars_in"],
+                "documents_out": out_docs,
+                "chars_out": sum(s["chars"] for s in self.splits.values()),
                 "records_out": sum(s["records"] for s in self.splits.values()),
-                "seconds": round(seconds, 2), "mb_per_second": round(bytes_in / 1e6 / max(seconds, 1e-9), 2),
-                "workers": workers, "peak_rss_mb": peak_rss_mb,
+                "seconds": round(seconds, 2),
+                "mb_per_second": round(bytes_in / 1e6 / max(seconds, 1e-9), 2),
+                "workers": workers,
+                "peak_rss_mb": peak_rss_mb,
             },
             "warnings": self.warnings,
             "splits": {name: dict(c) for name, c in self.splits.items()},
             "formats": self._formats(),
             "cleaning": {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("clean.")},
             "filters": self._filters(),
-            "dedup": {"exact_removed": counts["dedup.exact"], "near_removed": counts["dedup.near"],
-                      "chars_removed": counts["dedup.exact_chars"] + counts["dedup.near_chars"],
-                      "clusters": len(self.clusters), "kept_in_cluster": KEPT_IN_CLUSTER,
-                      "largest_clusters": [vars(c) for c in clusters[:MAX_CLUSTERS_SHOWN]]},
+            "dedup": {
+                "exact_removed": counts["dedup.exact"],
+                "near_removed": counts["dedup.near"],
+                "chars_removed": counts["dedup.exact_chars"] + counts["dedup.near_chars"],
+                "clusters": len(self.clusters),
+                "kept_in_cluster": KEPT_IN_CLUSTER,
+                "largest_clusters": [vars(c) for c in clusters[:MAX_CLUSTERS_SHOWN]],
+            },
             "languages": dict(self.languages.most_common()),
             "length_histogram_words": self._histogram(),
             "failures": self.tally.failures[:MAX_FAILURES_SHOWN],
             "record_problems": {"count": counts["record_problems"], "first": self.tally.problems},
             "skipped_suffixes": dict(self.skipped),
-            "source_copies_skipped": {"count": len(self.source_copies), "first": self.source_copies[:MAX_SOURCE_COPIES_SHOWN]},
+            "source_copies_skipped": {
+                "count": len(self.source_copies),
+                "first": self.source_copies[:MAX_SOURCE_COPIES_SHOWN],
+            },
             "dropped": {"log": "dropped.jsonl", "by_reason": dict(sorted(self.dropped.items()))},
             "pdf_running_lines_removed": counts["pdf.running_lines_removed"],
             "undecodable_chars_replaced": counts["replaced_chars"],
@@ -191,33 +224,64 @@ def _examples(items: list[dict]) -> str:
 def render_html(report: dict) -> str:
     """A single self-contained page: summary, splits, formats, cleaning, filters, duplicates."""
     s = report["summary"]
-    parts = ["<!doctype html><meta charset='utf-8'><title>lmforge corpus report</title>",
-             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;padding:2px 6px}"
-             "table{border-collapse:collapse;margin:.5em 0}li{margin:.3em 0}</style>",
-             "<h1>Corpus report</h1>",
-             "".join(f"<p><b>warning:</b> {html.escape(w)}</p>" for w in report["warnings"]),
-             _table([[k, v] for k, v in s.items()], ["", "value"]),
-             "<h2>Splits</h2>", _table([[n, c.get("documents", 0), c.get("records", 0), c.get("chars", 0)] for n, c in report["splits"].items()], ["split", "documents", "records", "chars"]),
-             "<h2>Formats</h2>", _table([[n] + list(v.values()) for n, v in report["formats"].items()], ["format", "files", "bytes", "documents", "chars", "failures"]),
-             "<h2>Cleaning</h2>", _table([[k, v] for k, v in report["cleaning"].items()], ["step", "count"]),
-             "<h2>Filters</h2>"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>lmforge corpus report</title>",
+        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;padding:2px 6px}"
+        "table{border-collapse:collapse;margin:.5em 0}li{margin:.3em 0}</style>",
+        "<h1>Corpus report</h1>",
+        "".join(f"<p><b>warning:</b> {html.escape(w)}</p>" for w in report["warnings"]),
+        _table([[k, v] for k, v in s.items()], ["", "value"]),
+        "<h2>Splits</h2>",
+        _table(
+            [[n, c.get("documents", 0), c.get("records", 0), c.get("chars", 0)] for n, c in report["splits"].items()],
+            ["split", "documents", "records", "chars"],
+        ),
+        "<h2>Formats</h2>",
+        _table(
+            [[n] + list(v.values()) for n, v in report["formats"].items()],
+            ["format", "files", "bytes", "documents", "chars", "failures"],
+        ),
+        "<h2>Cleaning</h2>",
+        _table([[k, v] for k, v in report["cleaning"].items()], ["step", "count"]),
+        "<h2>Filters</h2>",
+    ]
     for name, f in report["filters"].items():
-        parts.append(f"<h3>{html.escape(name)}: {f['documents']} documents, {f['chars']} chars</h3><ul>{_examples(f['examples'])}</ul>")
+        parts.append(
+            f"<h3>{html.escape(name)}: {f['documents']} documents, {f['chars']} chars</h3><ul>{_examples(f['examples'])}</ul>"
+        )
     d = report["dedup"]
-    parts.append(f"<h2>Duplicates</h2><p>exact removed: {d['exact_removed']}, near removed: {d['near_removed']}, clusters: {d['clusters']}. "
-                 f"Kept from each cluster: {html.escape(d['kept_in_cluster'])}.</p>")
+    parts.append(
+        f"<h2>Duplicates</h2><p>exact removed: {d['exact_removed']}, near removed: {d['near_removed']}, clusters: {d['clusters']}. "
+        f"Kept from each cluster: {html.escape(d['kept_in_cluster'])}.</p>"
+    )
     copies = report["source_copies_skipped"]
     if copies["count"]:
-        parts.append(f"<p>{copies['count']} Sphinx source copies (<code>_sources/</code>) left out because their rendered page is an input "
-                     f"(extract.skip_source_copies), e.g. <code>{html.escape(copies['first'][0]['path'])}</code>.</p>")
+        parts.append(
+            f"<p>{copies['count']} Sphinx source copies (<code>_sources/</code>) left out because their rendered page is an input "
+            f"(extract.skip_source_copies), e.g. <code>{html.escape(copies['first'][0]['path'])}</code>.</p>"
+        )
     for c in d["largest_clusters"]:
-        parts.append(f"<h3>{c['size']} documents, kept <code>{html.escape(c['kept_source'])}</code></h3><ul>{_examples(c['members'])}</ul>")
-    parts += ["<h2>Length histogram</h2>", histogram_svg(report["length_histogram_words"]),
-              "<h2>Languages</h2>", _table(list(report["languages"].items()), ["language", "documents"]),
-              "<h2>Failures</h2>", _table([[f["path"], f["format"], f["error"]] for f in report["failures"]], ["file", "format", "error"])]
+        parts.append(
+            f"<h3>{c['size']} documents, kept <code>{html.escape(c['kept_source'])}</code></h3><ul>{_examples(c['members'])}</ul>"
+        )
+    parts += [
+        "<h2>Length histogram</h2>",
+        histogram_svg(report["length_histogram_words"]),
+        "<h2>Languages</h2>",
+        _table(list(report["languages"].items()), ["language", "documents"]),
+        "<h2>Failures</h2>",
+        _table([[f["path"], f["format"], f["error"]] for f in report["failures"]], ["file", "format", "error"]),
+    ]
     dropped = report["dropped"]
-    parts.append(f"<h2>Dropped documents</h2><p>One line per document in <code>{dropped['log']}</code> (source, position, reason, "
-                 "filter or the kept document it duplicates):</p>" + _table(list(dropped["by_reason"].items()), ["reason", "documents"]))
+    parts.append(
+        f"<h2>Dropped documents</h2><p>One line per document in <code>{dropped['log']}</code> (source, position, reason, "
+        "filter or the kept document it duplicates):</p>"
+        + _table(list(dropped["by_reason"].items()), ["reason", "documents"])
+    )
     problems = report["record_problems"]
-    parts.append(f"<h2>Skipped records: {problems['count']}</h2><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems["first"]) + "</ul>")
+    parts.append(
+        f"<h2>Skipped records: {problems['count']}</h2><ul>"
+        + "".join(f"<li>{html.escape(p)}</li>" for p in problems["first"])
+        + "</ul>"
+    )
     return "\n".join(parts)

@@ -8,8 +8,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from lmforge.corpus.config import SplitConfig
 from lmforge import tokenizer as tokenizer_mod
+from lmforge.corpus.config import SplitConfig
 from lmforge.errors import LmforgeError
 
 # A sentence ends at . ! ? or … (plus closing quotes/brackets: group 1) followed by space and a
@@ -17,9 +17,52 @@ from lmforge.errors import LmforgeError
 _BOUNDARY = re.compile(r"([.!?…][\"'”’)\]]*)\s+(?=[\"'“‘(\[]?[A-Z0-9À-ÖØ-Þ])")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _ABBREVIATIONS = {
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "cf", "fig", "figs",
-    "no", "nos", "vol", "pp", "p", "eq", "eqs", "approx", "ca", "al", "inc", "ltd", "co", "corp", "dept", "jan", "feb",
-    "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "sec", "ch",
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "sr",
+    "jr",
+    "st",
+    "vs",
+    "etc",
+    "e.g",
+    "i.e",
+    "cf",
+    "fig",
+    "figs",
+    "no",
+    "nos",
+    "vol",
+    "pp",
+    "p",
+    "eq",
+    "eqs",
+    "approx",
+    "ca",
+    "al",
+    "inc",
+    "ltd",
+    "co",
+    "corp",
+    "dept",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+    "u.s",
+    "u.k",
+    "sec",
+    "ch",
 }
 
 
@@ -29,11 +72,11 @@ def sentences(text: str) -> list[str]:
     for paragraph in _PARAGRAPH.split(text):
         start = 0
         for boundary in _BOUNDARY.finditer(paragraph):
-            before = paragraph[start:boundary.start() + 1].rsplit(None, 1)
+            before = paragraph[start : boundary.start() + 1].rsplit(None, 1)
             last_word = before[-1].rstrip(".!?…\"')]").lower() if before else ""
             if last_word in _ABBREVIATIONS or (len(last_word) == 1 and last_word.isalpha()):
                 continue
-            found.append(paragraph[start:boundary.end(1)].strip())
+            found.append(paragraph[start : boundary.end(1)].strip())
             start = boundary.end()
         found.append(paragraph[start:].strip())
     return [s for s in found if s]
@@ -47,7 +90,9 @@ def load_token_counter(path: str) -> Callable[[list[str]], list[int]]:
     if file.is_dir():
         file = file / "tokenizer.json"
     if not file.is_file():
-        raise LmforgeError(f"split.tokenizer {path}: no tokenizer.json there; pass a folder made by `lmforge tokenizer` or a tokenizer.json file")
+        raise LmforgeError(
+            f"split.tokenizer {path}: no tokenizer.json there; pass a folder made by `lmforge tokenizer` or a tokenizer.json file"
+        )
     tokenizer = Tokenizer.from_file(str(file))
     tokenizer.no_padding()  # a saved padding (MiniLM's: 128) would make every count 128
     tokenizer.no_truncation()

@@ -56,7 +56,7 @@ def _rendered_page_of(path: str, html_pages: set[str]) -> str | None:
     if "_sources" not in parts[:-1]:
         return None
     cut = len(parts) - 1 - parts[::-1].index("_sources")
-    root, relative = Path(*parts[:cut]), Path(*parts[cut + 1:])
+    root, relative = Path(*parts[:cut]), Path(*parts[cut + 1 :])
     name = relative.name[:-3] if relative.name.lower().endswith(".gz") else relative.name
     if name.lower().endswith(".txt") and Path(name[:-4]).suffix:
         name = name[:-4]  # page.rst.txt -> page.rst (html_sourcelink_suffix)
@@ -75,7 +75,11 @@ def _order_and_drop_copies(files: list[InputFile], inventory: Inventory, skip_so
     html_pages = {str(Path(f.path)) for f in files if f.format == "html"}
     kept = []
     for file in files:
-        rendered = _rendered_page_of(file.path, html_pages) if skip_source_copies and file.format in ("text", "markdown") else None
+        rendered = (
+            _rendered_page_of(file.path, html_pages)
+            if skip_source_copies and file.format in ("text", "markdown")
+            else None
+        )
         if rendered is None:
             kept.append(file)
         else:
@@ -105,7 +109,9 @@ def _line_ranges(file: InputFile, chunk_bytes: int, count_lines: bool) -> list[F
     with open(file.path, "rb") as handle:
         while start < file.size:
             handle.seek(min(start + chunk_bytes, file.size))
-            end = min(handle.tell() + len(handle.readline()), file.size) if start + chunk_bytes < file.size else file.size
+            end = (
+                min(handle.tell() + len(handle.readline()), file.size) if start + chunk_bytes < file.size else file.size
+            )
             parts.append(FilePart(file, start, end, line, len(parts)))
             if count_lines:  # only JSONL needs true line numbers, for file:line messages
                 handle.seek(start)

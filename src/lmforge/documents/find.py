@@ -19,11 +19,19 @@ from lmforge.errors import LmforgeError
 from lmforge.runfolder import stage_of
 
 FORMATS = {
-    ".txt": "text", ".text": "text", ".rst": "text",
-    ".md": "markdown", ".markdown": "markdown",
-    ".html": "html", ".htm": "html", ".xhtml": "html",
-    ".pdf": "pdf", ".docx": "docx",
-    ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv",
+    ".txt": "text",
+    ".text": "text",
+    ".rst": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".pdf": "pdf",
+    ".docx": "docx",
+    ".jsonl": "jsonl",
+    ".csv": "csv",
+    ".tsv": "tsv",
 }
 CORPUS_SPLITS = ("train", "valid", "test")
 
@@ -82,7 +90,9 @@ def _wanted(path: Path, formats: set[str] | None, gzip: bool) -> bool:
     return fmt is not None and (formats is None or fmt in formats) and (gzip or not gzipped)
 
 
-def walk(folder: Path, inventory: Inventory, out: Path | None = None, formats: set[str] | None = None, gzip: bool = True) -> list[Path]:
+def walk(
+    folder: Path, inventory: Inventory, out: Path | None = None, formats: set[str] | None = None, gzip: bool = True
+) -> list[Path]:
     """Files of the wanted formats under `folder`, sorted; hidden entries, `out` and lmforge run
     folders are left out (counted in `inventory.skipped`, as are unwanted suffixes)."""
     found = []
@@ -129,7 +139,9 @@ def _relative_key(path: Path, root: Path) -> str:
         return str(path)
 
 
-def find(data: list[str | Path], out: str | Path | None = None, formats: set[str] | None = None, gzip: bool = True) -> Inventory:
+def find(
+    data: list[str | Path], out: str | Path | None = None, formats: set[str] | None = None, gzip: bool = True
+) -> Inventory:
     """Expand `--data` into files in `--data` order (sorted inside folders and globs), each once.
 
     `formats` (default: all of FORMATS) and `gzip` choose what a folder walk keeps. A path or glob
@@ -137,7 +149,9 @@ def find(data: list[str | Path], out: str | Path | None = None, formats: set[str
     file is recorded in `inventory.failures`: the stage decides whether that stops it.
     """
     if not data:
-        raise LmforgeError("no input given; pass documents with --data PATH ... (files, folders, globs or builtin:tinyshakespeare)")
+        raise LmforgeError(
+            "no input given; pass documents with --data PATH ... (files, folders, globs or builtin:tinyshakespeare)"
+        )
     out = Path(out).resolve() if out is not None else None
     inventory = Inventory()
     files: list[InputFile] = []
@@ -149,7 +163,9 @@ def find(data: list[str | Path], out: str | Path | None = None, formats: set[str
         if any(ch in raw for ch in "*?["):
             matches = [Path(m) for m in sorted(glob.glob(raw, recursive=True)) if Path(m).is_file()]
             if not matches:
-                raise LmforgeError(f"--data {raw}: the glob matches no file; check the pattern (quote it so the shell does not expand it)")
+                raise LmforgeError(
+                    f"--data {raw}: the glob matches no file; check the pattern (quote it so the shell does not expand it)"
+                )
             root = _glob_root(raw)
             files.extend(input_file(m, _relative_key(m, root)) for m in matches)
             inventory.roots.extend(str(m) for m in matches)
@@ -161,12 +177,20 @@ def find(data: list[str | Path], out: str | Path | None = None, formats: set[str
         if not path.is_dir():
             files.append(input_file(path))
             continue
-        found = corpus_files(path) if stage_of(path) == "corpus" else \
-            [input_file(p, _relative_key(p, path)) for p in walk(path, inventory, out, formats, gzip)]
+        found = (
+            corpus_files(path)
+            if stage_of(path) == "corpus"
+            else [input_file(p, _relative_key(p, path)) for p in walk(path, inventory, out, formats, gzip)]
+        )
         if not found:
             suffixes = " ".join(sorted(s for s, f in FORMATS.items() if formats is None or f in formats))
-            inventory.failures.append({"path": str(path), "format": "folder",
-                                       "error": f"the folder holds no supported documents ({suffixes}{', optionally .gz' if gzip else ''})"})
+            inventory.failures.append(
+                {
+                    "path": str(path),
+                    "format": "folder",
+                    "error": f"the folder holds no supported documents ({suffixes}{', optionally .gz' if gzip else ''})",
+                }
+            )
         files.extend(found)
     seen: set[Path] = set()
     for file in files:
@@ -206,9 +230,13 @@ def resolve_sources(paths: list[str | Path]) -> list[Source]:
     inventory = find(paths, formats=TEXT_FORMATS, gzip=False)
     if inventory.failures:
         suffixes = ", ".join(sorted(s for s, f in FORMATS.items() if f in TEXT_FORMATS))
-        raise LmforgeError(f"--data {inventory.failures[0]['path']}: the folder holds no text files ({suffixes}); "
-                           "point at a folder of text or run `lmforge corpus` on it first")
-    sources = [Source(Path(f.path), "jsonl" if f.format == "jsonl" else "text", f.split, f.key) for f in inventory.files]
+        raise LmforgeError(
+            f"--data {inventory.failures[0]['path']}: the folder holds no text files ({suffixes}); "
+            "point at a folder of text or run `lmforge corpus` on it first"
+        )
+    sources = [
+        Source(Path(f.path), "jsonl" if f.format == "jsonl" else "text", f.split, f.key) for f in inventory.files
+    ]
     if all(s.path.stat().st_size == 0 for s in sources):
         names = ", ".join(str(s.path) for s in sources[:3])
         raise LmforgeError(f"--data: every input file is empty ({names}); give files with text in them")

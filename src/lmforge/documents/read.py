@@ -83,7 +83,11 @@ class DecodeStats:
 
 
 def _fix(setting: str | None) -> str:
-    return f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or set {setting}: replace" if setting else "convert the file to UTF-8"
+    return (
+        f"convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or set {setting}: replace"
+        if setting
+        else "convert the file to UTF-8"
+    )
 
 
 def check_not_binary(head: bytes) -> None:
@@ -110,16 +114,20 @@ class TextDecoder:
             self._first = False
             check_not_binary(block)
             if self.start == 0 and block.startswith(codecs.BOM_UTF8):
-                block, self.offset = block[len(codecs.BOM_UTF8):], self.offset + len(codecs.BOM_UTF8)
+                block, self.offset = block[len(codecs.BOM_UTF8) :], self.offset + len(codecs.BOM_UTF8)
             elif self.start == 0 and block.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                 self._decoder = codecs.getincrementaldecoder("utf-16")(errors="replace")
         try:
             text = self._decoder.decode(block, final)
         except UnicodeDecodeError as err:
-            raise ReadError(f"bytes at offset {self.offset + err.start} are not UTF-8 ({err.reason}); {_fix(self.setting)}") from None
+            raise ReadError(
+                f"bytes at offset {self.offset + err.start} are not UTF-8 ({err.reason}); {_fix(self.setting)}"
+            ) from None
         self.replaced = text.count("\ufffd")
         if first and self.replaced > MAX_REPLACED_FRACTION * max(len(text), 1):
-            raise ReadError(f"{self.replaced} of the first {len(text)} characters are not UTF-8: this is not text; convert it to UTF-8 or leave it out")
+            raise ReadError(
+                f"{self.replaced} of the first {len(text)} characters are not UTF-8: this is not text; convert it to UTF-8 or leave it out"
+            )
         self.offset += len(block)
         return text
 
@@ -180,7 +188,9 @@ def line_blocks(blocks: Iterator[bytes]) -> Iterator[bytes]:
         yield carry
 
 
-def text_blocks(part: FilePart, errors: EncodingErrors, log: ReadLog, setting: str | None = None, lines: bool = False) -> Iterator[str]:
+def text_blocks(
+    part: FilePart, errors: EncodingErrors, log: ReadLog, setting: str | None = None, lines: bool = False
+) -> Iterator[str]:
     """Decoded text of the part, block by block (`lines`: blocks cut at line ends); replacements
     are counted in `log.replaced_chars`."""
     decoder = TextDecoder(errors, part.start, setting)
@@ -194,7 +204,9 @@ def text_blocks(part: FilePart, errors: EncodingErrors, log: ReadLog, setting: s
         yield tail
 
 
-def read_plain_text(part: FilePart, errors: EncodingErrors, log: ReadLog, max_chars: int, setting: str | None = None) -> Iterator[RawDocument]:
+def read_plain_text(
+    part: FilePart, errors: EncodingErrors, log: ReadLog, max_chars: int, setting: str | None = None
+) -> Iterator[RawDocument]:
     """A text file is one document; past `max_chars` it is cut at paragraph breaks."""
     buffer = ""
     pieces = 0
@@ -213,8 +225,9 @@ def read_plain_text(part: FilePart, errors: EncodingErrors, log: ReadLog, max_ch
         yield RawDocument(buffer, f"{part.chunk}.{pieces}", {"piece": pieces} if pieces else {})
 
 
-def jsonl_values(part: FilePart, errors: EncodingErrors, log: ReadLog, setting: str | None = None,
-                 problems: bool = True) -> Iterator[tuple[int, Any]]:
+def jsonl_values(
+    part: FilePart, errors: EncodingErrors, log: ReadLog, setting: str | None = None, problems: bool = True
+) -> Iterator[tuple[int, Any]]:
     """(line, JSON value) for each non-blank line. A line that is not UTF-8 or not JSON is appended to
     `log.problems` as ("lineN", "file:N: why") and skipped, or with `problems=False` raises ReadError."""
     path = part.file.path
@@ -225,7 +238,7 @@ def jsonl_values(part: FilePart, errors: EncodingErrors, log: ReadLog, setting: 
         if not raw.strip():
             return
         if line == 1 and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8):]
+            raw = raw[len(codecs.BOM_UTF8) :]
         try:
             yield line, json.loads(raw.decode("utf-8", errors=errors))
             return
@@ -248,7 +261,9 @@ def jsonl_values(part: FilePart, errors: EncodingErrors, log: ReadLog, setting: 
     yield from parse(pending)
 
 
-def table_rows(part: FilePart, errors: EncodingErrors, log: ReadLog, quoting: bool, setting: str | None = None) -> Iterator[tuple[int, list[str]]]:
+def table_rows(
+    part: FilePart, errors: EncodingErrors, log: ReadLog, quoting: bool, setting: str | None = None
+) -> Iterator[tuple[int, list[str]]]:
     """(line, fields) for each non-empty row of a .csv (RFC 4180 quoting when `quoting`) or .tsv
     (tab-separated) file; `line` is the row's last line. Raises csv.Error for broken quoting."""
     csv.field_size_limit(1 << 30)
@@ -264,7 +279,9 @@ def table_rows(part: FilePart, errors: EncodingErrors, log: ReadLog, quoting: bo
                 if row:
                     yield line, row
         except UnicodeDecodeError as err:
-            raise ReadError(f"{part.file.path}: bytes after line {line} are not UTF-8 ({err.reason}); {_fix(setting)}") from None
+            raise ReadError(
+                f"{part.file.path}: bytes after line {line} are not UTF-8 ({err.reason}); {_fix(setting)}"
+            ) from None
 
 
 def whole(path: str | Path, fmt: str | None = None) -> FilePart:
@@ -289,13 +306,20 @@ def line_boundary_after(path: Path, offset: int) -> int:
 
 # --- the text stages (tokenizer, shards, pretrain, evaluate): errors stop the run ---------------
 
+
 def _plain(path: Path, fmt: str) -> InputFile:
     # never gzip here: the text stages cut files by byte offsets of the file itself
     return InputFile(str(path), fmt, False, path.stat().st_size)
 
 
-def read_text_blocks(path: Path, start: int = 0, end: int | None = None, encoding_errors: EncodingErrors = "strict",
-                     stats: DecodeStats | None = None, setting: str = ENCODING_SETTING) -> Iterator[str]:
+def read_text_blocks(
+    path: Path,
+    start: int = 0,
+    end: int | None = None,
+    encoding_errors: EncodingErrors = "strict",
+    stats: DecodeStats | None = None,
+    setting: str = ENCODING_SETTING,
+) -> Iterator[str]:
     """Yield decoded blocks of `path` between byte offsets [start, end), cut at line ends.
     Raises LmforgeError naming the file and byte offset of bytes that are not UTF-8."""
     path = Path(path)
@@ -310,13 +334,18 @@ def read_text_blocks(path: Path, start: int = 0, end: int | None = None, encodin
         raise LmforgeError(f"{path}: {err}") from None
 
 
-def read_jsonl_documents(path: Path, text_field: str = "text", encoding_errors: EncodingErrors = "strict",
-                         setting: str = ENCODING_SETTING) -> Iterator[tuple[int, str]]:
+def read_jsonl_documents(
+    path: Path, text_field: str = "text", encoding_errors: EncodingErrors = "strict", setting: str = ENCODING_SETTING
+) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) for each JSONL line; a bad line is an error naming file:line."""
     try:
-        for number, record in jsonl_values(FilePart(_plain(Path(path), "jsonl")), encoding_errors, ReadLog(), setting, problems=False):
+        for number, record in jsonl_values(
+            FilePart(_plain(Path(path), "jsonl")), encoding_errors, ReadLog(), setting, problems=False
+        ):
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise LmforgeError(f"{path}:{number}: expected an object with a string field '{text_field}'; fix the line or set split.text_field")
+                raise LmforgeError(
+                    f"{path}:{number}: expected an object with a string field '{text_field}'; fix the line or set split.text_field"
+                )
             yield number, record[text_field]
     except ReadError as err:
         raise LmforgeError(str(err)) from None

@@ -15,7 +15,13 @@ from typing import Literal
 
 from lmforge.config import option
 from lmforge.documents.find import Source
-from lmforge.documents.read import DecodeStats, EncodingErrors, line_boundary_after, read_jsonl_documents, read_text_blocks
+from lmforge.documents.read import (
+    DecodeStats,
+    EncodingErrors,
+    line_boundary_after,
+    read_jsonl_documents,
+    read_text_blocks,
+)
 
 # Part of every cache key: shards built under other split rules must not be reused.
 SPLIT_RULES = "v2: jsonl by normalised text, files by path under the input root"
@@ -26,8 +32,13 @@ class SplitConfig:
     """How the text stages (tokenizer, shards, pretrain: `--split.*`) hold out validation text."""
 
     valid_fraction: float = option(0.1, "fraction of the text held out for validation")
-    mode: Literal["auto", "tail", "files"] = option("auto", "tail: last part of each file is valid (in order); files: whole files go to valid; auto: files when >= 10 text files")
-    encoding_errors: EncodingErrors = option("strict", "non-UTF-8 bytes: strict stops with file and byte offset; replace substitutes U+FFFD and counts them")
+    mode: Literal["auto", "tail", "files"] = option(
+        "auto",
+        "tail: last part of each file is valid (in order); files: whole files go to valid; auto: files when >= 10 text files",
+    )
+    encoding_errors: EncodingErrors = option(
+        "strict", "non-UTF-8 bytes: strict stops with file and byte offset; replace substitutes U+FFFD and counts them"
+    )
     text_field: str = option("text", "field holding the text in .jsonl inputs")
 
 
@@ -58,9 +69,15 @@ def choose_split_mode(sources: list[Source], mode: str) -> str:
     return "files" if sum(s.kind == "text" for s in sources) >= 10 else "tail"
 
 
-def iter_split(sources: list[Source], split: str, valid_fraction: float, mode: str = "auto",
-               encoding_errors: EncodingErrors = "strict", stats: DecodeStats | None = None,
-               text_field: str = "text") -> Iterator[tuple[str, bool]]:
+def iter_split(
+    sources: list[Source],
+    split: str,
+    valid_fraction: float,
+    mode: str = "auto",
+    encoding_errors: EncodingErrors = "strict",
+    stats: DecodeStats | None = None,
+    text_field: str = "text",
+) -> Iterator[tuple[str, bool]]:
     """Yield (text block, ends_document) for one split ("train" or "valid"), streaming.
 
     Text files: `tail` puts the last `valid_fraction` of each file's bytes (cut at a line end) in
@@ -78,7 +95,7 @@ def iter_split(sources: list[Source], split: str, valid_fraction: float, mode: s
                     yield text, True
             continue
         if source.kind == "jsonl":
-            for number, text in read_jsonl_documents(source.path, text_field, encoding_errors):
+            for _, text in read_jsonl_documents(source.path, text_field, encoding_errors):
                 in_valid = stable_fraction(normalised_text(text)) < valid_fraction
                 if in_valid == (split == "valid"):
                     yield text, True

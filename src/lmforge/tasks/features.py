@@ -18,8 +18,9 @@ tables, datelines and headlines (32% numeric words, 0.22 entities per word; long
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -33,7 +34,7 @@ class Features:
 
     columns: dict[str, list]
     sequence: dict[str, Any] = field(default_factory=dict)  # column -> pad value
-    meta: dict[str, list] = field(default_factory=dict)      # per-example values that never become tensors
+    meta: dict[str, list] = field(default_factory=dict)  # per-example values that never become tensors
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
@@ -60,9 +61,13 @@ class Features:
             batch["attention_mask"] = (torch.arange(longest)[None, :] < torch.tensor(lengths)[:, None]).long()
         return batch
 
-    def subset(self, indices) -> "Features":
+    def subset(self, indices) -> Features:
         pick = lambda values: [values[i] for i in indices]  # noqa: E731
-        return Features({k: pick(v) for k, v in self.columns.items()}, dict(self.sequence), {k: pick(v) for k, v in self.meta.items()})
+        return Features(
+            {k: pick(v) for k, v in self.columns.items()},
+            dict(self.sequence),
+            {k: pick(v) for k, v in self.meta.items()},
+        )
 
 
 def _pad(rows: list, longest: int, pad_value) -> torch.Tensor:
@@ -87,7 +92,9 @@ def trim(batch: dict[str, torch.Tensor], sequence_keys) -> dict[str, torch.Tenso
     return {k: v[:, :length] if k in keys else v for k, v in batch.items()}
 
 
-def epoch_order(lengths: list[int], batch_size: int, seed: int, epoch: int, group_chunk: int = GROUP_CHUNK) -> list[list[int]]:
+def epoch_order(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, group_chunk: int = GROUP_CHUNK
+) -> list[list[int]]:
     """Batches of example indices for one epoch: shuffled, every batch full, and length-grouped
     within chunks of `group_chunk` batches (1: plain random batches).
 
@@ -113,8 +120,14 @@ Normaliser = Literal["batch", "split"]
 def mean_targets(features: Features, task, batch_size: int, chunk: int = 1024) -> float:
     """Loss-carrying targets per batch of `batch_size` rows, averaged over `features`."""
     # cached encoder states (head mode) are not needed to count targets: leave them out of the collate
-    labels = Features({k: v for k, v in features.columns.items() if k != "hidden"}, {k: v for k, v in features.sequence.items() if k != "hidden"})
-    total = sum(task.count(labels.collate(range(start, min(start + chunk, len(labels))))) for start in range(0, len(labels), chunk))
+    labels = Features(
+        {k: v for k, v in features.columns.items() if k != "hidden"},
+        {k: v for k, v in features.sequence.items() if k != "hidden"},
+    )
+    total = sum(
+        task.count(labels.collate(range(start, min(start + chunk, len(labels)))))
+        for start in range(0, len(labels), chunk)
+    )
     return max(total, 1) * batch_size / len(labels)
 
 
@@ -129,8 +142,16 @@ class TaskObjective:
     the same under length grouping; no F1 change measured: +0.1 over 6 seeds).
     """
 
-    def __init__(self, features: Features, task, batch_size: int, seed: int, forward: Callable,
-                 group_chunk: int = 1, normaliser: Normaliser = "batch"):
+    def __init__(
+        self,
+        features: Features,
+        task,
+        batch_size: int,
+        seed: int,
+        forward: Callable,
+        group_chunk: int = 1,
+        normaliser: Normaliser = "batch",
+    ):
         self.features = features
         self.task = task
         self.batch_size = batch_size
@@ -169,7 +190,9 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def predict_logits(model, features: Features, forward: Callable, task, batch_size: int, autocast) -> tuple[list[torch.Tensor], float]:
+def predict_logits(
+    model, features: Features, forward: Callable, task, batch_size: int, autocast
+) -> tuple[list[torch.Tensor], float]:
     """Per-example float logits (trimmed to each row's length) and the mean loss per target.
 
     Rows go through in length order so padding stays small; results come back in input order.

@@ -17,8 +17,12 @@ def classification(labels, predictions, num_labels: int) -> dict[str, float]:
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     out = {
         "accuracy": float(accuracy_score(labels, predictions)),
-        "f1_macro": float(f1_score(labels, predictions, average="macro", labels=list(range(num_labels)), zero_division=0)),
-        "f1_micro": float(f1_score(labels, predictions, average="micro", labels=list(range(num_labels)), zero_division=0)),
+        "f1_macro": float(
+            f1_score(labels, predictions, average="macro", labels=list(range(num_labels)), zero_division=0)
+        ),
+        "f1_micro": float(
+            f1_score(labels, predictions, average="micro", labels=list(range(num_labels)), zero_division=0)
+        ),
         "mcc": float(matthews_corrcoef(labels, predictions)),
     }
     if num_labels == 2:  # MRPC/QQP convention: F1 of the positive class
@@ -30,7 +34,9 @@ def class_report(labels, predictions, names: list[str]) -> dict[str, dict[str, f
     """Precision/recall/F1/support per class (class ids; `names[i]` is class i), and their averages."""
     from sklearn.metrics import classification_report
 
-    report = classification_report(labels, predictions, labels=list(range(len(names))), target_names=names, output_dict=True, zero_division=0)
+    report = classification_report(
+        labels, predictions, labels=list(range(len(names))), target_names=names, output_dict=True, zero_division=0
+    )
     return {k: v for k, v in report.items() if isinstance(v, dict)}
 
 
@@ -55,8 +61,12 @@ def regression(labels, predictions) -> dict[str, float]:
         pearson = spearman = 0.0  # undefined for a constant; 0 keeps best-model selection working
     else:
         pearson, spearman = float(pearsonr(labels, predictions)[0]), float(spearmanr(labels, predictions)[0])
-    return {"pearson": pearson, "spearman": spearman, "corr": (pearson + spearman) / 2,
-            "mse": float(np.mean((labels - predictions) ** 2))}
+    return {
+        "pearson": pearson,
+        "spearman": spearman,
+        "corr": (pearson + spearman) / 2,
+        "mse": float(np.mean((labels - predictions) ** 2)),
+    }
 
 
 def entities(tag_sequences, predicted_sequences) -> dict[str, float]:
@@ -80,7 +90,9 @@ def entity_report(tag_sequences, predicted_sequences) -> dict[str, dict[str, flo
     from seqeval.metrics import classification_report
     from seqeval.scheme import IOB2
 
-    report = classification_report(tag_sequences, predicted_sequences, mode="strict", scheme=IOB2, output_dict=True, zero_division=0)
+    report = classification_report(
+        tag_sequences, predicted_sequences, mode="strict", scheme=IOB2, output_dict=True, zero_division=0
+    )
     return {k: {m: float(v) for m, v in d.items()} for k, d in report.items()}
 
 
@@ -130,6 +142,9 @@ def squad(predictions: dict[str, str], references: dict[str, list[str]]) -> dict
     unanswerable = [qid for qid, truths in references.items() if not truths]
     if unanswerable:
         answerable = [qid for qid, truths in references.items() if truths]
-        result.update(has_answer_exact_match=mean(answerable, 0), has_answer_f1=mean(answerable, 1),
-                      no_answer_accuracy=mean(unanswerable, 0))
+        result.update(
+            has_answer_exact_match=mean(answerable, 0),
+            has_answer_f1=mean(answerable, 1),
+            no_answer_accuracy=mean(unanswerable, 0),
+        )
     return result

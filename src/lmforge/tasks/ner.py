@@ -85,14 +85,14 @@ class NerTask:
         self.label2id = {label: i for i, label in enumerate(labels)}
 
     @classmethod
-    def from_train(cls, sentences: list[data.Sentence], cfg: data.FormatConfig) -> "NerTask":
+    def from_train(cls, sentences: list[data.Sentence], cfg: data.FormatConfig) -> NerTask:
         # "O" first, then entity tags grouped by type (B- before I-)
         tags = {t for s in sentences for t in s.tags}
         ordered = sorted(tags - {"O"}, key=lambda t: (t[2:], t[:1]))
         return cls((["O"] if "O" in tags else []) + ordered)
 
     @classmethod
-    def from_model_config(cls, config, cfg: data.FormatConfig) -> "NerTask":
+    def from_model_config(cls, config, cfg: data.FormatConfig) -> NerTask:
         return cls([config.id2label[i] for i in range(config.num_labels)])
 
     @staticmethod
@@ -106,7 +106,11 @@ class NerTask:
         return len(self.labels)
 
     def model_kwargs(self) -> dict:
-        return {"num_labels": self.num_labels, "id2label": dict(enumerate(self.labels)), "label2id": dict(self.label2id)}
+        return {
+            "num_labels": self.num_labels,
+            "id2label": dict(enumerate(self.labels)),
+            "label2id": dict(self.label2id),
+        }
 
     @staticmethod
     def config_fields() -> dict:
@@ -121,32 +125,58 @@ class NerTask:
 
     @staticmethod
     def text_examples(texts: list[tuple[str, str]]) -> list[data.Sentence]:
-        raise LmforgeError("--text is for classification models; this model tags words (ner): give a CoNLL file (one word per line) with --input")
+        raise LmforgeError(
+            "--text is for classification models; this model tags words (ner): give a CoNLL file (one word per line) with --input"
+        )
 
     @staticmethod
     def carried_columns(path, cfg: data.FormatConfig) -> None:
         return None
 
-    def encode(self, sentences: list[data.Sentence], tokenizer, cfg: data.FormatConfig, labelled: bool = True) -> Features:
+    def encode(
+        self, sentences: list[data.Sentence], tokenizer, cfg: data.FormatConfig, labelled: bool = True
+    ) -> Features:
         if not tokenizer.is_fast:
-            raise LmforgeError("NER needs a fast tokenizer (tokenizer.json) to map words to sub-tokens; save the model's tokenizer with `tokenizers`")
+            raise LmforgeError(
+                "NER needs a fast tokenizer (tokenizer.json) to map words to sub-tokens; save the model's tokenizer with `tokenizers`"
+            )
         full = tokenizer([s.words for s in sentences], is_split_into_words=True, add_special_tokens=False)
         budget = max(1, cfg.max_length - tokenizer.num_special_tokens_to_add())
-        rows = [(i, a, b) for i, s in enumerate(sentences) if s.words
-                for a, b in word_pieces(full.word_ids(i), len(s.words), budget)]
-        encoded = tokenizer([sentences[i].words[a:b] for i, a, b in rows], is_split_into_words=True, truncation=True, max_length=cfg.max_length)
+        rows = [
+            (i, a, b)
+            for i, s in enumerate(sentences)
+            if s.words
+            for a, b in word_pieces(full.word_ids(i), len(s.words), budget)
+        ]
+        encoded = tokenizer(
+            [sentences[i].words[a:b] for i, a, b in rows],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=cfg.max_length,
+        )
         columns = {"input_ids": encoded["input_ids"], "labels": []}
         if "token_type_ids" in encoded:
             columns["token_type_ids"] = encoded["token_type_ids"]
         for r, (i, a, b) in enumerate(rows):
             sentence = sentences[i]
             # unlabelled (predict): tag 0 marks the positions to predict; the loss is then ignored
-            tag_ids = [data.label_id(t, self.label2id, word_line(sentence.where, a + j)) for j, t in enumerate(sentence.tags[a:b])] if labelled else [0] * (b - a)
+            tag_ids = (
+                [
+                    data.label_id(t, self.label2id, word_line(sentence.where, a + j))
+                    for j, t in enumerate(sentence.tags[a:b])
+                ]
+                if labelled
+                else [0] * (b - a)
+            )
             columns["labels"].append(align_labels(encoded.word_ids(r), tag_ids))
         sequence = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": 0, "labels": IGNORE}
-        meta = {"sentence": [i for i, _, _ in rows], "where": [sentences[i].where for i, _, _ in rows],
-                "words": [sentences[i].words[a:b] for i, a, b in rows], "tags": [sentences[i].tags[a:b] for i, a, b in rows],
-                "has_token": [has_token(encoded.word_ids(r), b - a) for r, (_, a, b) in enumerate(rows)]}
+        meta = {
+            "sentence": [i for i, _, _ in rows],
+            "where": [sentences[i].where for i, _, _ in rows],
+            "words": [sentences[i].words[a:b] for i, a, b in rows],
+            "tags": [sentences[i].tags[a:b] for i, a, b in rows],
+            "has_token": [has_token(encoded.word_ids(r), b - a) for r, (_, a, b) in enumerate(rows)],
+        }
         return Features(columns, {k: v for k, v in sequence.items() if k in columns}, meta)
 
     # --- training -----------------------------------------------------------------------------
@@ -156,7 +186,9 @@ class NerTask:
         return output.logits
 
     def loss_sum(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum")
+        return F.cross_entropy(
+            logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum"
+        )
 
     @staticmethod
     def count(batch: dict) -> int:
@@ -172,7 +204,9 @@ class NerTask:
         """Predicted IOB2 tag per word, one list per sentence (its pieces joined in order)."""
         out: list[list[str]] = []
         previous = None
-        for row, labels, has, sentence in zip(logits, features.columns["labels"], features.meta["has_token"], features.meta["sentence"]):
+        for row, labels, has, sentence in zip(
+            logits, features.columns["labels"], features.meta["has_token"], features.meta["sentence"]
+        ):
             # labelled positions: the first sub-tokens (full model) or the cached rows (head mode), in word order
             ids = iter(row[torch.as_tensor(labels[: len(row)]) != IGNORE].argmax(-1).tolist())
             tags = [self.labels[next(ids)] if seen else "O" for seen in has]  # a word without sub-tokens: "O"
@@ -199,7 +233,9 @@ class NerTask:
     def metrics(self, logits: list[torch.Tensor], features: Features) -> dict[str, float]:
         return metrics.entities(self.sentence_tags(features), self.word_tags(logits, features))
 
-    def prediction_rows(self, examples: list[data.Sentence], logits: list[torch.Tensor], features: Features) -> list[dict]:
+    def prediction_rows(
+        self, examples: list[data.Sentence], logits: list[torch.Tensor], features: Features
+    ) -> list[dict]:
         tags = self.word_tags(logits, features)
         return [{"where": s.where, "words": s.words, "prediction": t, "label": s.tags} for s, t in zip(examples, tags)]
 

@@ -31,7 +31,9 @@ def answer_span(offsets: list, sequence_ids: list, start_char: int, end_char: in
     return start, end
 
 
-def best_span(start_logits, end_logits, offsets: list, max_tokens: int = MAX_ANSWER_TOKENS) -> tuple[float, int, int] | None:
+def best_span(
+    start_logits, end_logits, offsets: list, max_tokens: int = MAX_ANSWER_TOKENS
+) -> tuple[float, int, int] | None:
     """(score, start_char, end_char) of the best context span in one window, or None."""
     starts = torch.topk(start_logits, min(N_BEST, len(start_logits))).indices.tolist()
     ends = torch.topk(end_logits, min(N_BEST, len(end_logits))).indices.tolist()
@@ -64,14 +66,16 @@ class QaTask:
         self.no_answer_threshold = no_answer_threshold
 
     @classmethod
-    def from_train(cls, questions, cfg) -> "QaTask":
+    def from_train(cls, questions, cfg) -> QaTask:
         return cls(any(not q.answers for q in questions), cfg.no_answer_threshold or 0.0)
 
     @classmethod
-    def from_model_config(cls, config, cfg: data.FormatConfig) -> "QaTask":
+    def from_model_config(cls, config, cfg: data.FormatConfig) -> QaTask:
         """The saved no-answer rule; `--format.no_answer_threshold` overrides the saved threshold."""
         saved = config.to_dict()  # fields written by `config_fields` (absent in models saved by other tools)
-        threshold = cfg.no_answer_threshold if cfg.no_answer_threshold is not None else saved.get("qa_no_answer_threshold", 0.0)
+        threshold = (
+            cfg.no_answer_threshold if cfg.no_answer_threshold is not None else saved.get("qa_no_answer_threshold", 0.0)
+        )
         return cls(bool(saved.get("qa_no_answer", False)), float(threshold))
 
     @staticmethod
@@ -97,20 +101,33 @@ class QaTask:
 
     @staticmethod
     def text_examples(texts: list[tuple[str, str]]) -> list[data.Question]:
-        raise LmforgeError("--text is for classification models; this model answers questions (qa): give SQuAD JSON (question and context) with --input")
+        raise LmforgeError(
+            "--text is for classification models; this model answers questions (qa): give SQuAD JSON (question and context) with --input"
+        )
 
     @staticmethod
     def carried_columns(path, cfg: data.FormatConfig) -> None:
         return None  # the question id is in every row already
 
-    def encode(self, questions: list[data.Question], tokenizer, cfg: data.FormatConfig, labelled: bool = True) -> Features:
+    def encode(
+        self, questions: list[data.Question], tokenizer, cfg: data.FormatConfig, labelled: bool = True
+    ) -> Features:
         """One row per window; every window of a question keeps its offsets for post-processing."""
         if not tokenizer.is_fast:
             raise LmforgeError("QA needs a fast tokenizer (tokenizer.json) for character offsets")
         if cfg.doc_stride >= cfg.max_length // 2:
-            raise LmforgeError(f"--format.doc_stride {cfg.doc_stride} must be below half of --format.max_length {cfg.max_length} (e.g. 128 with 384)")
-        encoded = tokenizer([q.question.lstrip() for q in questions], [q.context for q in questions], truncation="only_second",
-                            max_length=cfg.max_length, stride=cfg.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+            raise LmforgeError(
+                f"--format.doc_stride {cfg.doc_stride} must be below half of --format.max_length {cfg.max_length} (e.g. 128 with 384)"
+            )
+        encoded = tokenizer(
+            [q.question.lstrip() for q in questions],
+            [q.context for q in questions],
+            truncation="only_second",
+            max_length=cfg.max_length,
+            stride=cfg.doc_stride,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+        )
         columns: dict[str, list] = {"input_ids": encoded["input_ids"], "start_positions": [], "end_positions": []}
         if "token_type_ids" in encoded:
             columns["token_type_ids"] = encoded["token_type_ids"]
@@ -122,7 +139,9 @@ class QaTask:
             start = end = 0
             if labelled and question.answers:
                 first = question.answers[0]
-                start, end = answer_span(offsets, sequence_ids, first["answer_start"], first["answer_start"] + len(first["text"]))
+                start, end = answer_span(
+                    offsets, sequence_ids, first["answer_start"], first["answer_start"] + len(first["text"])
+                )
             columns["start_positions"].append(start)
             columns["end_positions"].append(end)
             meta["example"].append(example_index)
@@ -175,19 +194,31 @@ class QaTask:
             if span is None or (self.no_answer and null[index] > span[0] + self.no_answer_threshold):
                 out[question.id] = ""
             else:
-                out[question.id] = question.context[span[1]:span[2]]
+                out[question.id] = question.context[span[1] : span[2]]
         return out
 
     def metrics(self, logits: list[torch.Tensor], features: Features) -> dict[str, float]:
         questions = features.meta["questions"][0]
-        references = {questions[i].id: [a["text"] for a in questions[i].answers] for i in sorted(set(features.meta["example"]))}
+        references = {
+            questions[i].id: [a["text"] for a in questions[i].answers] for i in sorted(set(features.meta["example"]))
+        }
         return metrics.squad(self.answers(logits, features), references)
 
-    def prediction_rows(self, examples: list[data.Question], logits: list[torch.Tensor], features: Features) -> list[dict]:
+    def prediction_rows(
+        self, examples: list[data.Question], logits: list[torch.Tensor], features: Features
+    ) -> list[dict]:
         """One row per question."""
         answers = self.answers(logits, features)
-        return [{"id": q.id, "where": q.where, "question": q.question, "prediction": answers.get(q.id, ""),
-                 "answers": [a["text"] for a in q.answers]} for q in examples]
+        return [
+            {
+                "id": q.id,
+                "where": q.where,
+                "question": q.question,
+                "prediction": answers.get(q.id, ""),
+                "answers": [a["text"] for a in q.answers],
+            }
+            for q in examples
+        ]
 
     @staticmethod
     def is_mistake(row: dict) -> bool:

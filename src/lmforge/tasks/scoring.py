@@ -33,9 +33,13 @@ def load_task_model(model: str, task_name: str | None, fmt: data.FormatConfig):
     folder = backbone.resolve(model)
     saved, _ = backbone.saved_head(folder)
     if saved is None:
-        raise LmforgeError(f"{folder}: this model has no task head (it is a bare encoder); fine-tune it first with `lmforge finetune`")
+        raise LmforgeError(
+            f"{folder}: this model has no task head (it is a bare encoder); fine-tune it first with `lmforge finetune`"
+        )
     if task_name and task_name != saved:
-        raise LmforgeError(f"{folder} has a {saved} head but --task is {task_name}; pass --task {saved} or a model fine-tuned for {task_name}")
+        raise LmforgeError(
+            f"{folder} has a {saved} head but --task is {task_name}; pass --task {saved} or a model fine-tuned for {task_name}"
+        )
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(str(folder))
@@ -44,7 +48,9 @@ def load_task_model(model: str, task_name: str | None, fmt: data.FormatConfig):
     return task, model_obj, tokenizer, folder
 
 
-def score_examples(task: Task, model, tokenizer, examples: list, fmt: data.FormatConfig, labelled: bool, device: str, batch_size: int) -> Scored:
+def score_examples(
+    task: Task, model, tokenizer, examples: list, fmt: data.FormatConfig, labelled: bool, device: str, batch_size: int
+) -> Scored:
     """Encode and run `model` over `examples` (labels checked against the model's label map)."""
     fmt = format_for(type(task), fmt)
     features = task.encode(examples, tokenizer, fmt, labelled=labelled)
@@ -53,12 +59,23 @@ def score_examples(task: Task, model, tokenizer, examples: list, fmt: data.Forma
     dtype = hardware.resolve_precision("auto", target)
     from lmforge.loop import autocast
 
-    logits, loss = predict_logits(model, features, backbone.full_forward(task), task, batch_size, lambda: autocast(target, dtype))
+    logits, loss = predict_logits(
+        model, features, backbone.full_forward(task), task, batch_size, lambda: autocast(target, dtype)
+    )
     return Scored(task, features, examples, logits, loss)
 
 
-def score_file(task: Task, model, tokenizer, path: str, fmt: data.FormatConfig, labelled: bool, device: str, batch_size: int,
-               role: str = "data") -> Scored:
+def score_file(
+    task: Task,
+    model,
+    tokenizer,
+    path: str,
+    fmt: data.FormatConfig,
+    labelled: bool,
+    device: str,
+    batch_size: int,
+    role: str = "data",
+) -> Scored:
     """Read `path` (`role`: its flag, for errors) and score its examples."""
     examples = task.read(path, format_for(type(task), fmt), role, labelled)
     return score_examples(task, model, tokenizer, examples, fmt, labelled, device, batch_size)
@@ -90,7 +107,14 @@ def confusion_svg(names: list[str], truth: list[int], predicted: list[int]) -> s
     ax.set_ylabel("true")
     for i in labels:
         for j in labels:
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
     svg = report.svg_figure(fig)
     plt.close(fig)
     return svg
@@ -130,8 +154,15 @@ def evaluate_file(config) -> dict:
     scored = score_file(task, model_obj, tokenizer, path, config.format, True, config.device, config.batch_size)
     rows = predictions(scored)
     wrong = mistakes(task, rows)
-    results = {"task": task.name, "model": str(folder), "data": str(path), "examples": len(rows), "errors": len(wrong),
-               "metrics": task.metrics(scored.logits, scored.features), "loss": scored.loss}
+    results = {
+        "task": task.name,
+        "model": str(folder),
+        "data": str(path),
+        "examples": len(rows),
+        "errors": len(wrong),
+        "metrics": task.metrics(scored.logits, scored.features),
+        "loss": scored.loss,
+    }
     table = task.per_class(scored.logits, scored.features)
     if table is not None:
         results["per_class"] = table
@@ -139,9 +170,18 @@ def evaluate_file(config) -> dict:
     write_jsonl(out / "errors.jsonl", wrong)
     flat = {k: v for k, v in results.items() if k not in ("metrics", "per_class")} | results["metrics"]
     metric = task.default_metric if task.default_metric in results["metrics"] else next(iter(results["metrics"]), None)
-    lead = report.Lead(f"Score {folder} ({task.name}) on a labelled file", f"{metric} {results['metrics'][metric]:.4f}" if metric else "",
-                       f"{path} ({len(rows):,} examples, {len(wrong):,} mistakes in errors.jsonl)", {"model": str(folder), "data": str(path)})
-    report.write_html(out / "report.html", f"lmforge evaluate: {out.name}", sections(task, scored, flat, results.get("per_class")), lead)
+    lead = report.Lead(
+        f"Score {folder} ({task.name}) on a labelled file",
+        f"{metric} {results['metrics'][metric]:.4f}" if metric else "",
+        f"{path} ({len(rows):,} examples, {len(wrong):,} mistakes in errors.jsonl)",
+        {"model": str(folder), "data": str(path)},
+    )
+    report.write_html(
+        out / "report.html",
+        f"lmforge evaluate: {out.name}",
+        sections(task, scored, flat, results.get("per_class")),
+        lead,
+    )
     run_folder.finish(report=str(out / "report.json"))
     shown = ", ".join(f"{k} {v:.4f}" for k, v in results["metrics"].items())
     print(f"{folder} on {path}: {shown}; {len(wrong):,} errors in {out / 'errors.jsonl'}", flush=True)
