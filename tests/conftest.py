@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,27 @@ def tiny_overrides(text: Path, out: Path, **extra) -> dict:
     }
     overrides.update(extra)
     return overrides
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    nouns = ["film", "plot", "cast", "story", "ending", "music"]
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        word = rng.choice(["great", "wonderful", "superb"] if label else ["awful", "boring", "terrible"])
+        rows.append((f"the {rng.choice(nouns)} was {word} and the {rng.choice(nouns)} too", label))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def sentiment(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("sentiment")
+    paths = []
+    for name, n, seed in (("train.tsv", 256, 0), ("dev.tsv", 40, 1)):
+        path = folder / name
+        path.write_text(
+            "sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(n, seed)), encoding="utf-8"
+        )
+        paths.append(path)
+    return paths[0], paths[1]

@@ -53,7 +53,7 @@ def test_torchrun_two_processes_match_one_process(small_text, tmp_path):
 def test_torchrun_finetune_matches_one_process(tmp_path):
     """Fine-tuning on the same loop: 2 processes, same global batch, same losses and metrics (dropout off)."""
     import torch
-    from test_finetune import sentiment_rows
+    from conftest import sentiment_rows
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from lmforge import cli

@@ -81,21 +81,9 @@ def test_resume_finishes_a_run_whose_end_a_kill_cut_short(small_text, tmp_path, 
     assert "already finished" in capsys.readouterr().err
 
 
-def sentiment_file(path, n: int, seed: int):
-    import random
-
-    rng = random.Random(seed)
-    rows = [
-        (f"the film was {rng.choice(['great', 'superb'] if y else ['awful', 'dull'])}", y)
-        for y in (rng.randint(0, 1) for _ in range(n))
-    ]
-    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
-    return path
-
-
 @pytest.mark.parametrize("mode", ["head", "lora"])
-def test_head_and_lora_fine_tunes_resume_exactly(tiny_bert, tmp_path, mode):
-    train, dev = sentiment_file(tmp_path / "train.tsv", 96, 0), sentiment_file(tmp_path / "dev.tsv", 24, 1)
+def test_head_and_lora_fine_tunes_resume_exactly(tiny_bert, sentiment, tmp_path, mode):
+    train, dev = sentiment
     base = [
         "finetune",
         "--model",
