@@ -236,3 +236,19 @@ def test_a_squad_question_without_answers_is_an_error_unless_impossible(tmp_path
     paragraph["qas"][0]["is_impossible"] = True
     path.write_text(json.dumps({"data": [{"title": "t", "paragraphs": [paragraph]}]}))
     assert data.read_squad(path)[0].answers == []
+
+
+def test_every_bad_label_of_a_file_is_reported_at_once(tiny_bert, tmp_path):
+    from lmforge import tokenizer as tokenizer_mod
+    from lmforge.tasks.classification import ClassificationTask
+
+    train = write(tmp_path / "train.tsv", "sentence\tlabel\ngood\tpos\nbad\tneg\n")
+    dev = write(
+        tmp_path / "dev.tsv", "sentence\tlabel\nfine\tpos\nmeh\tneutral\nawful\tnegative\nok\tpositive\nhmm\tmixed\n"
+    )
+    task = ClassificationTask.from_train(data.read_table(train, FMT), FMT)
+    with pytest.raises(LmforgeError) as err:
+        task.encode(data.read_table(dev, FMT), tokenizer_mod.load(tiny_bert), FMT)
+    message = str(err.value)
+    assert message.startswith("4 problems: ") and "dev.tsv:3: label 'neutral'" in message and "and 1 more" in message
+    assert "\n" not in message

@@ -119,6 +119,7 @@ class ClassificationTask:
         return data.label_id(record.label, self.label2id, record.where)
 
     def encode(self, records: list[data.Record], tokenizer, cfg: data.FormatConfig, labelled: bool = True) -> Features:
+        labels = data.each_or_all_problems(records, self.target) if labelled else None  # before tokenizing
         texts = [r.text for r in records]
         pairs = [r.text_pair or "" for r in records] if records and records[0].text_pair is not None else None
         encoded = tokenizer(texts, pairs, truncation=True, max_length=cfg.max_length)
@@ -126,7 +127,7 @@ class ClassificationTask:
         if "token_type_ids" in encoded:
             columns["token_type_ids"] = encoded["token_type_ids"]
         if labelled:
-            columns["labels"] = [self.target(r) for r in records]
+            columns["labels"] = labels
         sequence = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": 0}
         return Features(
             columns, {k: v for k, v in sequence.items() if k in columns}, {"where": [r.where for r in records]}

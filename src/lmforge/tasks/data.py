@@ -164,8 +164,9 @@ def read_table(path: str | Path, cfg: FormatConfig, role: str = "train", labelle
         pair = None
     label = _pick(names, cfg.label, LABEL_NAMES, "label", path, labelled)
     index = {name: i for i, name in enumerate(names)}
-    records = []
-    for line, row in rows:
+
+    def record(numbered_row) -> Record:
+        line, row = numbered_row
         get = row.get if isinstance(row, dict) else (lambda key, r=row: r[index[key]] if index[key] < len(r) else None)
         values = [get(text), get(pair) if pair else "", get(label) if label else ""]
         if any(v is None for v in values):
@@ -173,10 +174,9 @@ def read_table(path: str | Path, cfg: FormatConfig, role: str = "train", labelle
             raise LmforgeError(
                 f"{path}:{line}: no value for column '{missing[0]}' (the row has {len(row)} fields); fix the row, or set --format.quoting false if quotes in the text swallow tabs"
             )
-        records.append(
-            Record(str(values[0]), str(values[1]) if pair else None, values[2] if label else None, f"{path}:{line}")
-        )
-    return records
+        return Record(str(values[0]), str(values[1]) if pair else None, values[2] if label else None, f"{path}:{line}")
+
+    return each_or_all_problems(rows, record)
 
 
 # --- label maps ---------------------------------------------------------------------------------
@@ -219,6 +219,23 @@ def _label_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value).strip()
+
+
+def each_or_all_problems(items, convert, shown: int = 3) -> list:
+    """`convert` applied to every item; when some fail, one error with all of them (the first few in
+    full, then a count), so a file with five bad labels takes one fix, not five runs."""
+    results, problems = [], []
+    for item in items:
+        try:
+            results.append(convert(item))
+        except LmforgeError as err:
+            problems.append(str(err))
+    if len(problems) == 1:
+        raise LmforgeError(problems[0])
+    if problems:
+        more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+        raise LmforgeError(f"{len(problems)} problems: " + "; ".join(problems[:shown]) + more)
+    return results
 
 
 def label_id(value: Any, label2id: dict[str, int], where: str) -> int:

@@ -148,6 +148,17 @@ class NerTask:
             if s.words
             for a, b in word_pieces(full.word_ids(i), len(s.words), budget)
         ]
+        tags = (  # checked before tokenizing; every unseen tag of the file in one error
+            data.each_or_all_problems(
+                rows,
+                lambda row: [
+                    data.label_id(t, self.label2id, word_line(sentences[row[0]].where, row[1] + j))
+                    for j, t in enumerate(sentences[row[0]].tags[row[1] : row[2]])
+                ],
+            )
+            if labelled
+            else None
+        )
         encoded = tokenizer(
             [sentences[i].words[a:b] for i, a, b in rows],
             is_split_into_words=True,
@@ -157,17 +168,9 @@ class NerTask:
         columns = {"input_ids": encoded["input_ids"], "labels": []}
         if "token_type_ids" in encoded:
             columns["token_type_ids"] = encoded["token_type_ids"]
-        for r, (i, a, b) in enumerate(rows):
-            sentence = sentences[i]
+        for r, (_, a, b) in enumerate(rows):
             # unlabelled (predict): tag 0 marks the positions to predict; the loss is then ignored
-            tag_ids = (
-                [
-                    data.label_id(t, self.label2id, word_line(sentence.where, a + j))
-                    for j, t in enumerate(sentence.tags[a:b])
-                ]
-                if labelled
-                else [0] * (b - a)
-            )
+            tag_ids = tags[r] if labelled else [0] * (b - a)
             columns["labels"].append(align_labels(encoded.word_ids(r), tag_ids))
         sequence = {"input_ids": tokenizer.pad_token_id or 0, "token_type_ids": 0, "labels": IGNORE}
         meta = {
