@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TEXT = ROOT / "src" / "lmforge" / "data" / "tinyshakespeare.txt"
+from common import TEXT, environment, lmforge
+
 TINY = [
     "--tokenizer.kind",
     "char",
@@ -36,10 +35,8 @@ TINY = [
 ]
 
 
-def lmforge(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lmforge", *args], env=env, capture_output=True, text=True, timeout=300
-    )
+def run(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(lmforge(*args), env=env, capture_output=True, text=True, timeout=300)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -202,14 +199,14 @@ def prepare(work: Path, env: dict) -> None:
     (work / "squad.json").write_text(json.dumps(qa))
     (work / "empty").mkdir()
     for name, extra in (("clm", []), ("mlm", ["--train.objective", "mlm", "--model.family", "bert"])):
-        done = lmforge("pretrain", "--data", str(work / "text.txt"), *TINY, *extra, "--out", str(work / name), env=env)
+        done = run("pretrain", "--data", str(work / "text.txt"), *TINY, *extra, "--out", str(work / name), env=env)
         if done.returncode != 0:
             raise SystemExit(f"could not build the {name} model: {done.stderr[-1000:]}")
     (work / "a-recipe.yaml").write_text("{not: [yaml")
 
 
 def main() -> int:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
+    env = environment()
     with tempfile.TemporaryDirectory(prefix="lmforge-bad-") as tmp:
         work = Path(tmp)
         env["LMFORGE_CACHE"] = str(work / "cache")
@@ -218,7 +215,7 @@ def main() -> int:
         table = cases(work)
         for what, argv, expected in table:
             before = snapshot(work)
-            done = lmforge(*argv, env=env)
+            done = run(*argv, env=env)
             err = done.stderr.strip()
             after = snapshot(work)
             changed = [k for k, v in before.items() if after.get(k) != v and not k.startswith("cache/")]

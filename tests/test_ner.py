@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_bert_config
 
 from lmforge.tasks import data
 from lmforge.tasks.backbone import minilm_folder
@@ -172,7 +173,7 @@ def test_split_normaliser_weighs_every_labelled_token_the_same(tokenizer):
     """With length-grouped batches, dividing each batch's summed loss by its own token count gives a
     token of a short sentence several times the weight of one in a long sentence; `normaliser`
     "split" makes an epoch's gradients add up to the split's per-token mean."""
-    from transformers import BertConfig, BertForTokenClassification
+    from transformers import BertForTokenClassification
 
     from lmforge.tasks.backbone import full_forward
     from lmforge.tasks.features import TaskObjective
@@ -186,14 +187,7 @@ def test_split_normaliser_weighs_every_labelled_token_the_same(tokenizer):
     features = task.encode(examples, tokenizer, data.FormatConfig(max_length=64))
     torch.manual_seed(0)
     model = BertForTokenClassification(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            num_labels=task.num_labels,
-        )
+        tiny_bert_config(tokenizer.vocab_size, num_labels=task.num_labels)
     ).eval()  # eval: no dropout
     objective = TaskObjective(
         features, task, batch_size=4, seed=0, forward=full_forward(task), group_chunk=50, normaliser="split"

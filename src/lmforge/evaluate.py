@@ -27,6 +27,7 @@ from lmforge import documents, hardware, objectives, report
 from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
+from lmforge.documents.split import ending_last
 from lmforge.errors import LmforgeError
 from lmforge.publish import write_json_atomic
 from lmforge.runfolder import RunFolder
@@ -105,13 +106,9 @@ def _documents(sources: list[documents.Source], encoding_errors: str) -> Iterato
             ):
                 yield text, True
             continue
-        blocks = documents.read_text_blocks(source.path, encoding_errors=encoding_errors, setting="encoding_errors")
-        previous = next(blocks, None)
-        for block in blocks:
-            yield previous, False
-            previous = block
-        if previous is not None:
-            yield previous, True
+        yield from ending_last(
+            documents.read_text_blocks(source.path, encoding_errors=encoding_errors, setting="encoding_errors")
+        )
 
 
 def _covered_text(tokenizer, block: str, keep: int) -> str:

@@ -111,13 +111,17 @@ def iter_split(
             start, end = (0, cut) if split == "train" else (cut, size)
         if end <= start:
             continue
-        blocks = read_text_blocks(source.path, start, end, encoding_errors, stats)
-        previous = next(blocks, None)
-        for block in blocks:
-            yield previous, False
-            previous = block
-        if previous is not None:
-            yield previous, True
+        yield from ending_last(read_text_blocks(source.path, start, end, encoding_errors, stats))
+
+
+def ending_last(blocks: Iterator[str]) -> Iterator[tuple[str, bool]]:
+    """(block, ends_document) for the blocks of one document: only the last one ends it."""
+    previous = next(blocks, None)
+    for block in blocks:
+        yield previous, False
+        previous = block
+    if previous is not None:
+        yield previous, True
 
 
 def input_fingerprint(sources: list[Source]) -> list[str]:
