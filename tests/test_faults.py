@@ -139,3 +139,23 @@ def test_bf16_runs_with_pinned_kernels_are_repeatable_bit_for_bit(small_text, tm
     for name in ("a", "b"):
         assert cli.main(["pretrain", *argv_of(tiny_overrides(small_text, tmp_path / name, **pinned))]) == 0
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_evaluate_out_on_a_read_only_mount_is_one_line(small_text, tmp_path, capsys, monkeypatch):
+    import pathlib
+
+    model = tmp_path / "model"
+    assert cli.main(["pretrain", *argv_of(tiny_overrides(small_text, model, **{"train.max_steps": 2}))]) == 0
+    out = tmp_path / "ro" / "eval"
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # the mount refuses every new entry, as a read-only one does
+        if str(self).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(model), "--data", str(small_text), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "read-only file system" in err and "give an --out on a writable disk" in err

@@ -130,3 +130,23 @@ def test_in_a_shared_folder_only_temp_folders_whose_writer_is_gone_are_removed(t
         publish.clean_leftovers(tmp_path, shared=True)
         assert tmp.is_dir()  # its writer (this block) holds the lock
     assert names(tmp_path) == [".old-x", ".tmp-starting-2", "live"]
+
+
+def test_a_write_that_fails_on_a_full_disk_is_reported_as_enospc(tmp_path, monkeypatch):
+    """torch.save reports a full disk as RuntimeError('unexpected pos ...'); it becomes ENOSPC naming the folder."""
+    import errno
+    import shutil as shutil_mod
+
+    from lmforge import publish
+
+    target = tmp_path / "checkpoints" / "step_5"
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda path: shutil_mod._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError) as raised:
+        with publish.publish_folder(target):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 252096 vs 251988")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+    assert not target.exists() and not list(target.parent.iterdir())  # nothing half-written left
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda path: shutil_mod._ntuple_diskusage(10**12, 0, 10**12))
+    with pytest.raises(RuntimeError, match="a bug, not the disk"):  # with room to spare it stays what it was
+        with publish.publish_folder(target):
+            raise RuntimeError("a bug, not the disk")

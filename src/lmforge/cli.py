@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
 # a full disk, a read-only mount or a folder without write permission: the user's to fix, not a bug
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 DISK_FIXES = {
-    errno.ENOSPC: "free space on that disk (or give another --out), then run the same command again",
-    errno.EDQUOT: "free space within your disk quota (or give another --out), then run the same command again",
+    errno.ENOSPC: "free space on that disk (or give another --out)",
+    errno.EDQUOT: "free space within your disk quota (or give another --out)",
     errno.EROFS: "that file system is mounted read-only: give an --out on a writable disk",
     errno.EACCES: "make that folder writable for you, or give another --out",
     errno.EPERM: "make that folder writable for you, or give another --out",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
 import shutil
@@ -118,7 +119,10 @@ def publish_folder(target: str | Path, replace: bool = True) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
     lock = _lock(tmp)  # held while the block writes: `clean_leftovers(shared=True)` leaves it alone
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as err:
+            raise as_disk_error(err, target) from err
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0o700; a published folder reads like any other
         fsync_tree(tmp)
         if replace:
@@ -136,6 +140,23 @@ def publish_folder(target: str | Path, replace: bool = True) -> Iterator[Path]:
             os.close(lock)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# below this much free space a failed write is taken for a full disk
+FULL_DISK_BYTES = 64 * 2**20
+
+
+def as_disk_error(err: Exception, target: Path) -> Exception:
+    """`err` as the OSError(ENOSPC) it is when a write failed for want of space: torch.save reports
+    a full disk as RuntimeError("unexpected pos ..."), safetensors as SafetensorError("os error 28"),
+    and neither names the folder or the errno the CLI turns into a one-line message."""
+    if isinstance(err, OSError) or (not isinstance(err, RuntimeError) and "os error 28" not in str(err)):
+        return err  # already an OSError, or not a failed write
+    try:
+        full = "os error 28" in str(err) or shutil.disk_usage(target.parent).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) if full else err
 
 
 def _lock(folder: Path) -> int | None:
