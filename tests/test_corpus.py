@@ -14,7 +14,7 @@ from corpus_helpers import all_records, all_text, html_page, prose, run_corpus, 
 from lmforge import cli, documents
 from lmforge import config as config_mod
 from lmforge.corpus.clean import Cleaner
-from lmforge.corpus.config import CleanConfig, SplitConfig
+from lmforge.corpus.config import CleanConfig, SnippetConfig
 from lmforge.corpus.snippets import Snipper, sentences
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -198,8 +198,8 @@ def test_split_by_document_after_dedup_no_near_duplicate_crosses_splits(tmp_path
         **{
             "split.valid_fraction": 0.2,
             "split.test_fraction": 0.2,
-            "split.unit": "snippets",
-            "split.snippet_length": 40,
+            "snippets.enabled": True,
+            "snippets.length": 40,
         },
     )
     assert report["dedup"]["near_removed"] == 80
@@ -230,16 +230,14 @@ def test_sentences_respect_abbreviations_and_paragraphs():
 
 def test_snippets_uniform_length_with_overlap_at_sentence_ends():
     text = " ".join(f"Sentence number {i} has exactly seven words here." for i in range(30))
-    snipper = Snipper(SplitConfig(unit="snippets", snippet_length=50, snippet_overlap=10))
+    snipper = Snipper(SnippetConfig(enabled=True, length=50, overlap=10))
     snippets = snipper.cut(text)
     assert all(len(s.split()) <= 50 and s.endswith(".") for s in snippets)
     assert all(len(s.split()) >= 43 for s in snippets[:-1])  # 7 sentences of 8 words... never a tiny middle piece
     for previous, current in zip(snippets, snippets[1:]):
         assert sentences(previous)[-1] == sentences(current)[0]  # one sentence (8 words <= 10) shared
     assert all(f"Sentence number {i} " in " ".join(snippets) for i in range(30))
-    words_only = Snipper(
-        SplitConfig(unit="snippets", snippet_length=50, snippet_overlap=0, respect_sentences=False)
-    ).cut(text)
+    words_only = Snipper(SnippetConfig(enabled=True, length=50, overlap=0, respect_sentences=False)).cut(text)
     assert [len(s.split()) for s in words_only] == [50, 50, 50, 50, 40]
 
 
@@ -256,11 +254,11 @@ def test_snippets_in_tokens_with_a_tokenizer_folder(tmp_path):
         [tmp_path / "a.txt"],
         tmp_path / "out",
         **{
-            "split.unit": "snippets",
-            "split.length_unit": "tokens",
-            "split.tokenizer": str(tmp_path / "tok"),
-            "split.snippet_length": 40,
-            "split.snippet_overlap": 13,
+            "snippets.enabled": True,
+            "snippets.length_unit": "tokens",
+            "snippets.tokenizer": str(tmp_path / "tok"),
+            "snippets.length": 40,
+            "snippets.overlap": 13,
             "split.valid_fraction": 0,
             "split.test_fraction": 0,
         },
@@ -355,7 +353,7 @@ def test_split_group_file_keeps_a_long_files_pieces_together(tmp_path):
     }
     _, by_document, _ = run_corpus(sorted(tmp_path.glob("*.txt")), tmp_path / "docs", **settings)
     _, by_file, _ = run_corpus(
-        sorted(tmp_path.glob("*.txt")), tmp_path / "files", **settings, **{"split.group": "file"}
+        sorted(tmp_path.glob("*.txt")), tmp_path / "files", **settings, **{"split.mode": "files"}
     )
     spread = lambda records: {
         Path(r["source"]).name: {s for s in records if any(x["source"] == r["source"] for x in records[s])}  # noqa: E731

@@ -141,12 +141,12 @@ def test_cli_reports_bad_settings_and_missing_paths_in_one_line(tmp_path, capsys
                 str(tmp_path),
                 "--out",
                 str(tmp_path / "o"),
-                "--split.unit",
-                "snippets",
-                "--split.length_unit",
+                "--snippets.enabled",
+                "true",
+                "--snippets.length_unit",
                 "tokens",
             ]
         )
         == 2
     )
-    assert "split.length_unit tokens needs split.tokenizer" in capsys.readouterr().err
+    assert "snippets.length_unit tokens needs snippets.tokenizer" in capsys.readouterr().err

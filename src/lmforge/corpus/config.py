@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from lmforge.config import option
+from lmforge.documents.split import CorpusSplitConfig
 
 
 @dataclass
@@ -99,25 +100,18 @@ class DedupConfig:
 
 
 @dataclass
-class SplitConfig:
-    unit: Literal["documents", "snippets"] = option(
-        "documents", "write whole documents, or snippets of uniform length (retrieval / QA style)"
-    )
-    snippet_length: int = option(200, "snippet length in `length_unit`")
-    snippet_overlap: int = option(0, "words or tokens shared by consecutive snippets of a document")
-    length_unit: Literal["words", "tokens"] = option("words", "unit of snippet_length and snippet_overlap")
+class SnippetConfig:
+    """`--snippets.*`: cut documents into snippets of uniform length (retrieval / QA style)."""
+
+    enabled: bool = option(False, "write snippets of uniform length instead of whole documents")
+    length: int = option(200, "snippet length in `length_unit`")
+    overlap: int = option(0, "words or tokens shared by consecutive snippets of a document")
+    length_unit: Literal["words", "tokens"] = option("words", "unit of length and overlap")
     tokenizer: Optional[str] = option(
         None, "tokenizer folder (from `lmforge tokenizer`) or tokenizer.json; needed when length_unit is tokens"
     )
     respect_sentences: bool = option(
         True, "cut snippets at sentence ends (a sentence longer than a snippet is cut at words)"
-    )
-    valid_fraction: float = option(0.05, "fraction of documents (after deduplication) in valid")
-    test_fraction: float = option(0.05, "fraction of documents (after deduplication) in test")
-    seed: int = option(0, "salt of the document-id hash that assigns splits; change it for a different split")
-    group: Literal["document", "file"] = option(
-        "document",
-        "what is assigned to a split as a whole: each document (the pieces of a text file longer than extract.max_document_chars too, so one long file lands in every split, its pieces meeting at blank lines), or each input file with all its documents (held-out files: needs many files)",
     )
 
 
@@ -136,4 +130,5 @@ class CorpusConfig:
     clean: CleanConfig = field(default_factory=CleanConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
+    split: CorpusSplitConfig = field(default_factory=CorpusSplitConfig)
+    snippets: SnippetConfig = field(default_factory=SnippetConfig)

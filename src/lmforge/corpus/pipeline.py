@@ -76,7 +76,7 @@ class UnitWorker:
         self.cleaner = Cleaner(config.clean)
         self.filter = QualityFilter(config.filter)
         self.signer = Signer(config.dedup) if config.dedup.near else None
-        self.snipper = Snipper(config.split) if config.split.unit == "snippets" else None
+        self.snipper = Snipper(config.snippets) if config.snippets.enabled else None
 
     def _records(self, text: str, base: dict) -> tuple[bytes, int]:
         pieces = self.snipper.cut(text) if self.snipper else [text]
@@ -229,7 +229,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callab
 
 def validate(config: CorpusConfig) -> None:
     """Reject settings that cannot work, naming the field and the fix."""
-    split, dedup = config.split, config.dedup
+    split, snippets, dedup = config.split, config.snippets, config.dedup
     if not (0 <= split.valid_fraction and 0 <= split.test_fraction and split.valid_fraction + split.test_fraction < 1):
         raise LmforgeError(
             "split.valid_fraction + split.test_fraction must be in [0, 1) so train keeps documents; lower them"
@@ -238,16 +238,16 @@ def validate(config: CorpusConfig) -> None:
         raise LmforgeError(f"dedup.threshold {dedup.threshold}: must be in (0, 1]; 0.8 is usual")
     if dedup.num_perm < 2 or not 1 <= dedup.shingle_words <= 8:
         raise LmforgeError("dedup.num_perm must be >= 2 and dedup.shingle_words between 1 and 8")
-    if split.unit == "snippets" and not 0 <= split.snippet_overlap < split.snippet_length:
+    if snippets.enabled and not 0 <= snippets.overlap < snippets.length:
         raise LmforgeError(
-            f"split.snippet_overlap {split.snippet_overlap} must be >= 0 and below split.snippet_length {split.snippet_length}"
+            f"snippets.overlap {snippets.overlap} must be >= 0 and below snippets.length {snippets.length}"
         )
-    if split.unit == "snippets" and split.length_unit == "tokens":
-        if not split.tokenizer:
+    if snippets.enabled and snippets.length_unit == "tokens":
+        if not snippets.tokenizer:
             raise LmforgeError(
-                "split.length_unit tokens needs split.tokenizer: a folder made by `lmforge tokenizer` or a tokenizer.json"
+                "snippets.length_unit tokens needs snippets.tokenizer: a folder made by `lmforge tokenizer` or a tokenizer.json"
             )
-        load_token_counter(split.tokenizer)
+        load_token_counter(snippets.tokenizer)
     if config.extract.chunk_bytes < 1 or config.shard_bytes < 1 or config.extract.max_document_chars < 1:
         raise LmforgeError("extract.chunk_bytes, extract.max_document_chars and shard_bytes must be positive")
 
@@ -323,7 +323,7 @@ class CorpusAssembler:
                 continue
             source = self._sources.setdefault(doc.source, doc.source)
             self.kept_docs.append((doc.doc_id, source, doc.position))
-            key = doc.source if split_cfg.group == "file" else doc.doc_id
+            key = doc.source if split_cfg.mode == "files" else doc.doc_id
             split = assign_split(key, split_cfg.valid_fraction, split_cfg.test_fraction, split_cfg.seed)
             self.writers[split].write(doc.payload, doc.records)
             self.report.written(doc, split)
@@ -398,7 +398,7 @@ def run(config: CorpusConfig) -> Path:
         if usable and fraction > 0 and not report.splits[split]["documents"]:
             report.warnings.append(
                 f"the {split} split is empty: {len(assembler.kept_docs)} document(s) are too few for "
-                f"split.{split}_fraction {fraction}; add documents or use split.unit snippets with more text"
+                f"split.{split}_fraction {fraction}; add documents or use --snippets.enabled true with more text"
             )
     for warning in report.warnings:
         print(f"corpus: warning: {warning}", file=sys.stderr)

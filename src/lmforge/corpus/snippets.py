@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmforge import tokenizer as tokenizer_mod
-from lmforge.corpus.config import SplitConfig
+from lmforge.corpus.config import SnippetConfig
 from lmforge.errors import LmforgeError
 
 # A sentence ends at . ! ? or … (plus closing quotes/brackets: group 1) followed by space and a
@@ -91,7 +91,7 @@ def load_token_counter(path: str) -> Callable[[list[str]], list[int]]:
         file = file / "tokenizer.json"
     if not file.is_file():
         raise LmforgeError(
-            f"split.tokenizer {path}: no tokenizer.json there; pass a folder made by `lmforge tokenizer` or a tokenizer.json file"
+            f"snippets.tokenizer {path}: no tokenizer.json there; pass a folder made by `lmforge tokenizer` or a tokenizer.json file"
         )
     tokenizer = Tokenizer.from_file(str(file))
     tokenizer.no_padding()  # a saved padding (MiniLM's: 128) would make every count 128
@@ -110,7 +110,7 @@ def _word_counts(pieces: list[str]) -> list[int]:
 class Snipper:
     """`cut(text)` -> snippets: pieces (sentences, or words) packed greedily up to the length."""
 
-    def __init__(self, cfg: SplitConfig):
+    def __init__(self, cfg: SnippetConfig):
         self.cfg = cfg
         if cfg.length_unit == "tokens":
             self.measure = load_token_counter(cfg.tokenizer or "")
@@ -122,7 +122,7 @@ class Snipper:
         lengths = self.measure(units) if units else []
         pieces, sizes = [], []
         for unit, size in zip(units, lengths):
-            if size <= self.cfg.snippet_length:
+            if size <= self.cfg.length:
                 pieces.append(unit)
                 sizes.append(size)
                 continue
@@ -131,7 +131,7 @@ class Snipper:
             word_sizes = self.measure(words)
             run, run_size = [], 0
             for word, word_size in zip(words, word_sizes):
-                if run and run_size + word_size > self.cfg.snippet_length:
+                if run and run_size + word_size > self.cfg.length:
                     pieces.append(" ".join(run))
                     sizes.append(run_size)
                     run, run_size = [], 0
@@ -144,7 +144,7 @@ class Snipper:
 
     def cut(self, text: str) -> list[str]:
         pieces, sizes = self._pieces(text)
-        limit, overlap = self.cfg.snippet_length, self.cfg.snippet_overlap
+        limit, overlap = self.cfg.length, self.cfg.overlap
         snippets: list[str] = []
         start = 0
         while start < len(pieces):

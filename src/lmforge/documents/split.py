@@ -42,6 +42,22 @@ class SplitConfig:
     text_field: str = option("text", "field holding the text in .jsonl inputs")
 
 
+@dataclass
+class CorpusSplitConfig:
+    """How `lmforge corpus` (`--split.*`) assigns documents to train / valid / test: by the one stable
+    hash below, after deduplication, so a document's split never depends on the order of the inputs."""
+
+    valid_fraction: float = option(0.05, "fraction of documents (after deduplication) in valid")
+    test_fraction: float = option(0.05, "fraction of documents (after deduplication) in test")
+    seed: int = option(0, "salt of the document-id hash that assigns splits; change it for a different split")
+    mode: Literal["documents", "files"] = option(
+        "documents",
+        "what is assigned to a split as a whole: each document (the pieces of a text file longer than "
+        "extract.max_document_chars too, so one long file lands in every split, its pieces meeting at blank lines), "
+        "or each input file with all its documents (held-out files: needs many files)",
+    )
+
+
 def stable_fraction(key: str) -> float:
     """A number in [0, 1) fixed by `key` (blake2b, 64 bits): the one hash every split is drawn from."""
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") / 2**64
