@@ -105,3 +105,21 @@ def sentiment(tmp_path_factory) -> tuple[Path, Path]:
         )
         paths.append(path)
     return paths[0], paths[1]
+
+
+def tiny_llama(vocab: int = 40, dropout: float = 0.0):
+    """A 2-layer, width-64 random Llama with 32 positions (seed 0)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        attention_dropout=dropout,
+    )
+    return LlamaForCausalLM(config)

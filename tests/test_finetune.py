@@ -49,6 +49,11 @@ def squad(tmp_path_factory) -> Path:
     return path
 
 
+def task_files(task: str, model, train, valid) -> list[str]:
+    """The flags every fine-tuning call here starts with."""
+    return ["--task", task, "--model", str(model), "--train_file", str(train), "--valid_file", str(valid)]
+
+
 def finetune(*args: str) -> int:
     return cli.main(["finetune", "--train.precision", "fp32", "--train.log_every", "5", *args])
 
@@ -60,14 +65,7 @@ def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
     out = tmp_path / "run"
     assert (
         finetune(
-            "--task",
-            "classification",
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
+            *task_files("classification", str(tiny_bert), str(train), str(dev)),
             "--out",
             str(out),
             "--epochs",
@@ -210,14 +208,7 @@ def test_head_mode_trains_only_the_head(tiny_bert, sentiment, tmp_path):
 def test_ner_and_qa_runs(tiny_bert, conll, squad, tmp_path):
     assert (
         finetune(
-            "--task",
-            "ner",
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(conll),
-            "--valid_file",
-            str(conll),
+            *task_files("ner", str(tiny_bert), str(conll), str(conll)),
             "--out",
             str(tmp_path / "ner"),
             "--epochs",
@@ -239,14 +230,7 @@ def test_ner_and_qa_runs(tiny_bert, conll, squad, tmp_path):
     assert row["words"] == ["John", "lives", "in", "Paris"] and len(row["prediction"]) == 4
     assert (
         finetune(
-            "--task",
-            "qa",
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(squad),
-            "--valid_file",
-            str(squad),
+            *task_files("qa", str(tiny_bert), str(squad), str(squad)),
             "--out",
             str(tmp_path / "qa"),
             "--epochs",
@@ -291,14 +275,7 @@ def test_squad_v2_trains_and_saves_the_no_answer_rule(tiny_bert, squad, tmp_path
     v2.write_text(json.dumps(data))
     assert (
         finetune(
-            "--task",
-            "qa",
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(v2),
-            "--valid_file",
-            str(v2),
+            *task_files("qa", str(tiny_bert), str(v2), str(v2)),
             "--out",
             str(tmp_path / "qa"),
             "--epochs",
@@ -558,14 +535,7 @@ def test_layer_wise_lr_decay_reaches_the_optimizer(tiny_bert, sentiment, tmp_pat
     out = tmp_path / "llrd"
     assert (
         finetune(
-            "--task",
-            "classification",
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
+            *task_files("classification", str(tiny_bert), str(train), str(dev)),
             "--out",
             str(out),
             "--epochs",

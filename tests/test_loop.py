@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import tiny_llama, tiny_overrides
 
 from lmforge import checkpoint, cli, hardware, objectives, optim
 from lmforge import config as config_mod
@@ -24,23 +24,6 @@ from lmforge.train_config import TrainConfig
 
 def rows_of(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def tiny_llama(vocab=40, dropout=0.0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-            attention_dropout=dropout,
-        )
-    )
 
 
 def clm_objective(seed=0):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import tiny_llama, tiny_overrides
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from lmforge import checkpoint, cli, objectives
@@ -28,22 +28,6 @@ def pretrain(text, out, **extra):
 
 def losses(run_dir):
     return [(r["step"], r["loss"]) for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
-
-
-def tiny_llama(vocab=40):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-        )
-    )
 
 
 def test_loop_overfits_one_batch(tmp_path):
