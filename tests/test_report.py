@@ -37,6 +37,7 @@ def test_facts_leave_out_what_does_not_apply_and_read_as_text():
 def test_fact_text_formats_by_kind():
     assert report.fact_text("mfu", 0.345) == "34.5%"
     assert report.fact_text("flops", 4.9e12) == "4.9T"
+    assert report.fact_text("tokens_per_second", 46630.4) == "46,630"  # not 4.663e+04
     assert report.fact_text("stopped_in_warmup", False) == "no"
     assert report.fact_text("tokenizer", None) is None
 
@@ -86,6 +87,9 @@ def test_tensorboard_event_files_hold_the_logged_scalars(small_text, tmp_path):
 
     out = tmp_path / "run"
     run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, out, **{"report.tensorboard": True})))
+    assert (
+        "Pretraining from scratch: llama causal LM" in (out / "report.html").read_text()
+    )  # the resolved family, not None
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     tags = events.Tags()["scalars"]

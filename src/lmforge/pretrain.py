@@ -328,7 +328,7 @@ def report_lead(config: PretrainConfig, summary: dict) -> report.Lead:
     if config.model.init_from:
         purpose = f"Continued pretraining of {config.model.init_from} ({objective})"
     else:
-        purpose = f"Pretraining from scratch: {config.model.family} {objective}"
+        purpose = f"Pretraining from scratch: {model_mod.family_for(config.model, config.train.objective)} {objective}"
     headline, split = "", ""
     if summary.get("val_loss") is not None:
         headline = (

@@ -178,7 +178,7 @@ def _number(value: float) -> str:
     for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
         if magnitude >= scale:
             return f"{value / scale:.3g}{unit}"
-    return f"{value:,.0f}" if float(value).is_integer() else f"{value:.4g}"
+    return f"{value:,.0f}" if float(value).is_integer() or magnitude >= 1000 else f"{value:.4g}"
 
 
 def fact_text(key: str, value) -> str | None:
