@@ -38,7 +38,7 @@ for name, part in (("train", rows[: 3 * third]), ("dev", rows[3 * third : 4 * th
 PY
 
 # corpus/: cleaned, deduplicated snippets split into train/valid/test JSONL, report.html, dropped.jsonl
-run corpus --data "$OUT/docs" --out "$OUT/corpus"
+run corpus --data "$OUT/docs" --split.valid_fraction 0.2 --split.test_fraction 0.1 --out "$OUT/corpus"   # 57 documents: 5% valid could be none
 # tok/: an HF fast tokenizer (tokenizer.json) with BERT's special tokens, so one vocabulary serves both models
 run tokenizer --data "$OUT/corpus" --objective mlm --tokenizer.kind wordpiece --tokenizer.vocab_size 800 --out "$OUT/tok"
 # shards/: the corpus as packed uint16 token ids (train.bin, valid.bin, meta.json)
@@ -56,7 +56,7 @@ run generate --model "$OUT/gpt" --prompt "ROMEO:" --max_new_tokens 20
 run fill-mask --model "$OUT/bert" --text "to be or not to [MASK]"
 # clf/: the masked LM fine-tuned to tell questions: best/, final/ (with labels), test metrics in report.json
 run finetune --task classification --model "$OUT/bert" --train_file "$OUT/train.tsv" --valid_file "$OUT/dev.tsv" --test_file "$OUT/test.tsv" \
-    --epochs 3 --train.batch_size 16 --train.lr 1e-3 --train.precision fp32 --out "$OUT/clf"
+    --epochs 10 --train.batch_size 16 --train.lr 2e-3 --train.precision fp32 --out "$OUT/clf"
 # clf-eval/: per-class table, confusion matrix and errors.jsonl on the dev file
 run evaluate --task classification --model "$OUT/clf" --data "$OUT/dev.tsv" --out "$OUT/clf-eval"
 # pred/: one prediction row per input line, with its scores

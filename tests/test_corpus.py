@@ -424,3 +424,28 @@ def test_snippet_token_counts_ignore_a_saved_padding():
 
     count = load_token_counter(str(minilm_folder()))  # its tokenizer.json pads to 128
     assert count(["hello world", "one two three four"]) == [2, 4]
+
+
+def test_splits_do_not_depend_on_where_the_collection_lives(tmp_path):
+    """Document ids hash the path under the folder given, so a copied collection splits the same."""
+    import shutil
+
+    from lmforge import config as config_mod
+    from lmforge.corpus import CorpusConfig, run
+
+    first = tmp_path / "here" / "docs"
+    first.mkdir(parents=True)
+    for i in range(40):
+        (first / f"doc{i}.txt").write_text(" ".join(f"word{i}x{j} and more text" for j in range(30)) + "\n")
+    second = tmp_path / "elsewhere" / "deeper" / "docs"
+    shutil.copytree(first, second)
+
+    def split_of(folder, out):
+        settings = {"data": [str(folder)], "out": str(out), "split.valid_fraction": 0.3, "split.test_fraction": 0.2}
+        run(config_mod.resolve(CorpusConfig, None, settings))
+        return {
+            name: sorted(json.loads(l)["text"][:12] for l in (out / f"{name}-00000.jsonl").read_text().splitlines())
+            for name in ("train", "valid", "test")
+        }
+
+    assert split_of(first, tmp_path / "a") == split_of(second, tmp_path / "b")

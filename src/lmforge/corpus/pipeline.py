@@ -61,6 +61,7 @@ class KeptDocument:
     words: int
     language: str | None
     excerpt: str
+    file_key: str = ""  # the file's path under the folder given: what `--split.mode files` assigns
 
 
 # What a worker hands back for a unit, in input order: kept documents, and dropped ones as their
@@ -97,7 +98,9 @@ class UnitWorker:
         tally.counts["chars_in"] += len(raw.text)
         text = self.cleaner(raw.text)
         verdict = self.filter.check(text)
-        doc_id = hashlib.blake2b(f"{source}\0{raw.position}".encode(), digest_size=8).hexdigest()
+        # the file's path under the folder given (not where that folder lives): the same documents
+        # get the same ids, and so the same splits, wherever the collection is copied
+        doc_id = hashlib.blake2b(f"{part.file.key or source}\0{raw.position}".encode(), digest_size=8).hexdigest()
         if verdict.reason is not None:
             tally.counts[f"filter.{verdict.reason}"] += 1
             tally.counts[f"filter.{verdict.reason}_chars"] += len(text)
@@ -128,6 +131,7 @@ class UnitWorker:
             verdict.words,
             verdict.language,
             excerpt(text),
+            part.file.key or source,
         )
 
     def _count_input(self, part: FilePart, first: bool, size: int, tally: Tally) -> None:
@@ -323,7 +327,7 @@ class CorpusAssembler:
                 continue
             source = self._sources.setdefault(doc.source, doc.source)
             self.kept_docs.append((doc.doc_id, source, doc.position))
-            key = doc.source if split_cfg.mode == "files" else doc.doc_id
+            key = doc.file_key if split_cfg.mode == "files" else doc.doc_id
             split = assign_split(key, split_cfg.valid_fraction, split_cfg.test_fraction, split_cfg.seed)
             self.writers[split].write(doc.payload, doc.records)
             self.report.written(doc, split)
