@@ -226,7 +226,7 @@ def test_compile_times_eager_attention_beside_the_uncompiled_choice(tmp_path, mo
     and timed, and the kernel of the fastest step is the one the run trains with and records."""
     from lmforge import attention as attention_mod
 
-    def pretend_sdpa_won(model, step, dtype, device, repeats=3):
+    def pretend_sdpa_won(model, step, dtype, device, repeats=3, announce=False):
         attention_mod.use(model, "sdpa")
         return "sdpa", {"sdpa": 1.0, "sdpa_fp32": 2.0, "eager": 3.0}
 

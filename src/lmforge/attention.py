@@ -85,7 +85,12 @@ def _best_step_ms(step: Callable[[], None], repeats: int) -> float:
 
 
 def choose(
-    model: torch.nn.Module, step: Callable[[], None], dtype: torch.dtype, device: torch.device, repeats: int = 3
+    model: torch.nn.Module,
+    step: Callable[[], None],
+    dtype: torch.dtype,
+    device: torch.device,
+    repeats: int = 3,
+    announce: bool = False,
 ) -> tuple[str | None, dict[str, float]]:
     """Time `step()` (one forward+backward of a real micro-batch) with each kernel; leave the fastest
     set on `model` and return its config name and every kernel's best time in milliseconds.
@@ -95,6 +100,8 @@ def choose(
     """
     if dtype != torch.bfloat16 or device.type != "cpu" or hf_model(model) is None:
         return None, {}
+    if announce:  # a few seconds of silence otherwise
+        print("attention: timing the kernels on one micro-batch...", flush=True)
     times: dict[str, float] = {}
     for name in KERNELS:
         try:
@@ -135,9 +142,9 @@ def choose_attention(
     if fixed is not None:
         use(module, fixed)
         return {"kernel": fixed, "ms": {}}
-    if runtime.proc.main:
-        print("attention: timing the kernels on one micro-batch (a few seconds)...", flush=True)
-    kernel, times = choose(module, lambda: trial_step(module, sample, runtime), runtime.dtype, runtime.device)
+    kernel, times = choose(
+        module, lambda: trial_step(module, sample, runtime), runtime.dtype, runtime.device, announce=runtime.proc.main
+    )
     if kernel is None:
         return {"kernel": None, "ms": {}}
     names = list(KERNELS)

@@ -105,7 +105,7 @@ class StageParser(argparse.ArgumentParser):
 
 
 def unknown_flag_message(unknown: list[str], flags: list[str]) -> str:
-    """`unknown option --train.max_minute; did you mean --train.max_minutes?` for the first stray word."""
+    """`unknown option --train.max_minute (did you mean --train.max_minutes?)` for the first stray word."""
     word = next((w for w in unknown if w.startswith("-")), unknown[0])
     if not word.startswith("-"):
         return f"unexpected value {word!r} (every value follows its --section.key flag)"
@@ -114,12 +114,9 @@ def unknown_flag_message(unknown: list[str], flags: list[str]) -> str:
     if not near:  # `--model.l` for `--model.layers`: the flags of that section that start with it
         section, _, leaf = name.rpartition(".")
         near = [f for f in flags if f.startswith(f"{section}.{leaf}")] if section and leaf else []
-    hint = (
-        f" (did you mean {near[0]}?)"
-        if len(near) == 1
-        else (f" (did you mean one of {', '.join(near)}?)" if near else "")
-    )
-    return f"unknown option {name}{hint}"
+    if not near:
+        return f"unknown option {name}"
+    return f"unknown option {name} (did you mean {' or '.join(near)}?)"
 
 
 def stage_parser(stage: str) -> tuple[StageParser, type, object]:
@@ -137,12 +134,15 @@ def stage_parser(stage: str) -> tuple[StageParser, type, object]:
     return parser, config_cls, getattr(module, run_name)
 
 
-def check_out(cfg) -> None:
+def out_folder(cfg) -> str | None:
+    """The stage's `out` (from a flag, a recipe or the default), or None for stages that write none."""
+    return cfg.out if "out" in {f.name for f in dataclasses.fields(cfg)} and cfg.out else None
+
+
+def check_out(out: str | None) -> None:
     """`--out` names a folder to create or continue: an existing file there is a mistake caught
     before any work (it ended in a FileExistsError traceback after tokenizing)."""
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    out = Path(cfg.out) if "out" in fields and cfg.out else None
-    if out is not None and out.exists() and not out.is_dir():
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise LmforgeError(
             f"--out {out} is a file, not a folder; give the path of a folder (new, or a run folder to continue)"
         )
@@ -165,19 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         top.parse_args(argv)  # --help / --version exit here; an unknown stage is an argparse error (exit 2)
         return 0
     stage, rest = argv[0], argv[1:]
-    overrides: dict = {}
+    out = None
     try:
         parser, config_cls, run = stage_parser(stage)
         args = parser.parse_stage_args(rest)
         overrides = config_mod.overrides_from_args(args)
         cfg = config_mod.resolve(config_cls, args.config or resumed_recipe(overrides), overrides)
-        check_out(cfg)
+        out = out_folder(cfg)
+        check_out(out)
         run(cfg)
     except LmforgeError as err:
         print(f"lmforge {stage}: error: {err}", file=sys.stderr)
         return 2
     except RunInterrupted as stop:
-        out = overrides.get("out", "DIR")
         print(
             f"lmforge {stage}: interrupted after step {stop.step}; checkpoint {stop.folder}; "
             f"continue with `lmforge {stage} --resume true --out {out}`",
@@ -185,12 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     except KeyboardInterrupt:
-        print(f"lmforge {stage}: interrupted; {_what_is_kept(overrides)}", file=sys.stderr)
+        print(f"lmforge {stage}: interrupted; {_what_is_kept(out)}", file=sys.stderr)
         return 130
     except OSError as err:
         if err.errno not in DISK_ERRORS:
             raise
-        print(f"lmforge {stage}: error: {disk_error_message(err, overrides)}", file=sys.stderr)
+        print(f"lmforge {stage}: error: {disk_error_message(err, out)}", file=sys.stderr)
         return 2
     return 0
 
@@ -206,18 +206,17 @@ DISK_FIXES = {
 }
 
 
-def disk_error_message(err: OSError, overrides: dict) -> str:
+def disk_error_message(err: OSError, out: str | None) -> str:
     """One line: what could not be written where, what to change, and what was kept."""
-    where = Path(err.filename).parent if err.filename else Path(str(overrides.get("out", ".")))
-    kept = _what_is_kept(overrides) if overrides.get("out") else "nothing already written was changed"
+    where = Path(err.filename).parent if err.filename else Path(out or ".")
+    kept = _what_is_kept(out) if out else "nothing already written was changed"
     return f"cannot write in {where}: {err.strerror.lower()}; {DISK_FIXES[err.errno]}; {kept}"
 
 
-def _what_is_kept(overrides: dict) -> str:
+def _what_is_kept(out: str | None) -> str:
     """What an interrupted stage leaves behind, said truthfully: its newest checkpoint, or none."""
     from lmforge import checkpoint
 
-    out = overrides.get("out")
     last = checkpoint.latest(Path(out)) if out and Path(out).is_dir() else None
     if last is None:
         return "no checkpoint was written"

@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from lmforge.errors import LmforgeError
+from lmforge.publish import write_text_atomic
 
 
 def option(default: Any, help: str) -> Any:
@@ -285,6 +286,4 @@ def resolve(cls: type, recipe: str | Path | None = None, overrides: dict[str, An
 def dump_yaml(obj: Any, path: str | Path) -> None:
     """Write the config as YAML through a fsynced temp file and a rename: a kill mid-write leaves
     the old config.yaml, never an empty one that every later `--resume` would fail on."""
-    from lmforge.publish import write_text_atomic
-
     write_text_atomic(Path(path), yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -29,7 +29,7 @@ from lmforge import checkpoint, hardware, publish, report
 from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.loop import fit
-from lmforge.metrics_log import MetricsLog
+from lmforge.metrics_log import TRAIN_KEYS, MetricsLog
 from lmforge.runfolder import RunFolder, check_unchanged_on_resume, has_ended, write_json_atomic
 from lmforge.tasks import TASKS, Task, TaskName, backbone, format_for
 from lmforge.tasks.data import FormatConfig
@@ -158,10 +158,6 @@ def train_config(config: FinetuneConfig, steps_per_epoch: int, metric: str) -> T
     """The loop's TrainConfig: epochs -> max_steps, a null lr -> the mode's, a null warm-up -> 6%,
     a null eval_every -> once per epoch."""
     t = config.train
-    if t.max_flops is not None:  # the task objective counts no FLOPs: the budget would never be spent
-        raise LmforgeError(
-            "--train.max_flops: fine-tuning does not count FLOPs; give --train.max_steps, --train.max_tokens, --train.max_minutes or --epochs"
-        )
     budget_given = any((t.max_steps, t.max_tokens, t.max_minutes))
     max_steps = t.max_steps if budget_given else max(1, math.ceil(config.epochs * steps_per_epoch))
     return dataclasses.replace(
@@ -200,10 +196,9 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
         )
     else:
         trainable = model
+    steps_per_epoch = -(-len(train_features) // config.train.batch_size)
     cfg = train_config(
-        dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)),
-        -(-len(train_features) // config.train.batch_size),
-        metric,
+        dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed)), steps_per_epoch, metric
     )
     objective = TaskObjective(
         train_features, task, cfg.batch_size, seed, forward, group_chunk=GROUP_CHUNK if groups_by_length(config) else 1
@@ -236,11 +231,7 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
         return result.as_dict()
     publish_final(config, prepared, out, tokenizer)
     best_metrics = MetricsLog(out).evaluation_at(result.best["step"]) or result.metrics
-    valid_metrics = {
-        k: v
-        for k, v in best_metrics.items()
-        if k not in ("step", "tokens", "loss", "lr", "tokens_per_second", "elapsed_seconds")
-    }
+    valid_metrics = {k: v for k, v in best_metrics.items() if k not in ("step", *TRAIN_KEYS)}
     test_metrics = score_test(config, prepared, out / "final") if prepared.test is not None else None
     summary = result.as_dict() | dict(
         task=task.name,
@@ -264,7 +255,7 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
         report_lead(config, summary),
         [result_section(summary)],
         x="step",
-        steps_per_epoch=-(-len(train_features) // config.train.batch_size),
+        steps_per_epoch=steps_per_epoch,
         stage="finetune",
     )
     write_json_atomic(out / "report.json", summary)  # last: a seed with report.json is finished (resume keeps it)
@@ -276,19 +267,13 @@ VALID_LABEL = "valid (used for model selection)"
 
 def score_test(config: FinetuneConfig, prepared: Prepared, final: Path) -> dict:
     """The chosen model (final/) scored once on the test file."""
-    from lmforge.loop import autocast
-
     model, _ = backbone.load(final, prepared.task)
     device = hardware.resolve_device(config.train.device)
     model.to(device)
-    dtype = hardware.resolve_precision(config.train.precision, device)
+    forward = backbone.full_forward(prepared.task)
+    batch = 2 * config.train.batch_size
     logits, loss = predict_logits(
-        model,
-        prepared.test,
-        backbone.full_forward(prepared.task),
-        prepared.task,
-        2 * config.train.batch_size,
-        lambda: autocast(device, dtype),
+        model, prepared.test, forward, prepared.task, batch, _autocast_for(config.train, device)
     )
     return {**prepared.task.metrics(logits, prepared.test), "test_loss": loss}
 
@@ -418,6 +403,20 @@ def check_out_folder(config: FinetuneConfig, seed_dirs: list[Path]) -> None:
         )
 
 
+def check_before_data(config: FinetuneConfig) -> None:
+    """What can be checked before the files are read and tokenized."""
+    config.train.check_values()
+    config.report.check()
+    if config.epochs <= 0:
+        raise LmforgeError(
+            f"--epochs {config.epochs}: must be more than 0 (e.g. 3), or give a budget such as --train.max_steps"
+        )
+    if config.train.max_flops is not None:  # the task objective counts no FLOPs: the budget would never be spent
+        raise LmforgeError(
+            "--train.max_flops: fine-tuning does not count FLOPs; give --train.max_steps, --train.max_tokens, --train.max_minutes or --epochs"
+        )
+
+
 def run(config: FinetuneConfig) -> Path:
     """Fine-tune as `config` says (once, or once per seed); returns the run folder.
     With `resume`, seeds that finished are read back and the others continue from their newest checkpoint."""
@@ -426,19 +425,13 @@ def run(config: FinetuneConfig) -> Path:
     seeds = check_seeds(config.seeds) or [config.train.seed]
     seed_dirs = [out] if len(seeds) == 1 else [out / f"seed_{seed}" for seed in seeds]
     check_out_folder(config, seed_dirs)
-    config.train.check_values()  # before reading and tokenizing the files
-    config.report.check()
-    if config.epochs <= 0:
-        raise LmforgeError(
-            f"--epochs {config.epochs}: must be more than 0 (e.g. 3), or give a budget such as --train.max_steps"
-        )
+    check_before_data(config)
     prepared = prepare(config)
     main = is_main_process()
     # stop_at_step controls one invocation; saved, it would stop every resume at the same step
     saved = dataclasses.replace(config, train=dataclasses.replace(config.train, stop_at_step=None))
-    inputs = (
-        [config.train_file, config.valid_file] + ([config.test_file] if config.test_file else []) + [prepared.model_dir]
-    )  # the model it started from
+    files = [config.train_file, config.valid_file] + ([config.test_file] if config.test_file else [])
+    inputs = files + [prepared.model_dir]  # and the model it started from
     folder = RunFolder(out, "finetune").start(saved, inputs) if main else None
     runs = []
     for seed, seed_dir in zip(seeds, seed_dirs):

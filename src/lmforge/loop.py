@@ -418,13 +418,9 @@ def _evaluate(
 ) -> dict:
     """Run `evaluator`, keep best/ when `cfg.best_metric` improved; the time goes to `state.eval_seconds`."""
     started = time.perf_counter()
-    if runtime.proc.main and state.eval_seconds > 10 * max(
-        state.evaluations, 1
-    ):  # evaluations of ~10 s or more: say so
-        print(
-            f"step {state.step:>6} | evaluating (about {state.eval_seconds / max(state.evaluations, 1):.0f} s)...",
-            flush=True,
-        )
+    mean = state.eval_seconds / state.evaluations if state.evaluations else 0.0
+    if runtime.proc.main and mean >= 10:  # evaluations that take a while are announced
+        print(f"step {state.step:>6} | evaluating (about {mean:.0f} s)...", flush=True)
     metrics = evaluator(loss_module, runtime)
     state.evaluations += 1
     if cfg.best_metric:
@@ -437,14 +433,8 @@ class _Checkpoints:
     """Writes checkpoints/step_N (rank 0; every rank waits), timed apart from training."""
 
     def __init__(self, run_dir: Path, model, tokenizer, optimizer, cfg: TrainConfig, proc: Process):
-        self.run_dir, self.model, self.tokenizer, self.optimizer, self.cfg, self.proc = (
-            run_dir,
-            model,
-            tokenizer,
-            optimizer,
-            cfg,
-            proc,
-        )
+        self.run_dir, self.model, self.tokenizer = run_dir, model, tokenizer
+        self.optimizer, self.cfg, self.proc = optimizer, cfg, proc
         self.last_save = time.monotonic()
 
     def due_by_time(self) -> bool:
@@ -497,10 +487,10 @@ def fit(
     Raises TrainingDiverged on a non-finite loss, leaving earlier checkpoints untouched, and
     RunInterrupted after checkpointing when Ctrl-C or SIGTERM asked it to stop.
     """
+    cfg.check_ready()  # before joining a torchrun job or touching the device
     run_dir = Path(run_dir)
     runtime = Runtime.start(cfg)
     proc, budget = runtime.proc, cfg.budget()
-    cfg.check_ready()
     torch.manual_seed(cfg.seed)
     model.to(runtime.device)
     optimizer = optim.adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), layer_decay=cfg.layer_decay)

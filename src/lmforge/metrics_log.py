@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmforge.publish import write_text_atomic
+
 FILENAME = "metrics.jsonl"
 TRAIN_KEYS = ("loss", "lr", "tokens", "tokens_per_second", "elapsed_seconds")  # the rest of a row is evaluation
 
@@ -53,18 +55,9 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Keep the rows up to `step` (a resume's checkpoint), rewritten through a temp file and a
         rename, so a kill never loses the earlier rows."""
-        if not (self.enabled and self.path.is_file()):
-            return
-        from lmforge.publish import write_text_atomic
-
-        rows = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if line.strip() and json.loads(line)["step"] <= step:
-                    rows.append(line)
-            except (ValueError, KeyError):  # a row cut short by a kill mid-append
-                continue
-        write_text_atomic(self.path, "".join(r + "\n" for r in rows))
+        if self.enabled and self.path.is_file():
+            kept = [row for row in self.rows() if row.get("step", step + 1) <= step]
+            write_text_atomic(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def append(self, row: dict) -> None:
         if self.enabled:

@@ -226,8 +226,9 @@ def check_resume(config: PretrainConfig) -> None:
             f"--resume true: there is no run to resume in {out}; check --out, or start a new run without --resume"
         )
     state = LoopState.read(last)
+    spent = state.progress(config.train.budget()) >= 1.0
     if (
-        state.progress(config.train.budget()) >= 1.0 and (out / "final" / "config.json").is_file() and has_ended(out)
+        spent and (out / "final" / "config.json").is_file() and has_ended(out)
     ):  # else resume writes what a kill cut short
         raise LmforgeError(
             f"{out}: this run already finished at step {state.step} ({state.tokens:,} tokens); nothing to resume. "

@@ -122,7 +122,10 @@ def publish_folder(target: str | Path, replace: bool = True) -> Iterator[Path]:
         try:
             yield tmp
         except Exception as err:
-            raise as_disk_error(err, target) from err
+            full = full_disk_error(err, target)
+            if full is None:
+                raise
+            raise full from err
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0o700; a published folder reads like any other
         fsync_tree(tmp)
         if replace:
@@ -146,17 +149,23 @@ def publish_folder(target: str | Path, replace: bool = True) -> Iterator[Path]:
 FULL_DISK_BYTES = 64 * 2**20
 
 
-def as_disk_error(err: Exception, target: Path) -> Exception:
-    """`err` as the OSError(ENOSPC) it is when a write failed for want of space: torch.save reports
-    a full disk as RuntimeError("unexpected pos ..."), safetensors as SafetensorError("os error 28"),
-    and neither names the folder or the errno the CLI turns into a one-line message."""
-    if isinstance(err, OSError) or (not isinstance(err, RuntimeError) and "os error 28" not in str(err)):
-        return err  # already an OSError, or not a failed write
-    try:
-        full = "os error 28" in str(err) or shutil.disk_usage(target.parent).free < FULL_DISK_BYTES
-    except OSError:
+def full_disk_error(err: Exception, target: Path) -> OSError | None:
+    """The OSError(ENOSPC) for `target` that `err` stands for when a write failed for want of space,
+    else None. torch.save reports a full disk as RuntimeError("unexpected pos ..."), safetensors as
+    SafetensorError("... os error 28"): neither names the folder or carries the errno the CLI turns
+    into a one-line message. (An OSError already is one.)"""
+    if isinstance(err, OSError):
+        return None
+    if "os error 28" in str(err):
+        full = True
+    elif isinstance(err, RuntimeError):
+        try:
+            full = shutil.disk_usage(target.parent).free < FULL_DISK_BYTES
+        except OSError:
+            full = False
+    else:
         full = False
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) if full else err
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) if full else None
 
 
 def _lock(folder: Path) -> int | None:
@@ -215,9 +224,8 @@ def replace_dir(tmp: Path, folder: Path) -> None:
         fsync_dir(folder.parent)
         discard(tmp)  # tmp now holds the old folder
         return
-    if (
-        folder.exists()
-    ):  # no atomic exchange: rename the old one aside first; `clean_leftovers` restores it after a kill
+    if folder.exists():
+        # no atomic exchange: rename the old one aside first; `clean_leftovers` restores it after a kill
         old = folder.with_name(f"{OLD_PREFIX}{folder.name}")
         discard(old)
         os.replace(folder, old)

@@ -15,8 +15,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmforge.config import option
 from lmforge.errors import LmforgeError
-from lmforge.metrics_log import MetricsLog
+from lmforge.metrics_log import TRAIN_KEYS, MetricsLog
+from lmforge.publish import write_text_atomic
 
 
 def pyplot():
@@ -41,11 +43,9 @@ def svg_figure(fig) -> str:
 class ReportConfig:
     """The `--report.*` section of the stages that train."""
 
-    tensorboard: bool = field(
-        default=False,
-        metadata={
-            "help": "also write TensorBoard event files into RUN/tensorboard/ as the run logs (needs the tensorboard package: pip install tensorboard)"
-        },
+    tensorboard: bool = option(
+        False,
+        "also write TensorBoard event files into RUN/tensorboard/ as the run logs (needs the tensorboard package: pip install tensorboard)",
     )
 
     def check(self) -> None:
@@ -69,12 +69,9 @@ class Lead:
     facts: dict = field(default_factory=dict)  # data, model, task ... shown under the headline
 
 
-# the x axis the user thinks in, by stage: fine-tuning counts steps (and epochs), pretraining tokens
-NOT_CURVES = {"step", "tokens", "loss", "lr", "tokens_per_second", "elapsed_seconds", "epoch"}
-
-
 def curves_svg(rows: list[dict], x: str = "tokens", steps_per_epoch: int | None = None) -> str:
-    """Loss (train and validation), learning rate and every other validation metric against `x`."""
+    """Loss (train and validation), learning rate and every other validation metric against `x`
+    (the axis the user thinks in: steps and epochs for fine-tuning, tokens for pretraining)."""
     plt = pyplot()
     train = [(r[x], r["loss"]) for r in rows if x in r and "loss" in r]
     valid = [(r[x], r["val_loss"]) for r in rows if x in r and "val_loss" in r]
@@ -84,7 +81,7 @@ def curves_svg(rows: list[dict], x: str = "tokens", steps_per_epoch: int | None 
             k
             for r in rows
             for k, v in r.items()
-            if k not in NOT_CURVES and k != "val_loss" and isinstance(v, (int, float)) and not isinstance(v, bool)
+            if k not in (*TRAIN_KEYS, "step", "val_loss") and isinstance(v, (int, float)) and not isinstance(v, bool)
         }
     )
     panels = 2 + (1 if metric_names else 0)
@@ -185,7 +182,7 @@ def fact_text(key: str, value) -> str | None:
     """One fact as text, or None when it does not apply (nothing measured, a zero that means 'not counted')."""
     if value is None or value == {} or value == [] or value == "":
         return None
-    if key.endswith("_seconds") and key not in ("tokenize_tokens_per_second",):
+    if key.endswith("_seconds"):
         return _duration(float(value))
     if key == "mfu":
         return f"{100 * value:.1f}%" if value else None
@@ -210,12 +207,12 @@ def fact_text(key: str, value) -> str | None:
     return shown_path(str(value))
 
 
-def facts_html(summary: dict, skip: set[str] = frozenset()) -> str:
+def facts_html(summary: dict) -> str:
     rows = []
-    if not summary.get("mfu"):  # the peak only serves MFU; a run that counts no FLOPs needs neither
-        skip = {*skip, "peak_flops"}
+    # the peak only serves MFU; a run that counts no FLOPs needs neither
+    skip = NOT_FACTS if summary.get("mfu") else {*NOT_FACTS, "peak_flops"}
     for key, value in summary.items():
-        if key in NOT_FACTS or key in skip:
+        if key in skip:
             continue
         text = fact_text(key, value)
         if text is not None:
@@ -277,9 +274,7 @@ def write_html(path: str | Path, title: str, sections: list[tuple[str, str]], le
     """Write a page: the lead, then (heading, html body) sections (empty bodies are left out)."""
     body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections if content)
     path = Path(path)
-    path.write_text(
-        PAGE.format(title=html.escape(title), lead=lead_html(lead) if lead else "", sections=body), encoding="utf-8"
-    )
+    write_text_atomic(path, PAGE.format(title=html.escape(title), lead=lead_html(lead) if lead else "", sections=body))
     return path
 
 

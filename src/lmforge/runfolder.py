@@ -98,12 +98,10 @@ def check_unchanged_on_resume(folder: str | Path, config: Any, frozen: tuple[str
     `frozen` settings (the model's shape, the data, the batch, the seed) is an error before anything
     is written (it rewrote config.yaml and then failed with a size mismatch, leaving a run that
     could not be resumed without hand-editing). Budgets and cadences may change."""
-    import yaml
-
     saved_path = Path(folder) / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = _flat(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
+    saved = _flat(config_mod.load_yaml(saved_path))
     given = _flat(config_mod.to_dict(config))
     for key in sorted(given):
         if key.startswith(frozen) and key in saved and saved[key] != given[key]:

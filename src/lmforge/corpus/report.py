@@ -191,7 +191,8 @@ class CorpusReport:
     def write(self, out: Path, seconds: float, peak_rss_mb: dict, workers: int) -> dict:
         payload = self.to_json(seconds, peak_rss_mb, workers)
         write_json_atomic(out / "report.json", payload)
-        (out / "report.html").write_text(render_html(payload), encoding="utf-8")
+        lead, sections = html_sections(payload)
+        pages.write_html(out / "report.html", f"lmforge corpus: {out.name}", sections, lead)
         return payload
 
 
@@ -221,67 +222,70 @@ def _examples(items: list[dict]) -> str:
     return "".join(f"<li><code>{html.escape(i['source'])}</code>: {html.escape(i['excerpt'])}</li>" for i in items)
 
 
-def render_html(report: dict) -> str:
-    """A single self-contained page: summary, splits, formats, cleaning, filters, duplicates."""
-    s = report["summary"]
-    parts = [
-        "<!doctype html><meta charset='utf-8'><title>lmforge corpus report</title>",
-        "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{border:1px solid #ccc;padding:2px 6px}"
-        "table{border-collapse:collapse;margin:.5em 0}li{margin:.3em 0}</style>",
-        "<h1>Corpus report</h1>",
-        "".join(f"<p><b>warning:</b> {html.escape(w)}</p>" for w in report["warnings"]),
-        _table([[k, v] for k, v in s.items()], ["", "value"]),
-        "<h2>Splits</h2>",
-        _table(
-            [[n, c.get("documents", 0), c.get("records", 0), c.get("chars", 0)] for n, c in report["splits"].items()],
-            ["split", "documents", "records", "chars"],
-        ),
-        "<h2>Formats</h2>",
-        _table(
-            [[n] + list(v.values()) for n, v in report["formats"].items()],
-            ["format", "files", "bytes", "documents", "chars", "failures"],
-        ),
-        "<h2>Cleaning</h2>",
-        _table([[k, v] for k, v in report["cleaning"].items()], ["step", "count"]),
-        "<h2>Filters</h2>",
-    ]
-    for name, f in report["filters"].items():
-        parts.append(
-            f"<h3>{html.escape(name)}: {f['documents']} documents, {f['chars']} chars</h3><ul>{_examples(f['examples'])}</ul>"
-        )
-    d = report["dedup"]
-    parts.append(
-        f"<h2>Duplicates</h2><p>exact removed: {d['exact_removed']}, near removed: {d['near_removed']}, clusters: {d['clusters']}. "
+def html_sections(report: dict) -> tuple[pages.Lead, list[tuple[str, str]]]:
+    """report.html in the page template every stage shares: the lead (documents kept, per split),
+    then summary, splits, formats, cleaning, filters, duplicates, lengths, languages, failures."""
+    s, splits = report["summary"], report["splits"]
+    lead = pages.Lead(
+        f"Corpus from {s.get('files_in', 0):,} input files",
+        f"{s.get('documents_out', 0):,} documents kept of {s.get('documents_in', 0):,}",
+        "train / valid / test: "
+        + " / ".join(f"{splits.get(n, {}).get('documents', 0):,}" for n in ("train", "valid", "test")),
+    )
+    filters = "".join(
+        f"<h3>{html.escape(name)}: {f['documents']} documents, {f['chars']} chars</h3><ul>{_examples(f['examples'])}</ul>"
+        for name, f in report["filters"].items()
+    )
+    d, copies = report["dedup"], report["source_copies_skipped"]
+    duplicates = (
+        f"<p>exact removed: {d['exact_removed']}, near removed: {d['near_removed']}, clusters: {d['clusters']}. "
         f"Kept from each cluster: {html.escape(d['kept_in_cluster'])}.</p>"
     )
-    copies = report["source_copies_skipped"]
     if copies["count"]:
-        parts.append(
+        duplicates += (
             f"<p>{copies['count']} Sphinx source copies (<code>_sources/</code>) left out because their rendered page is an input "
             f"(extract.skip_source_copies), e.g. <code>{html.escape(copies['first'][0]['path'])}</code>.</p>"
         )
-    for c in d["largest_clusters"]:
-        parts.append(
-            f"<h3>{c['size']} documents, kept <code>{html.escape(c['kept_source'])}</code></h3><ul>{_examples(c['members'])}</ul>"
-        )
-    parts += [
-        "<h2>Length histogram</h2>",
-        histogram_svg(report["length_histogram_words"]),
-        "<h2>Languages</h2>",
-        _table(list(report["languages"].items()), ["language", "documents"]),
-        "<h2>Failures</h2>",
-        _table([[f["path"], f["format"], f["error"]] for f in report["failures"]], ["file", "format", "error"]),
+    duplicates += "".join(
+        f"<h3>{c['size']} documents, kept <code>{html.escape(c['kept_source'])}</code></h3><ul>{_examples(c['members'])}</ul>"
+        for c in d["largest_clusters"]
+    )
+    dropped, problems = report["dropped"], report["record_problems"]
+    sections = [
+        ("Warnings", "".join(f"<p><b>warning:</b> {html.escape(w)}</p>" for w in report["warnings"])),
+        ("Summary", _table([[k, v] for k, v in s.items()], ["", "value"])),
+        (
+            "Splits",
+            _table(
+                [[n, c.get("documents", 0), c.get("records", 0), c.get("chars", 0)] for n, c in splits.items()],
+                ["split", "documents", "records", "chars"],
+            ),
+        ),
+        (
+            "Formats",
+            _table(
+                [[n] + list(v.values()) for n, v in report["formats"].items()],
+                ["format", "files", "bytes", "documents", "chars", "failures"],
+            ),
+        ),
+        ("Cleaning", _table([[k, v] for k, v in report["cleaning"].items()], ["step", "count"])),
+        ("Filters", filters or "<p>no document was filtered out</p>"),
+        ("Duplicates", duplicates),
+        ("Length histogram", histogram_svg(report["length_histogram_words"])),
+        ("Languages", _table(list(report["languages"].items()), ["language", "documents"])),
+        (
+            "Failures",
+            _table([[f["path"], f["format"], f["error"]] for f in report["failures"]], ["file", "format", "error"]),
+        ),
+        (
+            "Dropped documents",
+            f"<p>One line per document in <code>{dropped['log']}</code> (source, position, reason, "
+            "filter or the kept document it duplicates):</p>"
+            + _table(list(dropped["by_reason"].items()), ["reason", "documents"]),
+        ),
+        (
+            f"Skipped records: {problems['count']}",
+            "<ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems["first"]) + "</ul>",
+        ),
     ]
-    dropped = report["dropped"]
-    parts.append(
-        f"<h2>Dropped documents</h2><p>One line per document in <code>{dropped['log']}</code> (source, position, reason, "
-        "filter or the kept document it duplicates):</p>"
-        + _table(list(dropped["by_reason"].items()), ["reason", "documents"])
-    )
-    problems = report["record_problems"]
-    parts.append(
-        f"<h2>Skipped records: {problems['count']}</h2><ul>"
-        + "".join(f"<li>{html.escape(p)}</li>" for p in problems["first"])
-        + "</ul>"
-    )
-    return "\n".join(parts)
+    return lead, sections
