@@ -63,7 +63,7 @@ def run(config: PredictConfig) -> Path:
     for row in rows:  # unlabelled input: no gold fields computed
         row.pop("label", None)
         row.pop("answers", None)
-    carried = task.carried_columns(config.input, config.format) if config.input else None
+    carried = task.carried_columns(scored.examples) if config.input else None  # read once, with the examples
     if carried is not None:  # the input's own columns first; the prediction's fields win a name clash
         rows = [{**columns, **row} for columns, row in zip(carried, rows, strict=True)]
     scoring.write_jsonl(out / "predictions.jsonl", rows)

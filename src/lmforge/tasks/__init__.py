@@ -76,9 +76,9 @@ class Task(Protocol):
         """Unlabelled examples from plain texts, (text, where) each (predict's --text); LmforgeError
         where one text is not an example of this task."""
 
-    def carried_columns(self, path: str | Path, cfg: FormatConfig) -> list[dict] | None:
-        """Per example of `path`, the input columns predict copies into its row (ids and the like);
-        None where the format has none."""
+    def carried_columns(self, examples: list) -> list[dict] | None:
+        """Per example read from a file, the input columns predict copies into its row (ids and the
+        like); None where the format has none."""
 
     # training
     def logits(self, output) -> torch.Tensor: ...

@@ -94,19 +94,9 @@ class ClassificationTask:
         return [data.Record(text, None, None, where) for text, where in texts]
 
     @staticmethod
-    def carried_columns(path, cfg: data.FormatConfig) -> list[dict] | None:
-        """Every column of a table but the text one(s), per row (a .txt file has none)."""
-        path = Path(path)
-        if path.suffix.lower() == ".txt":
-            return None
-        names, rows = data.read_rows(path, cfg)
-        # the same choice of text columns as data.read_table (it has already checked them)
-        text = data._pick(names, cfg.text, data.TEXT_NAMES, "text", path, True)
-        pair = data._pick(names, cfg.text_pair, data.PAIR_NAMES, "text_pair", path, False)
-        rows = [
-            row if isinstance(row, dict) else dict(zip(names, row)) for _, row in rows
-        ]  # JSONL rows are dicts already
-        return [{k: v for k, v in row.items() if k not in (text, pair)} for row in rows]
+    def carried_columns(examples: list[data.Record]) -> list[dict]:
+        """Every column of a table row but the text one(s) (a .txt line has none)."""
+        return [record.columns for record in examples]
 
     def target(self, record: data.Record):
         if self.kind == "regression":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -57,12 +57,14 @@ class FormatConfig:
 
 @dataclass
 class Record:
-    """One table row: texts, raw label, and where it came from."""
+    """One table row: texts, raw label, where it came from, and its other columns (ids and the
+    like, which predict copies into its output rows)."""
 
     text: str
     text_pair: Optional[str]
     label: Any
     where: str
+    columns: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -174,7 +176,11 @@ def read_table(path: str | Path, cfg: FormatConfig, role: str = "train", labelle
             raise LmforgeError(
                 f"{path}:{line}: no value for column '{missing[0]}' (the row has {len(row)} fields); fix the row, or set --format.quoting false if quotes in the text swallow tabs"
             )
-        return Record(str(values[0]), str(values[1]) if pair else None, values[2] if label else None, f"{path}:{line}")
+        columns = row if isinstance(row, dict) else dict(zip(names, row))
+        others = {k: v for k, v in columns.items() if k not in (text, pair)}
+        return Record(
+            str(values[0]), str(values[1]) if pair else None, values[2] if label else None, f"{path}:{line}", others
+        )
 
     return each_or_all_problems(rows, record)
 

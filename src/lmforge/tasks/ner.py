@@ -130,7 +130,7 @@ class NerTask:
         )
 
     @staticmethod
-    def carried_columns(path, cfg: data.FormatConfig) -> None:
+    def carried_columns(examples: list) -> None:
         return None
 
     def encode(
