@@ -57,7 +57,7 @@ class EvaluateConfig:
         "mlm: pseudo-perplexity scores the first this many tokens, each masked in turn (one forward row of `context` tokens each); 0: skip, null: all",
     )
     device: str = option("auto", "cpu, cuda or auto")
-    encoding_errors: Literal["strict", "replace"] = option(
+    encoding_errors: documents.EncodingErrors = option(
         "strict", "non-UTF-8 bytes: stop (strict) or replace with U+FFFD"
     )
     task: Literal["lm", "classification", "ner", "qa"] = option(
@@ -273,7 +273,7 @@ def score(model, tokenizer, text: ScoredText, objective: str, context: int, conf
 def check_context(context: int | None, model, model_dir: Path) -> int:
     """The window length to score with: the model's own by default; beyond its positions it is an
     error (position ids past the trained table index garbage or fail inside the model)."""
-    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    positions = model_mod.max_positions(model.config)
     if context is None:
         return int(positions or 512)
     if context < 2:

@@ -81,7 +81,7 @@ def generate(
     if ids[0] is None:
         raise LmforgeError("--prompt is empty and the tokenizer has no EOS token to start from; give a prompt")
     out = torch.tensor([ids], device=model.device).repeat(samples, 1)  # (S, T)
-    context = getattr(model.config, "max_position_embeddings", None) or model.config.n_positions
+    context = model_mod.max_positions(model.config)
     warpers = LogitsProcessorList()
     if temperature > 0:
         warpers.append(TemperatureLogitsWarper(temperature))

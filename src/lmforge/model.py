@@ -146,6 +146,11 @@ def family_for(cfg: ModelConfig, objective: str) -> str:
     return cfg.family or ("llama" if objective == "clm" else "bert")
 
 
+def max_positions(config) -> int | None:
+    """The longest sequence a saved model's position table covers (GPT-2 calls it n_positions)."""
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
 def check_family(cfg: ModelConfig, objective: str) -> None:
     allowed = DECODERS if objective == "clm" else ENCODERS
     if family_for(cfg, objective) not in allowed:
