@@ -1,4 +1,4 @@
-"""Quality: `recipes/shakespeare_char.yaml` to the end, as written (Llama) and with `--model.family gpt2`.
+"""Quality: the packaged `shakespeare_char` recipe to the end, as written (Llama) and with `--model.family gpt2`.
 
 The recipe has nanoGPT's shakespeare-char CPU shape (4 layers, 4 heads, width 128, context 64, batch 12,
 2000 steps). Running it a second time with `--model.family gpt2` (nanoGPT's architecture: learned
@@ -85,7 +85,7 @@ def markdown(result: dict) -> str:
         "",
         f"- {result['date']}, {result['machine']}",
         f"- command: `{result['command']}`",
-        "- every row: recipes/shakespeare_char.yaml, the same data, tokenizer, steps, batch, schedule and precision; "
+        "- every row: the shakespeare_char recipe, the same data, tokenizer, steps, batch, schedule and precision; "
         f"only `--model.family` differs. Val loss: lmforge's validation loss at the end, over {result['eval_windows']} of the validation split "
         "(the last 10% of the text).",
         "",
@@ -147,7 +147,7 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": describe(),
         "command": "python benchmarks/shakespeare_quality.py " + shlex.join(sys.argv[1:]),
-        "recipe": "recipes/shakespeare_char.yaml",
+        "recipe": "shakespeare_char (src/lmforge/recipes/shakespeare_char.yaml)",
         "eval_windows": eval_windows_text(),
         "target_val_loss": TARGET,
         "met": recipe["val_loss"] <= TARGET if recipe else None,

@@ -15,24 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import TEXT, environment, lmforge
+from common import TEXT, TINY_PRETRAIN, environment, lmforge
 
-TINY = [
-    "--tokenizer.kind",
-    "char",
-    "--model.preset",
-    "tiny",
-    "--model.context",
-    "32",
-    "--train.batch_size",
-    "8",
-    "--train.max_steps",
-    "3",
-    "--train.eval_windows",
-    "4",
-    "--train.precision",
-    "fp32",
-]
+TINY = [*TINY_PRETRAIN, *"--train.max_steps 3 --train.eval_windows 4".split()]
 
 
 def run(*args: str, env: dict) -> subprocess.CompletedProcess:

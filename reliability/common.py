@@ -9,6 +9,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT / "src" / "lmforge" / "data" / "tinyshakespeare.txt"
+# a 2-layer char-level Llama on 32-token windows: seconds per run
+TINY_PRETRAIN = (
+    "--tokenizer.kind char --model.preset tiny --model.context 32 --train.batch_size 8 --train.precision fp32".split()
+)
 
 
 def lmforge(*args: str) -> list[str]:

@@ -29,36 +29,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import ROOT, TEXT, environment, lmforge
+from common import ROOT, TEXT, TINY_PRETRAIN, environment, lmforge
 
-DETERMINISTIC = ["--train.precision", "fp32", "--train.attention", "sdpa", "--train.compile", "false"]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import save_tiny_encoder, sentiment_rows  # noqa: E402  the test suite's tiny encoder and task
 
+DETERMINISTIC = "--train.precision fp32 --train.attention sdpa --train.compile false".split()
 PRETRAIN = [
     "pretrain",
-    "--tokenizer.kind",
-    "char",
-    "--model.preset",
-    "tiny",
-    "--model.context",
-    "32",
-    "--train.batch_size",
-    "8",
-    "--train.max_steps",
-    "60",
-    "--train.warmup_steps",
-    "4",
-    "--train.lr",
-    "3e-3",
-    "--train.eval_every",
-    "20",
-    "--train.eval_windows",
-    "8",
-    "--train.log_every",
-    "1",
-    "--train.save_every",
-    "4",
-    "--train.keep_last",
-    "2",
+    *TINY_PRETRAIN,
+    *"--train.max_steps 60 --train.warmup_steps 4 --train.lr 3e-3 --train.eval_every 20 --train.eval_windows 8".split(),
+    *"--train.log_every 1 --train.save_every 4 --train.keep_last 2".split(),
     *DETERMINISTIC,
 ]
 FINETUNE_MODES = [["--mode", "full"], ["--mode", "lora"], ["--mode", "head"], ["--mode", "full", "--seeds", "1,2"]]
@@ -93,26 +74,23 @@ def started_write(out: Path, trigger: str) -> bool:
 
 def run_and_kill(
     argv: list[str], env: dict, out: Path, trigger: str, deadline: float, rng: random.Random
-) -> int | None:
+) -> tuple[int | None, str]:
     """Start `argv`; SIGKILL it at the trigger (or at a random moment before `deadline` seconds).
-    Returns None if it was killed, else its exit code (it finished first)."""
-    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    started = time.monotonic()
-    kill_at = started + rng.uniform(0.3, deadline)
-    while process.poll() is None:
-        now = time.monotonic()
-        if (
-            (trigger == "random" and now >= kill_at)
-            or (trigger != "random" and started_write(out, trigger))
-            or now - started > 600
-        ):
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            return None
-        time.sleep(0.002)
-    process.last_stderr = process.stderr.read()
-    run_and_kill.last_stderr = process.last_stderr
-    return process.returncode
+    Returns (None, "") if it was killed, else (its exit code, its stderr): it finished first."""
+    with tempfile.TemporaryFile("w+") as stderr:  # a file, not a pipe: a full pipe would stall the run
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        started = time.monotonic()
+        kill_at = started + rng.uniform(0.3, deadline)
+        while process.poll() is None:
+            now = time.monotonic()
+            due = now >= kill_at if trigger == "random" else started_write(out, trigger)
+            if due or now - started > 600:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return None, ""
+            time.sleep(0.002)
+        stderr.seek(0)
+        return process.returncode, stderr.read()
 
 
 def weights_digest(folder: Path) -> str:
@@ -166,14 +144,14 @@ def finished_checks(run: Path, reference: Path) -> list[str]:
     for name in ("final/config.json", "report.json", "report.html", "manifest.json"):
         if (reference / name).is_file() and not (run / name).is_file():
             problems.append(f"{name} missing")
-    ended = lambda folder: (
-        json.loads((folder / "manifest.json").read_text()).get("finished")
-        if (folder / "manifest.json").is_file()
-        else None
-    )  # noqa: E731
-    if ended(reference) and not ended(run):
+    if has_ended(reference) and not has_ended(run):
         problems.append("manifest has no end time")
     return problems
+
+
+def has_ended(folder: Path) -> bool:
+    manifest = folder / "manifest.json"
+    return manifest.is_file() and bool(json.loads(manifest.read_text()).get("finished"))
 
 
 def trial(
@@ -201,8 +179,7 @@ def trial(
         if this_trigger is None:
             code, stderr = (done := run_to_end(argv, env)).returncode, done.stderr
         else:
-            code = run_and_kill(argv, env, out, this_trigger, deadline, rng)
-            stderr = getattr(run_and_kill, "last_stderr", "") if code is not None else ""
+            code, stderr = run_and_kill(argv, env, out, this_trigger, deadline, rng)
         if code is None:  # killed: what does a user find?
             result.kills += 1
             result.problems += [f"after kill {result.kills}: {p}" for p in integrity(out, seed_dirs)]
@@ -238,24 +215,12 @@ def has_checkpoint(out: Path, seed_dirs: list[str]) -> bool:
     )
 
 
-def tiny_encoder(folder: Path) -> Path:
-    """A random 2-layer BERT with MiniLM's tokenizer (the test suite's): a real fine-tuning start, seconds per run."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import save_tiny_encoder
-
-    return save_tiny_encoder(folder, max_position_embeddings=128)
-
-
 def sentiment_files(folder: Path) -> tuple[Path, Path]:
-    rng = random.Random(0)
+    """The test suite's sentiment task as train/dev TSV files."""
     paths = []
-    for name, n in (("train.tsv", 384), ("dev.tsv", 64)):
-        rows = []
-        for _ in range(n):
-            label = rng.randint(0, 1)
-            word = rng.choice(["great", "wonderful", "superb"] if label else ["awful", "boring", "terrible"])
-            rows.append(f"the film was {word} and the {rng.choice(['plot', 'cast', 'music'])} too\t{label}")
-        (folder / name).write_text("sentence\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    for name, n, seed in (("train.tsv", 384, 0), ("dev.tsv", 64, 1)):
+        rows = "".join(f"{text}\t{label}\n" for text, label in sentiment_rows(n, seed))
+        (folder / name).write_text("sentence\tlabel\n" + rows, encoding="utf-8")
         paths.append(folder / name)
     return paths[0], paths[1]
 
@@ -306,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 report(i, result)
                 shutil.rmtree(out, ignore_errors=True)
         if args.finetune:
-            encoder = tiny_encoder(work / "encoder")
+            encoder = save_tiny_encoder(work / "encoder", max_position_embeddings=128)
             train, dev = sentiment_files(work)
             references: dict[int, tuple[Path, float]] = {}
             for i in range(args.finetune):

@@ -40,7 +40,7 @@ class Task(Protocol):
     head_suffix: ClassVar[str]  # how the saved head's architecture name ends, e.g. "ForTokenClassification"
     peft_task_type: ClassVar[str]  # peft's TaskType for --mode lora
     default_max_length: ClassVar[int]  # --format.max_length when not given
-    group_by_length: ClassVar[bool]  # --training.group_by_length auto
+    group_by_length: ClassVar[bool]  # --train.group_by_length auto
     head_modules: ClassVar[tuple[str, ...]]  # the HF model's children that --mode head trains
     labels: list[str]  # id2label ([] for QA)
     default_metric: str  # the valid metric that picks the best checkpoint unless told
