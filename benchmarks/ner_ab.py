@@ -39,7 +39,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from finetune_glue import DATA, RESULTS, subset_conll  # noqa: E402
+from finetune_glue import DATA, HPARAMS, RESULTS, subset_conll  # noqa: E402  the GLUE benchmark's settings
 
 from lmforge import finetune, hardware  # noqa: E402
 from lmforge.runfolder import git_sha, library_versions  # noqa: E402
@@ -48,15 +48,6 @@ from lmforge.tasks import features as task_features  # noqa: E402
 from lmforge.tasks.data import FormatConfig  # noqa: E402
 from lmforge.tasks.features import predict_logits  # noqa: E402
 
-HPARAMS = {
-    "lr": 1e-4,
-    "batch_size": 16,
-    "epochs": 2.0,
-    "warmup": 0.06,
-    "weight_decay": 0.01,
-    "schedule": "linear",
-    "max_length": 128,
-}
 DATASETS = {  # name -> (train file, eval file, train sentences, eval sentences; None: all)
     "conll": (DATA / "conll2003/train.txt", DATA / "conll2003/test.txt", 2000, 1000),
     "ncbi": (DATA / "scibert/ncbi-disease/train.txt", DATA / "scibert/ncbi-disease/test.txt", 2000, None),
