@@ -261,12 +261,34 @@ def rows_of(features) -> list[dict]:
     return [{k: v[i] for k, v in features.columns.items()} for i in range(len(features))]
 
 
+def trainer_arguments(out: Path, seed: int, **specific):
+    """The TrainingArguments every Trainer side here shares (this benchmark's and ner_ab's): HPARAMS' optimizer
+    settings, on the CPU, no saving, evaluation or reporting while training; `specific` gives the rest."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=HPARAMS["batch_size"],
+        learning_rate=HPARAMS["lr"],
+        weight_decay=HPARAMS["weight_decay"],
+        lr_scheduler_type=HPARAMS["schedule"],
+        seed=seed,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        disable_tqdm=True,
+        **specific,
+    )
+
+
 def run_trainer(config: finetune.FinetuneConfig, out: Path, expert: bool, kernel: str | None) -> dict:
     """transformers.Trainer on the same encoded features, the same number of optimizer steps as lmforge.
 
     expert: bf16, length-grouped batches, attention `kernel` (a name from lmforge.attention), lmforge's
     warm-up steps, length-sorted prediction. Otherwise its defaults: fp32, random batches, no warm-up."""
-    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer
 
     started = time.perf_counter()
     prepared = finetune.prepare(config)
@@ -283,24 +305,14 @@ def run_trainer(config: finetune.FinetuneConfig, out: Path, expert: bool, kernel
     # the expert groups by length where it helps, as lmforge does: not for NER, where grouping cost the
     # Trainer 1.3 entity F1 on CoNLL-2003 (6 of 6 seeds, benchmarks/results/ner_ab.md)
     sampling = "group_by_length" if expert and finetune.groups_by_length(config) else "random"
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=HPARAMS["batch_size"],
+    args = trainer_arguments(
+        out,
+        seed,
         per_device_eval_batch_size=2 * HPARAMS["batch_size"],
-        learning_rate=HPARAMS["lr"],
         max_steps=loop.max_steps,
         warmup_steps=loop.warmup_steps if expert else 0,
-        weight_decay=HPARAMS["weight_decay"],
-        lr_scheduler_type=HPARAMS["schedule"],
-        seed=seed,
-        use_cpu=True,
         bf16=expert,
         train_sampling_strategy=sampling,
-        report_to=[],
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=50,
-        disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=rows_of(prepared.train), data_collator=collator)
     trainer.train()

@@ -39,7 +39,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from finetune_glue import DATA, HPARAMS, RESULTS, subset_conll  # noqa: E402  the GLUE benchmark's settings
+from finetune_glue import (  # noqa: E402  the GLUE benchmark's settings and Trainer side
+    DATA,
+    HPARAMS,
+    RESULTS,
+    rows_of,
+    subset_conll,
+    trainer_arguments,
+)
 
 from lmforge import finetune, hardware  # noqa: E402
 from lmforge.runfolder import git_sha, library_versions  # noqa: E402
@@ -245,40 +252,29 @@ def run_trainer(
     config: finetune.FinetuneConfig, variant: Variant, prepared: finetune.Prepared, seed: int, out: Path
 ) -> dict:
     """transformers.Trainer on lmforge's encoded rows (as finetune_glue.run_trainer), same seed and warm-up steps."""
-    from transformers import DataCollatorForTokenClassification, Trainer, TrainingArguments
+    from transformers import DataCollatorForTokenClassification, Trainer
 
     task = prepared.task
     torch.manual_seed(seed)  # the new head's initial weights
     model, tokenizer = backbone.load(prepared.model_dir, task)
-    rows = lambda features: [{k: v[i] for k, v in features.columns.items()} for i in range(len(features))]  # noqa: E731
-    args = TrainingArguments(
-        output_dir=str(out),
-        per_device_train_batch_size=HPARAMS["batch_size"],
+    args = trainer_arguments(
+        out,
+        seed,
         per_device_eval_batch_size=32,
-        learning_rate=HPARAMS["lr"],
         num_train_epochs=HPARAMS["epochs"],
         warmup_steps=config.train.warmup_steps,
-        weight_decay=HPARAMS["weight_decay"],
-        lr_scheduler_type=HPARAMS["schedule"],
-        seed=seed,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        eval_strategy="no",
-        logging_steps=50,
-        disable_tqdm=True,
         **variant.trainer,
     )
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=rows(prepared.train),
+        train_dataset=rows_of(prepared.train),
         data_collator=DataCollatorForTokenClassification(tokenizer),
     )
     result = trainer.train()
     # transformers 5 also length-groups (shuffles) the *prediction* order under group_by_length; rows must come back in order
     trainer.args.train_sampling_strategy = "random"
-    predictions = torch.as_tensor(trainer.predict(rows(prepared.valid)).predictions).float()
+    predictions = torch.as_tensor(trainer.predict(rows_of(prepared.valid)).predictions).float()
     lengths = prepared.valid.lengths
     metrics = task.metrics([predictions[i, : lengths[i]] for i in range(len(lengths))], prepared.valid)
     return {**entity_scores(metrics), "train_loss": result.training_loss, "steps": result.global_step}

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from itertools import product
 from pathlib import Path
 
 from common import TEXT, TINY_PRETRAIN, environment, lmforge
@@ -38,27 +39,22 @@ def cases(work: Path) -> list[tuple[str, list[str], str]]:
     train, binary, squad = work / "train.tsv", work / "photo.tsv", work / "squad.json"
     clm, mlm = work / "clm", work / "mlm"
     ft = ["--model", "minilm", "--train_file", str(train), "--valid_file", str(train)]
+    pretrain, finetune = ["pretrain", "--data", str(text), *TINY], ["finetune", *ft]
+    out_is_file = [  # each command that writes a folder, up to its --out
+        ["corpus", "--data", str(text)],
+        pretrain,
+        finetune,
+        ["evaluate", "--model", str(clm), "--data", str(text)],
+        ["predict", "--model", "minilm", "--text", "hi"],
+    ]
+    bad_numbers = [  # (what, flag, value, the message's end), each tried on pretrain and then on finetune
+        ("negative learning rate", "--train.lr", "-0.001", "must be a positive number"),
+        ("batch size 0", "--train.batch_size", "0", "must be at least 1"),
+    ]
     return [
-        (
-            "--out is an existing file: corpus",
-            ["corpus", "--data", str(text), "--out", str(existing)],
-            "is a file, not a folder",
-        ),
-        (
-            "--out is an existing file: pretrain",
-            ["pretrain", "--data", str(text), *TINY, "--out", str(existing)],
-            "is a file, not a folder",
-        ),
-        ("--out is an existing file: finetune", ["finetune", *ft, "--out", str(existing)], "is a file, not a folder"),
-        (
-            "--out is an existing file: evaluate",
-            ["evaluate", "--model", str(clm), "--data", str(text), "--out", str(existing)],
-            "is a file, not a folder",
-        ),
-        (
-            "--out is an existing file: predict",
-            ["predict", "--model", "minilm", "--text", "hi", "--out", str(existing)],
-            "is a file, not a folder",
+        *(
+            (f"--out is an existing file: {command[0]}", [*command, "--out", str(existing)], "is a file, not a folder")
+            for command in out_is_file
         ),
         (
             "a typo in a flag",
@@ -66,25 +62,13 @@ def cases(work: Path) -> list[tuple[str, list[str], str]]:
             "did you mean --train.max_minutes",
         ),
         ("an abbreviated flag", ["pretrain", "--data", str(text), "--model.l", "2"], "--model.layers"),
-        (
-            "negative learning rate: pretrain",
-            ["pretrain", "--data", str(text), *TINY, "--train.lr", "-0.001", "--out", str(work / "o1")],
-            "--train.lr -0.001: must be a positive number",
-        ),
-        (
-            "negative learning rate: finetune",
-            ["finetune", *ft, "--train.lr", "-0.001", "--out", str(work / "o2")],
-            "--train.lr -0.001: must be a positive number",
-        ),
-        (
-            "batch size 0: pretrain",
-            ["pretrain", "--data", str(text), *TINY, "--train.batch_size", "0", "--out", str(work / "o3")],
-            "--train.batch_size 0: must be at least 1",
-        ),
-        (
-            "batch size 0: finetune",
-            ["finetune", *ft, "--train.batch_size", "0", "--out", str(work / "o4")],
-            "--train.batch_size 0: must be at least 1",
+        *(
+            (
+                f"{what}: {command[0]}",
+                [*command, flag, value, "--out", str(work / f"o{i}")],
+                f"{flag} {value}: {message}",
+            )
+            for i, ((what, flag, value, message), command) in enumerate(product(bad_numbers, (pretrain, finetune)), 1)
         ),
         (
             "a binary file as finetune --train_file",
