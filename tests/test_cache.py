@@ -11,7 +11,7 @@ import pytest
 from lmforge import __version__, cache, documents, shards
 from lmforge import config as config_mod
 from lmforge import tokenizer as tokenizer_mod
-from lmforge.documents import SplitConfig
+from lmforge.documents import ReadConfig, SplitConfig
 from lmforge.tokenizer import TokenizerConfig
 
 
@@ -33,29 +33,36 @@ def test_root_is_lmforge_cache_or_the_home_cache(monkeypatch, tmp_path):
     assert cache.root() == tmp_path / "home" / ".cache" / "lmforge"
 
 
-def test_keys_are_the_hashes_used_before_the_cache_module(small_text, char_tokenizer):
-    """The pre-cache-module formulas, written out: a changed key would orphan every existing entry."""
+def test_keys_are_the_sha256_of_the_inputs_sorted_json(small_text, char_tokenizer):
+    """The key formulas, written out: a key that changed by accident would orphan every existing entry."""
     fingerprint = documents.input_fingerprint(documents.resolve_sources([small_text]))
     split, tok_cfg = SplitConfig(), TokenizerConfig(kind="char")
     old_shards = json.dumps(
         {
             "tokenizer": shards.tokenizer_hash(char_tokenizer),
             "split": split.__dict__,
+            "read": ReadConfig().__dict__,
             "inputs": fingerprint,
             "encoding": shards.ENCODING_RULES,
         },
         sort_keys=True,
     )
     assert (
-        cache.key(shards.cache_inputs(char_tokenizer, split, fingerprint))
+        cache.key(shards.cache_inputs(char_tokenizer, split, ReadConfig(), fingerprint))
         == hashlib.sha256(old_shards.encode()).hexdigest()[:16]
     )
     old_tokenizer = json.dumps(
-        {"tokenizer": tok_cfg.__dict__, "split": split.__dict__, "objective": "clm", "inputs": fingerprint},
+        {
+            "tokenizer": tok_cfg.__dict__,
+            "split": split.__dict__,
+            "read": ReadConfig().__dict__,
+            "objective": "clm",
+            "inputs": fingerprint,
+        },
         sort_keys=True,
     )
     assert (
-        cache.key(tokenizer_mod.cache_inputs(tok_cfg, split, "clm", fingerprint))
+        cache.key(tokenizer_mod.cache_inputs(tok_cfg, split, ReadConfig(), "clm", fingerprint))
         == hashlib.sha256(old_tokenizer.encode()).hexdigest()[:16]
     )
 
@@ -65,7 +72,7 @@ def test_cached_shards_get_a_manifest_and_the_same_key_reuses_the_folder(
 ):
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
     sources = documents.resolve_sources([small_text])
-    folder = shards.cached(sources, char_tokenizer, SplitConfig())
+    folder = shards.cached(sources, char_tokenizer, SplitConfig(), ReadConfig())
     assert folder.parent == tmp_path / "cache" / "shards" and cache.is_complete("shards", folder)
     manifest = json.loads((folder / cache.MANIFEST).read_text())
     assert (
@@ -75,10 +82,10 @@ def test_cached_shards_get_a_manifest_and_the_same_key_reuses_the_folder(
         and manifest["created"]
     )
     assert manifest["inputs"] == shards.cache_inputs(
-        char_tokenizer, SplitConfig(), documents.input_fingerprint(sources)
+        char_tokenizer, SplitConfig(), ReadConfig(), documents.input_fingerprint(sources)
     )
     stamp = (folder / "manifest.json").stat().st_mtime_ns
-    assert shards.cached(sources, char_tokenizer, SplitConfig()) == folder
+    assert shards.cached(sources, char_tokenizer, SplitConfig(), ReadConfig()) == folder
     assert (folder / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temp folder left
 

@@ -296,7 +296,9 @@ def test_output_folder_manifest_report_and_later_stages_read_it(tmp_path):
     # documents/ (tokenizer, shards, pretrain) takes the folder as a corpus with its splits.
     sources = documents.resolve_sources([folder])
     assert {s.split for s in sources} == {"train", "valid", "test"}
-    train_text = "".join(text for text, _ in documents.iter_split(sources, "train", 0.1))
+    train_text = "".join(
+        text for text, _ in documents.iter_split(sources, "train", documents.SplitConfig(valid_fraction=0.1))
+    )
     assert train_text == "".join(r["text"] for r in records["train"])
     from lmforge import tokenizer
 

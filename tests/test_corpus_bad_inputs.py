@@ -54,7 +54,7 @@ def test_undecodable_bytes_are_replaced_and_counted_or_skip_the_file(tmp_path):
     assert all_text(records) == text.replace("river", "r\ufffdver", 1)
     assert report["undecodable_chars_replaced"] == 1
     good_file(tmp_path)
-    _, records, report = run_corpus([tmp_path], tmp_path / "out2", **{"extract.encoding_errors": "skip"})
+    _, records, report = run_corpus([tmp_path], tmp_path / "out2", **{"extract.encoding_errors": "strict"})
     assert "offset" in failure_for(report, "latin.txt") and "not UTF-8" in failure_for(report, "latin.txt")
     assert [Path(r["source"]).name for r in all_records(records)] == ["good1.txt"]
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from lmforge import documents
+from lmforge.documents import ReadConfig, SplitConfig
 from lmforge.errors import LmforgeError
 
 
@@ -39,9 +40,14 @@ def test_non_utf8_names_file_and_byte_offset(tmp_path):
     path.write_bytes(b"hello world\ncaf\xe9 au lait\n")
     sources = documents.resolve_sources([path])
     with pytest.raises(LmforgeError, match=r"latin\.txt: bytes at offset 15 are not UTF-8.*encoding_errors: replace"):
-        list(documents.iter_split(sources, "train", 0.0))
+        list(documents.iter_split(sources, "train", SplitConfig(valid_fraction=0.0)))
     stats = documents.DecodeStats()
-    text = "".join(t for t, _ in documents.iter_split(sources, "train", 0.0, encoding_errors="replace", stats=stats))
+    text = "".join(
+        t
+        for t, _ in documents.iter_split(
+            sources, "train", SplitConfig(valid_fraction=0.0), ReadConfig(encoding_errors="replace"), stats=stats
+        )
+    )
     assert text == "hello world\ncaf\ufffd au lait\n" and stats.total == 1
 
 
@@ -59,8 +65,8 @@ def test_tail_split_is_in_order_and_disjoint(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("".join(f"{i}\n" for i in range(1000)))
     sources = documents.resolve_sources([path])
-    train = "".join(t for t, _ in documents.iter_split(sources, "train", 0.1))
-    valid = "".join(t for t, _ in documents.iter_split(sources, "valid", 0.1))
+    train = "".join(t for t, _ in documents.iter_split(sources, "train", SplitConfig(valid_fraction=0.1)))
+    valid = "".join(t for t, _ in documents.iter_split(sources, "valid", SplitConfig(valid_fraction=0.1)))
     assert train + valid == path.read_text()
     assert 0.08 < len(valid) / len(path.read_text()) < 0.12
 
@@ -69,12 +75,12 @@ def test_jsonl_documents_split_by_document_and_bad_line_named(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": f"document number {i}"}) + "\n" for i in range(200)))
     sources = documents.resolve_sources([path])
-    train = [t for t, _ in documents.iter_split(sources, "train", 0.2)]
-    valid = [t for t, _ in documents.iter_split(sources, "valid", 0.2)]
+    train = [t for t, _ in documents.iter_split(sources, "train", SplitConfig(valid_fraction=0.2))]
+    valid = [t for t, _ in documents.iter_split(sources, "valid", SplitConfig(valid_fraction=0.2))]
     assert len(train) + len(valid) == 200 and not set(train) & set(valid) and 20 < len(valid) < 60
     path.write_text('{"text": "ok"}\n{not json}\n')
     with pytest.raises(LmforgeError, match=r"docs\.jsonl:2: not valid JSON"):
-        list(documents.iter_split(documents.resolve_sources([path]), "train", 0.0))
+        list(documents.iter_split(documents.resolve_sources([path]), "train", SplitConfig(valid_fraction=0.0)))
 
 
 def test_corpus_folder_keeps_its_splits(tmp_path):
@@ -83,8 +89,8 @@ def test_corpus_folder_keeps_its_splits(tmp_path):
     (tmp_path / "valid-00000.jsonl").write_text(json.dumps({"text": "valid doc"}) + "\n")
     (tmp_path / "test-00000.jsonl").write_text(json.dumps({"text": "test doc"}) + "\n")
     sources = documents.resolve_sources([tmp_path])
-    assert [t for t, _ in documents.iter_split(sources, "train", 0.5)] == ["train doc"]
-    assert [t for t, _ in documents.iter_split(sources, "valid", 0.5)] == ["valid doc"]
+    assert [t for t, _ in documents.iter_split(sources, "train", SplitConfig(valid_fraction=0.5))] == ["train doc"]
+    assert [t for t, _ in documents.iter_split(sources, "valid", SplitConfig(valid_fraction=0.5))] == ["valid doc"]
 
 
 def test_identical_jsonl_documents_land_in_one_split(tmp_path):
@@ -95,8 +101,8 @@ def test_identical_jsonl_documents_land_in_one_split(tmp_path):
     ] * 100
     path.write_text("\n".join(lines) + "\n")
     sources = documents.resolve_sources([path])
-    train = [t for t, _ in documents.iter_split(sources, "train", 0.3)]
-    valid = [t for t, _ in documents.iter_split(sources, "valid", 0.3)]
+    train = [t for t, _ in documents.iter_split(sources, "train", SplitConfig(valid_fraction=0.3))]
+    valid = [t for t, _ in documents.iter_split(sources, "valid", SplitConfig(valid_fraction=0.3))]
     copies = [documents.normalised_text(t) for t in train + valid if "same" in t]
     in_train = sum("same" in t for t in train)
     assert len(copies) == 200 and in_train in (0, 200)  # all copies on one side: no train text in valid
@@ -108,12 +114,15 @@ def test_files_split_hashes_the_path_under_the_input_folder(tmp_path):
         (tmp_path / f"page{i}" / "index.md").write_text(f"# page {i}\n" + "text\n" * 20)
     sources = documents.resolve_sources([tmp_path])
     assert {s.key for s in sources} == {f"page{i}/index.md" for i in range(40)}
-    valid = [t for t, _ in documents.iter_split(sources, "valid", 0.25, mode="files")]
+    valid = [t for t, _ in documents.iter_split(sources, "valid", SplitConfig(valid_fraction=0.25, mode="files"))]
     assert 3 <= len(valid) <= 20  # one name for all forty would put all or none in valid
     moved = tmp_path.parent / "moved"
     tmp_path.rename(moved)
     assert [
-        t for t, _ in documents.iter_split(documents.resolve_sources([moved]), "valid", 0.25, mode="files")
+        t
+        for t, _ in documents.iter_split(
+            documents.resolve_sources([moved]), "valid", SplitConfig(valid_fraction=0.25, mode="files")
+        )
     ] == valid
 
 
@@ -158,9 +167,9 @@ def test_corpus_folder_keeps_its_splits_and_nothing_else(tmp_path):
 
 def test_decoder_drops_a_bom_counts_it_in_offsets_and_reads_utf16():
     with pytest.raises(
-        documents.ReadError, match=r"bytes at offset 5 are not UTF-8 .*set split.encoding_errors: replace"
+        documents.ReadError, match=r"bytes at offset 5 are not UTF-8 .*set read.encoding_errors: replace"
     ):
-        documents.TextDecoder("strict", setting="split.encoding_errors").decode(b"\xef\xbb\xbfab\xff", final=True)
+        documents.TextDecoder("strict", setting="read.encoding_errors").decode(b"\xef\xbb\xbfab\xff", final=True)
     decoder = documents.TextDecoder("replace")
     assert (
         decoder.decode("caf\u00e9 au lait, cr\u00e8me".encode("utf-16"), final=True) == "caf\u00e9 au lait, cr\u00e8me"
@@ -172,12 +181,12 @@ def test_decoder_drops_a_bom_counts_it_in_offsets_and_reads_utf16():
 def test_jsonl_error_names_file_and_line_and_replace_applies_there_too(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
-    with pytest.raises(LmforgeError, match=r"d\.jsonl:2: bytes are not UTF-8 .*split\.encoding_errors: replace"):
+    with pytest.raises(LmforgeError, match=r"d\.jsonl:2: bytes are not UTF-8 .*read\.encoding_errors: replace"):
         list(documents.read_jsonl_documents(path))
     assert [t for _, t in documents.read_jsonl_documents(path, encoding_errors="replace")] == ["fine", "caf\ufffd"]
     path.write_text('{"text": "fine"}\n{"body": "x"}\n')
     with pytest.raises(
-        LmforgeError, match=r"d\.jsonl:2: expected an object with a string field 'text'; .*split\.text_field"
+        LmforgeError, match=r"d\.jsonl:2: expected an object with a string field 'text'; .*read\.text_field"
     ):
         list(documents.read_jsonl_documents(path))
 
@@ -194,6 +203,34 @@ def test_table_rows_give_the_line_a_row_ends_on(tmp_path):
 
 def test_corpus_and_text_stage_splits_draw_from_one_hash():
     fractions = [documents.stable_fraction(f"7:doc{i}") for i in range(200)]
-    assigned = [documents.assign_split(f"doc{i}", 0.2, 0.1, 7) for i in range(200)]
+    split = SplitConfig(valid_fraction=0.2, test_fraction=0.1, seed=7, mode="documents")
+    assigned = [documents.assign_split(f"doc{i}", split) for i in range(200)]
     assert assigned == ["test" if f < 0.1 else "valid" if f < 0.3 else "train" for f in fractions]
     assert 0 < assigned.count("test") < assigned.count("valid") < assigned.count("train")
+
+
+def test_one_split_config_with_each_stage_defaults_and_checks():
+    assert (documents.text_split().valid_fraction, documents.text_split().mode) == (0.1, "auto")
+    corpus = documents.corpus_split()
+    assert (corpus.valid_fraction, corpus.test_fraction, corpus.mode) == (0.05, 0.05, "documents")
+    with pytest.raises(LmforgeError, match="text stages hold out valid only"):
+        documents.check_split(SplitConfig(test_fraction=0.1), "text")
+    with pytest.raises(LmforgeError, match="--split.mode documents is not a mode of this stage; choose one of: auto"):
+        documents.check_split(SplitConfig(mode="documents"), "text")
+    with pytest.raises(LmforgeError, match="--split.mode tail is not a mode of this stage; choose one of: documents"):
+        documents.check_split(SplitConfig(mode="tail"), "corpus")
+
+
+def test_split_seed_salts_the_text_stages_file_split(tmp_path):
+    for i in range(40):
+        (tmp_path / f"f{i:02d}.txt").write_text(f"file {i}\n")
+    sources = documents.resolve_sources([tmp_path])
+
+    def held_out(seed: int) -> list[str]:
+        split = SplitConfig(valid_fraction=0.25, mode="files", seed=seed)
+        return [t for t, _ in documents.iter_split(sources, "valid", split)]
+
+    assert held_out(0) == held_out(0) and held_out(0) != held_out(1)
+    assert {
+        t for t, _ in documents.iter_split(sources, "train", SplitConfig(valid_fraction=0.25, mode="files", seed=1))
+    }.isdisjoint(held_out(1))

@@ -13,7 +13,7 @@ from lmforge import cli, documents, objectives, shards
 from lmforge import config as config_mod
 from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
-from lmforge.documents import SplitConfig
+from lmforge.documents import ReadConfig, SplitConfig
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import EvaluateConfig, causal_scores, masked_scores, pseudo_log_likelihood, read_tokens
 from lmforge.evaluate import run as evaluate
@@ -28,7 +28,11 @@ def evaluate_report(out, **values) -> dict:
 
 def trained_tokenizer(text, kind: str, objective: str, vocab_size: int = 300):
     cfg = tokenizer_mod.TokenizerConfig(kind=kind, vocab_size=vocab_size, min_frequency=1)
-    return tokenizer_mod.train(documents.iter_split(documents.resolve_sources([text]), "train", 0.1), cfg, objective)
+    return tokenizer_mod.train(
+        documents.iter_split(documents.resolve_sources([text]), "train", SplitConfig(valid_fraction=0.1)),
+        cfg,
+        objective,
+    )
 
 
 def model_folder(folder, tokenizer, family: str, objective: str, context: int = 32):
@@ -144,9 +148,9 @@ def test_evaluate_reads_the_tokens_the_shards_hold(unigram_llama, small_text, tm
         )
     )
     sources = documents.resolve_sources([text, jsonl])
-    shards.build(sources, unigram_llama, SplitConfig(valid_fraction=0.0), tmp_path / "shards")
+    shards.build(sources, unigram_llama, SplitConfig(valid_fraction=0.0), ReadConfig(), tmp_path / "shards")
     held = shards.TokenShards.open(tmp_path / "shards").train
-    scored = read_tokens(sources, tokenizer_mod.load(unigram_llama), "strict", None)
+    scored = read_tokens(sources, tokenizer_mod.load(unigram_llama), ReadConfig(), None)
     assert scored.tokens.tolist() == held.tolist()
     assert scored.bytes == text.stat().st_size + sum(
         len(json.loads(line)["text"].encode()) for line in jsonl.read_text().splitlines()
@@ -162,7 +166,13 @@ def test_evaluate_loss_equals_the_training_objective_loss(unigram_llama, small_t
     report = evaluate_report(
         tmp_path / "eval", model=str(unigram_llama), data=[str(text)], stride=context, max_tokens=windows * context + 1
     )
-    shards.build(documents.resolve_sources([text]), unigram_llama, SplitConfig(valid_fraction=0.0), tmp_path / "shards")
+    shards.build(
+        documents.resolve_sources([text]),
+        unigram_llama,
+        SplitConfig(valid_fraction=0.0),
+        ReadConfig(),
+        tmp_path / "shards",
+    )
     held = np.asarray(shards.TokenShards.open(tmp_path / "shards").train[: windows * context + 1], dtype=np.int64)
     objective = objectives.CausalLM(held, context, windows, seed=0)
     batch = {"tokens": objectives.gather(held, np.arange(windows) * context, objective.window)}
@@ -177,10 +187,10 @@ def test_max_tokens_cut_counts_the_bytes_of_the_scored_part_only(clm_model, tmp_
     text = tmp_path / "accents.txt"
     text.write_text("héllo wörld, ça va?\n" * 20, encoding="utf-8")  # char level: one token per character
     tokenizer = tokenizer_mod.load(clm_model)
-    scored = read_tokens(documents.resolve_sources([text]), tokenizer, "strict", 50)
+    scored = read_tokens(documents.resolve_sources([text]), tokenizer, ReadConfig(), 50)
     assert len(scored.tokens) == 50 and scored.cut
     assert scored.bytes == len(text.read_text(encoding="utf-8")[:50].encode("utf-8"))
-    whole = read_tokens(documents.resolve_sources([text]), tokenizer, "strict", 20 * 20 + 1)
+    whole = read_tokens(documents.resolve_sources([text]), tokenizer, ReadConfig(), 20 * 20 + 1)
     assert not whole.cut and whole.bytes == text.stat().st_size
 
 

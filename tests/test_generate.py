@@ -13,6 +13,7 @@ from lmforge import config as config_mod
 from lmforge import documents
 from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
+from lmforge.documents import SplitConfig
 from lmforge.errors import LmforgeError
 from lmforge.generate import FillMaskConfig, GenerateConfig, fill_mask, generate, run_fill_mask, run_generate
 from lmforge.pretrain import PretrainConfig
@@ -23,7 +24,11 @@ PROMPT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\
 
 def trained_tokenizer(text, kind: str, objective: str):
     cfg = tokenizer_mod.TokenizerConfig(kind=kind, vocab_size=300, min_frequency=1)
-    return tokenizer_mod.train(documents.iter_split(documents.resolve_sources([text]), "train", 0.1), cfg, objective)
+    return tokenizer_mod.train(
+        documents.iter_split(documents.resolve_sources([text]), "train", SplitConfig(valid_fraction=0.1)),
+        cfg,
+        objective,
+    )
 
 
 def model_folder(folder, tokenizer, family: str, objective: str, context: int = 32):

@@ -6,7 +6,7 @@ import pytest
 from lmforge import config as config_mod
 from lmforge import shards
 from lmforge import tokenizer as tokenizer_mod
-from lmforge.documents import SplitConfig
+from lmforge.documents import ReadConfig, SplitConfig
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,13 @@ def test_shards_are_cached_by_content(small_text, char_tokenizer, tmp_path):
     from lmforge import documents
 
     sources = documents.resolve_sources([small_text])
-    first = shards.cached(sources, char_tokenizer, SplitConfig())
+    first = shards.cached(sources, char_tokenizer, SplitConfig(), ReadConfig())
     stamp = (first / "train.bin").stat().st_mtime_ns
-    assert shards.cached(sources, char_tokenizer, SplitConfig()) == first
+    assert shards.cached(sources, char_tokenizer, SplitConfig(), ReadConfig()) == first
     assert (first / "train.bin").stat().st_mtime_ns == stamp
     changed = tmp_path / "changed.txt"
     changed.write_text(small_text.read_text() + "one more line\n")
-    assert shards.cached(documents.resolve_sources([changed]), char_tokenizer, SplitConfig()) != first
+    assert shards.cached(documents.resolve_sources([changed]), char_tokenizer, SplitConfig(), ReadConfig()) != first
 
 
 def test_large_vocab_uses_uint32(tmp_path):
@@ -69,6 +69,8 @@ def test_large_vocab_uses_uint32(tmp_path):
     text.write_text("w1 w69999 w5\n" * 20)
     from lmforge import documents
 
-    meta = shards.build(documents.resolve_sources([text]), tok_dir, SplitConfig(valid_fraction=0.0), tmp_path / "out")
+    meta = shards.build(
+        documents.resolve_sources([text]), tok_dir, SplitConfig(valid_fraction=0.0), ReadConfig(), tmp_path / "out"
+    )
     data = shards.TokenShards.open(tmp_path / "out")
     assert meta["dtype"] == "uint32" and data.train[1] == 69999

@@ -5,6 +5,7 @@ from transformers import AutoTokenizer
 
 from lmforge import config as config_mod
 from lmforge import tokenizer as tokenizer_mod
+from lmforge.documents import ReadConfig, SplitConfig
 from lmforge.errors import LmforgeError
 
 
@@ -51,7 +52,7 @@ def test_char_tokenizer_counts_unknown_characters(small_text, tmp_path):
     from lmforge import documents
 
     sources = documents.resolve_sources([small_text])
-    tok = tokenizer_mod.train(documents.iter_split(sources, "train", 0.1), cfg, "clm")
+    tok = tokenizer_mod.train(documents.iter_split(sources, "train", SplitConfig(valid_fraction=0.1)), cfg, "clm")
     stats = tokenizer_mod.statistics(tok, [("abc ☃☃ def", True)])
     assert stats["unk_rate"] == pytest.approx(2 / 10)
     assert stats["fertility"] == pytest.approx(10 / 3)
@@ -67,7 +68,11 @@ def unigram_tokenizer(small_text):
     from lmforge import documents
 
     cfg = tokenizer_mod.TokenizerConfig(kind="unigram", vocab_size=300, min_frequency=1)
-    return tokenizer_mod.train(documents.iter_split(documents.resolve_sources([small_text]), "train", 0.1), cfg, "clm")
+    return tokenizer_mod.train(
+        documents.iter_split(documents.resolve_sources([small_text]), "train", SplitConfig(valid_fraction=0.1)),
+        cfg,
+        "clm",
+    )
 
 
 def test_encode_text_encodes_line_by_line_as_training_does(unigram_tokenizer):
@@ -85,13 +90,16 @@ def test_encode_text_encodes_line_by_line_as_training_does(unigram_tokenizer):
 
 def test_statistics_count_the_tokens_the_shards_hold(unigram_tokenizer, small_text, tmp_path):
     from lmforge import documents, shards
-    from lmforge.documents import SplitConfig
 
     text = tmp_path / "play.txt"
     text.write_text(small_text.read_text()[:3000])  # speeches separated by blank lines
     unigram_tokenizer.save_pretrained(str(tmp_path / "tok"))
     meta = shards.build(
-        documents.resolve_sources([text]), tmp_path / "tok", SplitConfig(valid_fraction=0.0), tmp_path / "shards"
+        documents.resolve_sources([text]),
+        tmp_path / "tok",
+        SplitConfig(valid_fraction=0.0),
+        ReadConfig(),
+        tmp_path / "shards",
     )
     stats = tokenizer_mod.statistics(unigram_tokenizer, [(text.read_text(), True)])
     assert stats["heldout_tokens"] == meta["splits"]["train"]["tokens"] - 1  # all but the closing boundary token

@@ -57,9 +57,7 @@ class EvaluateConfig:
         "mlm: pseudo-perplexity scores the first this many tokens, each masked in turn (one forward row of `context` tokens each); 0: skip, null: all",
     )
     device: str = option("auto", "cpu, cuda or auto")
-    encoding_errors: documents.EncodingErrors = option(
-        "strict", "non-UTF-8 bytes: stop (strict) or replace with U+FFFD"
-    )
+    read: documents.ReadConfig = field(default_factory=documents.ReadConfig)
     task: Literal["lm", "classification", "ner", "qa"] = option(
         "lm",
         "lm: perplexity of a language model; classification/ner/qa: metrics of a fine-tuned model on one labelled file (report.html, errors.jsonl)",
@@ -97,18 +95,14 @@ def select_split(sources: list[documents.Source], split: str | None) -> tuple[li
     return [s for s in sources if s.split in (None, split)], split
 
 
-def _documents(sources: list[documents.Source], encoding_errors: str) -> Iterator[tuple[str, bool]]:
+def _documents(sources: list[documents.Source], read: documents.ReadConfig) -> Iterator[tuple[str, bool]]:
     """(text block, ends_document) over whole sources: a text file is one document, a JSONL line is one."""
     for source in sources:
         if source.kind == "jsonl":
-            for _, text in documents.read_jsonl_documents(
-                source.path, encoding_errors=encoding_errors, setting="encoding_errors"
-            ):
+            for _, text in documents.read_jsonl_documents(source.path, read.text_field, read.encoding_errors):
                 yield text, True
             continue
-        yield from ending_last(
-            documents.read_text_blocks(source.path, encoding_errors=encoding_errors, setting="encoding_errors")
-        )
+        yield from ending_last(documents.read_text_blocks(source.path, encoding_errors=read.encoding_errors))
 
 
 def _covered_text(tokenizer, block: str, keep: int) -> str:
@@ -122,14 +116,14 @@ def _covered_text(tokenizer, block: str, keep: int) -> str:
     return block[:consumed]
 
 
-def read_tokens(sources, tokenizer, encoding_errors: str, max_tokens: int | None) -> ScoredText:
+def read_tokens(sources, tokenizer, read: documents.ReadConfig, max_tokens: int | None) -> ScoredText:
     """The text as the shards hold it: `tokenizer.encode_text` of each document, then the boundary
     token. Stops after `max_tokens` tokens; the byte count then covers only the scored part."""
     from lmforge.shards import boundary_token_id
 
     boundary = boundary_token_id(tokenizer)
     pieces, n_bytes, count = [], 0, 0
-    for block, ends_document in _documents(sources, encoding_errors):
+    for block, ends_document in _documents(sources, read):
         ids = tokenizer_mod.encode_text(tokenizer, block) + ([boundary] if ends_document else [])
         if max_tokens and count + len(ids) > max_tokens:
             keep = max_tokens - count
@@ -308,7 +302,7 @@ def run(config: EvaluateConfig) -> Path:
     device = hardware.resolve_device(config.device)
     model.to(device).eval()
     folder = RunFolder(config.out, "evaluate").start(config, [s.path for s in sources] + [model_dir])
-    text = read_tokens(sources, tokenizer, config.encoding_errors, config.max_tokens)
+    text = read_tokens(sources, tokenizer, config.read, config.max_tokens)
     tokens = text.tokens
     if len(tokens) < 2:
         raise LmforgeError(

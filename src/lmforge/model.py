@@ -74,69 +74,45 @@ def hf_config(cfg: ModelConfig, tokenizer):
     from transformers import BertConfig, GPT2Config, LlamaConfig, ModernBertConfig
 
     layers, width, heads, intermediate = dimensions(cfg)
-    vocab = len(tokenizer)
-    pad = tokenizer.pad_token_id
-    if cfg.family == "llama":
-        return LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=width,
-            intermediate_size=intermediate,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=cfg.kv_heads or heads,
-            max_position_embeddings=cfg.context,
-            attention_dropout=cfg.dropout,
-            tie_word_embeddings=cfg.tie_embeddings,
-            rms_norm_eps=1e-5,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=pad,
-        )
-    if cfg.family == "gpt2":
-        return GPT2Config(
-            vocab_size=vocab,
-            n_embd=width,
-            n_layer=layers,
-            n_head=heads,
-            n_inner=intermediate,
-            n_positions=cfg.context,
-            resid_pdrop=cfg.dropout,
-            embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.dropout,
-            tie_word_embeddings=cfg.tie_embeddings,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=pad,
-        )
-    if cfg.family == "bert":
-        return BertConfig(
-            vocab_size=vocab,
-            hidden_size=width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=intermediate,
-            max_position_embeddings=cfg.context,
-            hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout,
-            pad_token_id=pad,
-            tie_word_embeddings=cfg.tie_embeddings,
-        )
-    return ModernBertConfig(
-        vocab_size=vocab,
+    dropout = cfg.dropout
+    # names every family's config takes (GPT-2's attribute_map sends them to n_embd, n_layer, n_head, n_positions)
+    shared = dict(
+        vocab_size=len(tokenizer),
         hidden_size=width,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        intermediate_size=intermediate,
         max_position_embeddings=cfg.context,
-        embedding_dropout=cfg.dropout,
-        attention_dropout=cfg.dropout,
-        mlp_dropout=cfg.dropout,
         tie_word_embeddings=cfg.tie_embeddings,
-        pad_token_id=pad,
-        bos_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        cls_token_id=tokenizer.cls_token_id,
-        sep_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if cfg.family in DECODERS:
+        shared.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    if cfg.family == "llama":
+        kv_heads = cfg.kv_heads or heads
+        return LlamaConfig(
+            **shared,
+            intermediate_size=intermediate,
+            num_key_value_heads=kv_heads,
+            attention_dropout=dropout,
+            rms_norm_eps=1e-5,
+        )
+    if cfg.family == "gpt2":
+        return GPT2Config(**shared, n_inner=intermediate, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    if cfg.family == "bert":
+        return BertConfig(
+            **shared, intermediate_size=intermediate, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout
+        )
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    return ModernBertConfig(
+        **shared,
+        intermediate_size=intermediate,
+        embedding_dropout=dropout,
+        attention_dropout=dropout,
+        mlp_dropout=dropout,
+        bos_token_id=cls,
+        eos_token_id=sep,
+        cls_token_id=cls,
+        sep_token_id=sep,
         global_attn_every_n_layers=3,
         local_attention=min(128, cfg.context),
     )

@@ -22,7 +22,7 @@ from lmforge import cache, checkpoint, documents, hardware, objectives, report, 
 from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
-from lmforge.documents import SplitConfig
+from lmforge.documents import ReadConfig, SplitConfig, check_split, text_split
 from lmforge.errors import LmforgeError
 from lmforge.loop import LoopState, fit, validation_loss
 from lmforge.process import Process
@@ -55,7 +55,8 @@ class PretrainConfig:
     )
     shards: Optional[str] = option(None, "use this shards folder (from `lmforge shards`) instead of tokenizing --data")
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
+    split: SplitConfig = field(default_factory=text_split)
+    read: ReadConfig = field(default_factory=ReadConfig)
     model: model_mod.ModelConfig = field(default_factory=model_mod.ModelConfig)
     train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)
     report: report.ReportConfig = field(default_factory=report.ReportConfig)
@@ -85,12 +86,14 @@ def prepare_tokenizer(config: PretrainConfig, sources: list[documents.Source]) -
         tokenizer_mod.load(config.tokenizer.path)  # fails early with a clear message
         return Path(config.tokenizer.path)
     inputs = tokenizer_mod.cache_inputs(
-        config.tokenizer, config.split, config.train.objective, documents.input_fingerprint(sources)
+        config.tokenizer, config.split, config.read, config.train.objective, documents.input_fingerprint(sources)
     )
     folder = cache.folder("tokenizers", inputs)
     if not cache.is_complete("tokenizers", folder):
         with cache.entry("tokenizers", inputs) as tmp:
-            stats = tokenizer_mod.build(sources, config.tokenizer, config.split, config.train.objective, tmp)
+            stats = tokenizer_mod.build(
+                sources, config.tokenizer, config.split, config.read, config.train.objective, tmp
+            )
         print(
             f"trained {config.tokenizer.kind} tokenizer: vocab {stats['vocab_size']}, fertility {stats['fertility'] or 0:.3f} tokens/word",
             flush=True,
@@ -110,11 +113,11 @@ def prepare_data(config: PretrainConfig, proc: Process, sources: list[documents.
         return tok_dir, token_shards.folder
     if proc.main:
         tok_dir = prepare_tokenizer(config, sources)
-        shard_dir = shards.cached(sources, tok_dir, config.split)
+        shard_dir = shards.cached(sources, tok_dir, config.split, config.read)
     proc.barrier()
     if not proc.main:
         tok_dir = prepare_tokenizer(config, sources)
-        shard_dir = shards.cached(sources, tok_dir, config.split)
+        shard_dir = shards.cached(sources, tok_dir, config.split, config.read)
     return tok_dir, shard_dir
 
 
@@ -166,6 +169,7 @@ def check_before_data(config: PretrainConfig) -> None:
     train = config.train
     train.check_ready()
     config.report.check()
+    check_split(config.split, "text")
     if train.eval_windows is not None and train.eval_windows < 1:
         raise LmforgeError(
             f"--train.eval_windows {train.eval_windows}: must be at least 1, or null for the whole valid split"

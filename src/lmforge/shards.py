@@ -24,7 +24,7 @@ import numpy as np
 from lmforge import cache, documents, publish
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
-from lmforge.documents import SplitConfig
+from lmforge.documents import ReadConfig, SplitConfig, check_split, text_split
 from lmforge.errors import LmforgeError
 from lmforge.runfolder import RunFolder, file_sha256
 
@@ -38,7 +38,8 @@ class ShardsConfig:
     data: list[str] = option([], "input text: files, folders or globs (.txt .md .rst .jsonl, or a corpus/ folder)")
     out: str = option("runs/shards", "output folder for train.bin / valid.bin / meta.json")
     tokenizer: str = option("", "tokenizer folder (from `lmforge tokenizer` or any HF model folder)")
-    split: SplitConfig = field(default_factory=SplitConfig)
+    split: SplitConfig = field(default_factory=text_split)
+    read: ReadConfig = field(default_factory=ReadConfig)
 
 
 def tokenizer_hash(folder: str | Path) -> str:
@@ -102,15 +103,17 @@ def _encode_split(
     return written, starts[:-1] if len(starts) > 1 else starts
 
 
-def build(sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig, out: Path) -> dict:
+def build(
+    sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig, read: ReadConfig, out: Path
+) -> dict:
     """Tokenize both splits into `out`, published whole (an earlier `out` is swapped out). Returns meta.json's content."""
     with publish.publish_folder(out) as tmp:
-        meta = _tokenize_into(tmp, sources, tokenizer_dir, split)
+        meta = _tokenize_into(tmp, sources, tokenizer_dir, split, read)
     return meta
 
 
 def _tokenize_into(
-    folder: Path, sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig
+    folder: Path, sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig, read: ReadConfig
 ) -> dict:
     """Write both splits' token files and meta.json into the (temp) `folder`; return meta.json's content."""
     tokenizer = tokenizer_mod.load(tokenizer_dir)
@@ -129,9 +132,7 @@ def _tokenize_into(
     started = time.time()
     progress = TokenizeProgress(sum(os.path.getsize(s.path) for s in sources if Path(s.path).is_file()))
     for name in SPLITS:
-        blocks = documents.iter_split(
-            sources, name, split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field
-        )
+        blocks = documents.iter_split(sources, name, split, read, stats)
         with open(folder / f"{name}.bin", "wb") as handle:
             count, starts = _encode_split(tokenizer, blocks, handle, dtype, boundary, progress)
         np.save(folder / f"{name}.docs.npy", np.asarray(starts, dtype=np.int64))
@@ -145,23 +146,24 @@ def _tokenize_into(
     return meta
 
 
-def cache_inputs(tokenizer_dir: str | Path, split: SplitConfig, fingerprint: list[str]) -> dict:
+def cache_inputs(tokenizer_dir: str | Path, split: SplitConfig, read: ReadConfig, fingerprint: list[str]) -> dict:
     """What cached shards depend on (`cache.key` hashes it into the entry name)."""
     return {
         "tokenizer": tokenizer_hash(tokenizer_dir),
         "split": split.__dict__,
+        "read": read.__dict__,
         "inputs": fingerprint,
         "encoding": ENCODING_RULES,
     }
 
 
-def cached(sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig) -> Path:
+def cached(sources: list[documents.Source], tokenizer_dir: str | Path, split: SplitConfig, read: ReadConfig) -> Path:
     """Shards for these inputs and tokenizer, built once and reused (keyed by their hashes)."""
-    inputs = cache_inputs(tokenizer_dir, split, documents.input_fingerprint(sources))
+    inputs = cache_inputs(tokenizer_dir, split, read, documents.input_fingerprint(sources))
     folder = cache.folder("shards", inputs)
     if not cache.is_complete("shards", folder):
         with cache.entry("shards", inputs) as tmp:
-            _tokenize_into(tmp, sources, tokenizer_dir, split)
+            _tokenize_into(tmp, sources, tokenizer_dir, split, read)
     return folder
 
 
@@ -196,10 +198,11 @@ def run(config: ShardsConfig) -> Path:
     """`lmforge shards`: tokenize inputs into train/valid token files in `out`."""
     if not config.tokenizer:
         raise LmforgeError("--tokenizer is required: a tokenizer folder from `lmforge tokenizer` or an HF model folder")
+    check_split(config.split, "text")
     sources = documents.resolve_sources(config.data)
     out = Path(config.out)
     folder = RunFolder(out, "shards").start(config, [s.path for s in sources])
-    meta = build(sources, config.tokenizer, config.split, out / "tokens")
+    meta = build(sources, config.tokenizer, config.split, config.read, out / "tokens")
     folder.finish(meta=meta)
     print(
         f"shards in {out / 'tokens'}: train {meta['splits']['train']['tokens']:,} tokens, valid {meta['splits']['valid']['tokens']:,} tokens; "

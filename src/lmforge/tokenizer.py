@@ -20,7 +20,7 @@ from tokenizers import Encoding, Regex, Tokenizer, decoders, models, normalizers
 
 from lmforge import documents
 from lmforge.config import option
-from lmforge.documents import SplitConfig
+from lmforge.documents import ReadConfig, SplitConfig, check_split, text_split
 from lmforge.errors import LmforgeError
 from lmforge.publish import write_json_atomic
 from lmforge.runfolder import RunFolder
@@ -59,7 +59,8 @@ class TokenizerStageConfig:
         "clm", "which special tokens to add: clm (<|endoftext|>) or mlm (BERT's [CLS] [SEP] [MASK] ...)"
     )
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
+    split: SplitConfig = field(default_factory=text_split)
+    read: ReadConfig = field(default_factory=ReadConfig)
 
 
 def _sample(blocks: Iterable[tuple[str, bool]], limit: int) -> Iterator[list[str]]:
@@ -227,30 +228,39 @@ def load(path: str | Path):
     return tokenizer
 
 
-def cache_inputs(cfg: TokenizerConfig, split: SplitConfig, objective: str, fingerprint: list[str]) -> dict:
+def cache_inputs(
+    cfg: TokenizerConfig, split: SplitConfig, read: ReadConfig, objective: str, fingerprint: list[str]
+) -> dict:
     """What a cached tokenizer depends on (`cache.key` hashes it into the entry name)."""
-    return {"tokenizer": cfg.__dict__, "split": split.__dict__, "objective": objective, "inputs": fingerprint}
+    return {
+        "tokenizer": cfg.__dict__,
+        "split": split.__dict__,
+        "read": read.__dict__,
+        "objective": objective,
+        "inputs": fingerprint,
+    }
 
 
 def build(
-    sources: list[documents.Source], cfg: TokenizerConfig, split: SplitConfig, objective: Objective, out: Path
+    sources: list[documents.Source],
+    cfg: TokenizerConfig,
+    split: SplitConfig,
+    read: ReadConfig,
+    objective: Objective,
+    out: Path,
 ) -> dict:
     """Train on the train split, save into `out`, and return the held-out statistics."""
     stats = documents.DecodeStats()
     started = time.time()
     tokenizer = train(
-        documents.iter_split(
-            sources, "train", split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field
-        ),
+        documents.iter_split(sources, "train", split, read, stats),
         cfg,
         objective,
     )
     seconds = time.time() - started
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out))
-    heldout = documents.iter_split(
-        sources, "valid", split.valid_fraction, split.mode, split.encoding_errors, stats, split.text_field
-    )
+    heldout = documents.iter_split(sources, "valid", split, read, stats)
     report = {
         "kind": cfg.kind,
         "objective": objective,
@@ -265,10 +275,11 @@ def build(
 def run(config: TokenizerStageConfig) -> Path:
     """`lmforge tokenizer`: train and save a tokenizer folder with report.json."""
     check(config.tokenizer, config.objective)
+    check_split(config.split, "text")
     sources = documents.resolve_sources(config.data)
     out = Path(config.out)
     folder = RunFolder(out, "tokenizer").start(config, [s.path for s in sources])
-    report = build(sources, config.tokenizer, config.split, config.objective, out)
+    report = build(sources, config.tokenizer, config.split, config.read, config.objective, out)
     folder.finish(report=report)
     fert = report["fertility"]
     unk = report["unk_rate"]

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from lmforge.config import option
-from lmforge.documents.split import CorpusSplitConfig
+from lmforge.documents.read import EncodingErrors
+from lmforge.documents.split import SplitConfig, corpus_split
 
 
 @dataclass
@@ -29,8 +30,10 @@ class ExtractConfig:
         True,
         "leave out Sphinx's `_sources/PAGE.rst.txt` copies whose rendered PAGE.html is also an input (the same text with reST markup); each is listed in dropped.jsonl",
     )
-    encoding_errors: Literal["replace", "skip"] = option(
-        "replace", "bytes that are not UTF-8: replace with U+FFFD (counted per file) or skip the whole file"
+    encoding_errors: EncodingErrors = option(
+        "replace",
+        "bytes that are not UTF-8: replace with U+FFFD (counted per file), or strict: the file fails at the first one, "
+        "is listed with its byte offset in the report, and is left out (the corpus goes on)",
     )
     max_document_chars: int = option(
         100_000, "a plain-text file longer than this is cut at blank lines into documents of at most this size"
@@ -130,5 +133,5 @@ class CorpusConfig:
     clean: CleanConfig = field(default_factory=CleanConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
-    split: CorpusSplitConfig = field(default_factory=CorpusSplitConfig)
+    split: SplitConfig = field(default_factory=corpus_split)
     snippets: SnippetConfig = field(default_factory=SnippetConfig)

@@ -31,7 +31,6 @@ from lmforge.corpus.config import ExtractConfig
 from lmforge.corpus.errors import ExtractionError
 from lmforge.corpus.pdf import pdf_text
 from lmforge.documents.read import (
-    EncodingErrors,
     FilePart,
     RawDocument,
     ReadError,
@@ -66,11 +65,6 @@ class DocumentBatch:
     failure: str | None = None
 
 
-def _errors(cfg: ExtractConfig) -> EncodingErrors:
-    # "skip": the reader stops at the first bad byte and the file is recorded as failed
-    return "strict" if cfg.encoding_errors == "skip" else "replace"
-
-
 def _copy_fields(record: dict, names: list[str]) -> dict:
     return {
         name: record[name] for name in names if name in record and isinstance(record[name], (str, int, float, bool))
@@ -79,7 +73,7 @@ def _copy_fields(record: dict, names: list[str]) -> dict:
 
 def read_jsonl(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[RawDocument]:
     """One document per line, text in `extract.text_field`; a bad line is logged as file:line and skipped."""
-    for line, record in jsonl_values(part, _errors(cfg), log, ENCODING_SETTING):
+    for line, record in jsonl_values(part, cfg.encoding_errors, log, ENCODING_SETTING):
         if not isinstance(record, dict) or not isinstance(record.get(cfg.text_field), str):
             log.problems.append(
                 (
@@ -95,7 +89,7 @@ def read_jsonl(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[Raw
 
 def read_table(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator[RawDocument]:
     """One document per row of a .csv (RFC 4180 quoting) or .tsv (tabs, no quoting), text in `extract.text_column`."""
-    rows = table_rows(part, _errors(cfg), log, quoting=part.file.format != "tsv", setting=ENCODING_SETTING)
+    rows = table_rows(part, cfg.encoding_errors, log, quoting=part.file.format != "tsv", setting=ENCODING_SETTING)
     columns = next(rows, (0, []))[1]
     if cfg.text_column not in columns:
         shown = ", ".join(columns[:12]) or "none: the file is empty"
@@ -213,7 +207,7 @@ def _whole_file_document(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Ra
     elif fmt == "docx":
         text, meta = docx_to_text(data), {}
     else:  # markdown
-        text, meta = markdown_to_text(decode(data, _errors(cfg), log, ENCODING_SETTING)), {}
+        text, meta = markdown_to_text(decode(data, cfg.encoding_errors, log, ENCODING_SETTING)), {}
     return RawDocument(text, "0", meta)
 
 
@@ -222,7 +216,7 @@ def read_documents(part: FilePart, cfg: ExtractConfig, log: ReadLog) -> Iterator
     try:
         fmt = part.file.format
         if fmt == "text":
-            yield from read_plain_text(part, _errors(cfg), log, cfg.max_document_chars, ENCODING_SETTING)
+            yield from read_plain_text(part, cfg.encoding_errors, log, cfg.max_document_chars, ENCODING_SETTING)
         elif fmt == "jsonl":
             yield from read_jsonl(part, cfg, log)
         elif fmt in ("csv", "tsv"):

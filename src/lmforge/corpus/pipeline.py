@@ -38,7 +38,7 @@ from lmforge.corpus.output import DROPPED_LOG, SPLITS, DroppedLog, ShardWriter, 
 from lmforge.corpus.report import CorpusReport, Tally, excerpt
 from lmforge.corpus.snippets import Snipper, load_token_counter
 from lmforge.corpus.units import WorkUnit, content_size, plan_units, resolve_inputs, unit_target
-from lmforge.documents import FilePart, RawDocument, ReadLog, assign_split
+from lmforge.documents import FilePart, RawDocument, ReadLog, assign_split, check_split
 from lmforge.errors import LmforgeError
 from lmforge.runfolder import RunFolder
 
@@ -234,10 +234,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, initializer: Callab
 def validate(config: CorpusConfig) -> None:
     """Reject settings that cannot work, naming the field and the fix."""
     split, snippets, dedup = config.split, config.snippets, config.dedup
-    if not (0 <= split.valid_fraction and 0 <= split.test_fraction and split.valid_fraction + split.test_fraction < 1):
-        raise LmforgeError(
-            "split.valid_fraction + split.test_fraction must be in [0, 1) so train keeps documents; lower them"
-        )
+    check_split(split, "corpus")
     if not 0 < dedup.threshold <= 1:
         raise LmforgeError(f"dedup.threshold {dedup.threshold}: must be in (0, 1]; 0.8 is usual")
     if dedup.num_perm < 2 or not 1 <= dedup.shingle_words <= 8:
@@ -328,7 +325,7 @@ class CorpusAssembler:
             source = self._sources.setdefault(doc.source, doc.source)
             self.kept_docs.append((doc.doc_id, source, doc.position))
             key = doc.file_key if split_cfg.mode == "files" else doc.doc_id
-            split = assign_split(key, split_cfg.valid_fraction, split_cfg.test_fraction, split_cfg.seed)
+            split = assign_split(key, split_cfg)
             self.writers[split].write(doc.payload, doc.records)
             self.report.written(doc, split)
 

@@ -1,8 +1,9 @@
 """The one input layer: find what `--data` names, read it, split it.
 
     find.py   files, folders, globs, builtin: names, corpus folders -> InputFile / Source
-    read.py   one incremental decoder and one `encoding_errors` choice for text, JSONL, CSV/TSV, .gz
-    split.py  the text stages' SplitConfig (`--split.*`) and the one stable hash behind every split
+    read.py   one incremental decoder and one `encoding_errors` choice for text, JSONL, CSV/TSV, .gz;
+              ReadConfig (`--read.*`) of the text stages
+    split.py  the one SplitConfig (`--split.*`) of every stage and the one stable hash behind every split
 
 Every stage finds its inputs here; the corpus stage adds its own extractors (HTML, PDF, DOCX,
 Markdown) on top of these readers, and `tasks/` parses labelled rows read here.
@@ -24,6 +25,7 @@ from lmforge.documents.read import (
     EncodingErrors,
     FilePart,
     RawDocument,
+    ReadConfig,
     ReadError,
     ReadLog,
     TextDecoder,
@@ -39,12 +41,16 @@ from lmforge.documents.read import (
 from lmforge.documents.split import (
     SPLIT_RULES,
     SplitConfig,
+    SplitMode,
     assign_split,
+    check_split,
     choose_split_mode,
+    corpus_split,
     input_fingerprint,
     iter_split,
     normalised_text,
     stable_fraction,
+    text_split,
 )
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "EncodingErrors",
     "FilePart",
     "RawDocument",
+    "ReadConfig",
     "ReadError",
     "ReadLog",
     "TextDecoder",
@@ -74,10 +81,14 @@ __all__ = [
     "whole",
     "SPLIT_RULES",
     "SplitConfig",
+    "SplitMode",
     "assign_split",
+    "check_split",
     "choose_split_mode",
+    "corpus_split",
     "input_fingerprint",
     "iter_split",
     "normalised_text",
     "stable_fraction",
+    "text_split",
 ]

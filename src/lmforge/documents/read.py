@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from lmforge.config import option
 from lmforge.documents.find import InputFile, input_file
 from lmforge.errors import LmforgeError
 
@@ -34,7 +35,17 @@ MAX_REPLACED_FRACTION = 0.1
 _PARAGRAPH_BREAK = "\n\n"
 EncodingErrors = Literal["strict", "replace"]
 # The flag the text stages' messages name (the corpus stage names extract.encoding_errors).
-ENCODING_SETTING = "split.encoding_errors"
+ENCODING_SETTING = "read.encoding_errors"
+
+
+@dataclass
+class ReadConfig:
+    """How the text stages (tokenizer, shards, pretrain, evaluate: `--read.*`) read their inputs."""
+
+    encoding_errors: EncodingErrors = option(
+        "strict", "non-UTF-8 bytes: strict stops with file and byte offset; replace substitutes U+FFFD and counts them"
+    )
+    text_field: str = option("text", "field holding the text in .jsonl inputs")
 
 
 class ReadError(Exception):
@@ -99,7 +110,7 @@ def check_not_binary(head: bytes) -> None:
 class TextDecoder:
     """The one incremental decoder: feed the blocks of a file (from byte `start`) in order.
 
-    `setting` is the flag named in the fix of an error message (e.g. `split.encoding_errors`).
+    `setting` is the flag named in the fix of an error message (e.g. `read.encoding_errors`).
     """
 
     def __init__(self, errors: EncodingErrors = "strict", start: int = 0, setting: str | None = None):
@@ -344,7 +355,7 @@ def read_jsonl_documents(
         ):
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
                 raise LmforgeError(
-                    f"{path}:{number}: expected an object with a string field '{text_field}'; fix the line or set split.text_field"
+                    f"{path}:{number}: expected an object with a string field '{text_field}'; fix the line or set read.text_field"
                 )
             yield number, record[text_field]
     except ReadError as err:

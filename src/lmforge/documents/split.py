@@ -2,7 +2,8 @@
 depends on the order of the inputs.
 
 The text stages (tokenizer, shards, pretrain) stream (block, ends_document) pairs of one split
-(`iter_split`); the corpus stage assigns each document by its id (`assign_split`).
+(`iter_split`); the corpus stage assigns each document by its id (`assign_split`). Both read one
+SplitConfig, with each stage's defaults (`text_split`, `corpus_split`).
 """
 
 from __future__ import annotations
@@ -17,45 +18,65 @@ from lmforge.config import option
 from lmforge.documents.find import Source
 from lmforge.documents.read import (
     DecodeStats,
-    EncodingErrors,
+    ReadConfig,
     line_boundary_after,
     read_jsonl_documents,
     read_text_blocks,
 )
+from lmforge.errors import LmforgeError
 
 # Part of every cache key: shards built under other split rules must not be reused.
-SPLIT_RULES = "v2: jsonl by normalised text, files by path under the input root"
+SPLIT_RULES = "v3: jsonl by normalised text, files by path under the input root, salted by split.seed"
+
+
+SplitMode = Literal["auto", "tail", "files", "documents"]
 
 
 @dataclass
 class SplitConfig:
-    """How the text stages (tokenizer, shards, pretrain: `--split.*`) hold out validation text."""
+    """How a stage (`--split.*`) holds out text: the text stages (tokenizer, shards, pretrain) split
+    valid from train (`text_split()`); `lmforge corpus` assigns documents, after deduplication, to
+    train / valid / test (`corpus_split()`). Every assignment is the one stable hash below, so a
+    document's split never depends on the order of the inputs."""
 
-    valid_fraction: float = option(0.1, "fraction of the text held out for validation")
-    mode: Literal["auto", "tail", "files"] = option(
+    valid_fraction: float = option(0.1, "fraction of the text (corpus: of the documents) held out for validation")
+    test_fraction: float = option(
+        0.0, "fraction of the documents in test (corpus only; the text stages hold out valid)"
+    )
+    seed: int = option(0, "salt of the hash that assigns splits; change it for a different split")
+    mode: SplitMode = option(
         "auto",
-        "tail: last part of each file is valid (in order); files: whole files go to valid; auto: files when >= 10 text files",
+        "what goes to a split as a whole. Text stages: tail (the last part of each file is valid, in order), files "
+        "(whole files, by their path), auto (files when >= 10 text files, else tail). Corpus: documents (each "
+        "document; a text file longer than extract.max_document_chars is cut into documents at blank lines, so one "
+        "long file lands in every split) or files (each input file with all its documents; needs many files)",
     )
-    encoding_errors: EncodingErrors = option(
-        "strict", "non-UTF-8 bytes: strict stops with file and byte offset; replace substitutes U+FFFD and counts them"
-    )
-    text_field: str = option("text", "field holding the text in .jsonl inputs")
 
 
-@dataclass
-class CorpusSplitConfig:
-    """How `lmforge corpus` (`--split.*`) assigns documents to train / valid / test: by the one stable
-    hash below, after deduplication, so a document's split never depends on the order of the inputs."""
+def text_split() -> SplitConfig:
+    """The text stages' defaults: 10% valid, no test, tail or files by the number of files."""
+    return SplitConfig()
 
-    valid_fraction: float = option(0.05, "fraction of documents (after deduplication) in valid")
-    test_fraction: float = option(0.05, "fraction of documents (after deduplication) in test")
-    seed: int = option(0, "salt of the document-id hash that assigns splits; change it for a different split")
-    mode: Literal["documents", "files"] = option(
-        "documents",
-        "what is assigned to a split as a whole: each document (the pieces of a text file longer than "
-        "extract.max_document_chars too, so one long file lands in every split, its pieces meeting at blank lines), "
-        "or each input file with all its documents (held-out files: needs many files)",
-    )
+
+def corpus_split() -> SplitConfig:
+    """`lmforge corpus`'s defaults: 5% valid and 5% test, by document."""
+    return SplitConfig(valid_fraction=0.05, test_fraction=0.05, mode="documents")
+
+
+def check_split(split: SplitConfig, stage: Literal["text", "corpus"]) -> None:
+    """One-line errors for a split the stage cannot make."""
+    modes = ("auto", "tail", "files") if stage == "text" else ("documents", "files")
+    if split.mode not in modes:
+        raise LmforgeError(f"--split.mode {split.mode} is not a mode of this stage; choose one of: {', '.join(modes)}")
+    if stage == "text" and split.test_fraction:
+        raise LmforgeError(
+            "--split.test_fraction: the text stages hold out valid only; "
+            "build a corpus with `lmforge corpus` for a test split, and pass its folder as --data"
+        )
+    if not (0 <= split.valid_fraction and 0 <= split.test_fraction and split.valid_fraction + split.test_fraction < 1):
+        raise LmforgeError(
+            "split.valid_fraction + split.test_fraction must be in [0, 1) so train keeps text; lower them"
+        )
 
 
 def stable_fraction(key: str) -> float:
@@ -63,12 +84,12 @@ def stable_fraction(key: str) -> float:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") / 2**64
 
 
-def assign_split(doc_id: str, valid_fraction: float, test_fraction: float, seed: int) -> str:
+def assign_split(doc_id: str, cfg: SplitConfig) -> str:
     """train / valid / test from a hash of the document id: stable under reordering of inputs."""
-    position = stable_fraction(f"{seed}:{doc_id}")
-    if position < test_fraction:
+    position = stable_fraction(f"{cfg.seed}:{doc_id}")
+    if position < cfg.test_fraction:
         return "test"
-    if position < test_fraction + valid_fraction:
+    if position < cfg.test_fraction + cfg.valid_fraction:
         return "valid"
     return "train"
 
@@ -88,11 +109,9 @@ def choose_split_mode(sources: list[Source], mode: str) -> str:
 def iter_split(
     sources: list[Source],
     split: str,
-    valid_fraction: float,
-    mode: str = "auto",
-    encoding_errors: EncodingErrors = "strict",
+    cfg: SplitConfig,
+    read: ReadConfig | None = None,
     stats: DecodeStats | None = None,
-    text_field: str = "text",
 ) -> Iterator[tuple[str, bool]]:
     """Yield (text block, ends_document) for one split ("train" or "valid"), streaming.
 
@@ -103,31 +122,34 @@ def iter_split(
     hash of their normalised text, so copies of a document land in one split only. Corpus
     folders keep the split they were written with.
     """
-    mode = choose_split_mode(sources, mode)
+    mode = choose_split_mode(sources, cfg.mode)
+    read = read or ReadConfig()
+    errors, text_field = read.encoding_errors, read.text_field
     for source in sources:
         if source.split is not None:
             if source.split == split:
-                for _, text in read_jsonl_documents(source.path, text_field, encoding_errors):
+                for _, text in read_jsonl_documents(source.path, text_field, errors):
                     yield text, True
             continue
         if source.kind == "jsonl":
-            for _, text in read_jsonl_documents(source.path, text_field, encoding_errors):
-                in_valid = stable_fraction(normalised_text(text)) < valid_fraction
+            for _, text in read_jsonl_documents(source.path, text_field, errors):
+                in_valid = stable_fraction(f"{cfg.seed}:{normalised_text(text)}") < cfg.valid_fraction
                 if in_valid == (split == "valid"):
                     yield text, True
             continue
         size = source.path.stat().st_size
         if mode == "files":
-            in_valid = stable_fraction(source.key) < valid_fraction
+            in_valid = stable_fraction(f"{cfg.seed}:{source.key}") < cfg.valid_fraction
             if in_valid != (split == "valid"):
                 continue
             start, end = 0, size
         else:
-            cut = line_boundary_after(source.path, int(size * (1.0 - valid_fraction))) if valid_fraction > 0 else size
+            fraction = cfg.valid_fraction
+            cut = line_boundary_after(source.path, int(size * (1.0 - fraction))) if fraction > 0 else size
             start, end = (0, cut) if split == "train" else (cut, size)
         if end <= start:
             continue
-        yield from ending_last(read_text_blocks(source.path, start, end, encoding_errors, stats))
+        yield from ending_last(read_text_blocks(source.path, start, end, errors, stats))
 
 
 def ending_last(blocks: Iterator[str]) -> Iterator[tuple[str, bool]]:

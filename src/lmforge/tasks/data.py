@@ -11,7 +11,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from lmforge import documents
 from lmforge.config import option
@@ -20,6 +20,22 @@ from lmforge.errors import LmforgeError
 TEXT_NAMES = ("sentence", "text", "sentence1", "text_a")
 PAIR_NAMES = ("sentence2", "text_pair", "text_b")
 LABEL_NAMES = ("label", "labels")
+
+
+class FileInputOnly:
+    """Part of the tasks whose examples need structure that a plain text lacks (words with tags; a
+    question with its context): predict reads them from files only, and carries no extra columns
+    (the rows hold the words, or the question id, already)."""
+
+    file_hint: ClassVar[str]  # what the model does and which file to give, e.g. "tags words (ner): give a CoNLL file"
+
+    @classmethod
+    def text_examples(cls, texts: list[tuple[str, str]]) -> list:
+        raise LmforgeError(f"--text is for classification models; this model {cls.file_hint} with --input")
+
+    @staticmethod
+    def carried_columns(examples: list) -> None:
+        return None
 
 
 @dataclass

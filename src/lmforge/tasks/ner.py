@@ -69,10 +69,11 @@ def word_pieces(word_ids: list, words: int, budget: int) -> list[tuple[int, int]
     return pieces
 
 
-class NerTask:
+class NerTask(data.FileInputOnly):
     """Tags, encoding, loss, entity metrics and predictions for `AutoModelForTokenClassification`."""
 
     name = "ner"
+    file_hint = "tags words (ner): give a CoNLL file (one word per line)"
     head_suffix = "ForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     default_max_length = 128
@@ -122,16 +123,6 @@ class NerTask:
     @staticmethod
     def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True) -> list[data.Sentence]:
         return data.read_conll(path, cfg, role, labelled)
-
-    @staticmethod
-    def text_examples(texts: list[tuple[str, str]]) -> list[data.Sentence]:
-        raise LmforgeError(
-            "--text is for classification models; this model tags words (ner): give a CoNLL file (one word per line) with --input"
-        )
-
-    @staticmethod
-    def carried_columns(examples: list) -> None:
-        return None
 
     def encode(
         self, sentences: list[data.Sentence], tokenizer, cfg: data.FormatConfig, labelled: bool = True

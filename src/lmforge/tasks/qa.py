@@ -48,10 +48,11 @@ def best_span(
     return best
 
 
-class QaTask:
+class QaTask(data.FileInputOnly):
     """Windows, loss, post-processing and SQuAD metrics for `AutoModelForQuestionAnswering`."""
 
     name = "qa"
+    file_hint = "answers questions (qa): give SQuAD JSON (question and context)"
     head_suffix = "ForQuestionAnswering"
     peft_task_type = "QUESTION_ANS"
     default_max_length = 384
@@ -98,16 +99,6 @@ class QaTask:
     @staticmethod
     def read(path, cfg: data.FormatConfig, role: str, labelled: bool = True) -> list[data.Question]:
         return data.read_squad(path, role, labelled)
-
-    @staticmethod
-    def text_examples(texts: list[tuple[str, str]]) -> list[data.Question]:
-        raise LmforgeError(
-            "--text is for classification models; this model answers questions (qa): give SQuAD JSON (question and context) with --input"
-        )
-
-    @staticmethod
-    def carried_columns(examples: list) -> None:
-        return None  # the question id is in every row already
 
     def encode(
         self, questions: list[data.Question], tokenizer, cfg: data.FormatConfig, labelled: bool = True
