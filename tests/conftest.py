@@ -1,4 +1,5 @@
-"""Shared fixtures: an offline environment, a session-wide cache, small texts and tiny configs."""
+"""Shared fixtures and helpers: an offline environment, a session-wide cache, small texts, tiny configs and models,
+and short calls of the stages on them."""
 
 from __future__ import annotations
 
@@ -83,6 +84,48 @@ def tiny_overrides(text: Path, out: Path, **extra) -> dict:
     return overrides
 
 
+def argv_of(overrides: dict) -> list[str]:
+    """Overrides as command-line flags: `--key value`, a list's items one word each, booleans as true/false."""
+    argv = []
+    for key, value in overrides.items():
+        values = value if isinstance(value, list) else [str(value).lower() if isinstance(value, bool) else value]
+        argv += [f"--{key}", *map(str, values)]
+    return argv
+
+
+def tiny_pretrain(text: Path, out: Path, **extra):
+    """The pretrain stage, in this process, on tiny_overrides(text, out, **extra); returns its summary."""
+    from lmforge import config
+    from lmforge.pretrain import PretrainConfig, run
+
+    return run(config.resolve(PretrainConfig, None, tiny_overrides(text, out, **extra)))
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer(small_text, tmp_path_factory) -> Path:
+    """A char-level tokenizer trained on small_text by the tokenizer stage."""
+    from lmforge import config
+    from lmforge import tokenizer as tokenizer_mod
+
+    out = tmp_path_factory.mktemp("tok")
+    overrides = {"data": [str(small_text)], "out": str(out), "tokenizer.kind": "char"}
+    tokenizer_mod.run(config.resolve(tokenizer_mod.TokenizerStageConfig, None, overrides))
+    return out
+
+
+def finetune_files(model, train, valid, task: str | None = None) -> list[str]:
+    """The flags naming a fine-tuning run's model and data, and its --task where one is given."""
+    task_flags = ["--task", task] if task else []
+    return [*task_flags, "--model", str(model), "--train_file", str(train), "--valid_file", str(valid)]
+
+
+def evaluate_task(task: str, model, data, out, *flags: str) -> int:
+    """`lmforge evaluate --task TASK --model MODEL --data DATA --out OUT FLAGS...`: its exit code."""
+    from lmforge import cli
+
+    return cli.main(["evaluate", "--task", task, "--model", str(model), "--data", str(data), "--out", str(out), *flags])
+
+
 def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
     rng = random.Random(seed)
     nouns = ["film", "plot", "cast", "story", "ending", "music"]
@@ -113,13 +156,6 @@ def tiny_llama(vocab: int = 40, dropout: float = 0.0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=32,
-        attention_dropout=dropout,
-    )
+    size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+    config = LlamaConfig(vocab_size=vocab, max_position_embeddings=32, attention_dropout=dropout, **size)
     return LlamaForCausalLM(config)

@@ -9,20 +9,9 @@ import time
 import pytest
 
 from lmforge import __version__, cache, documents, shards
-from lmforge import config as config_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.documents import ReadConfig, SplitConfig
 from lmforge.tokenizer import TokenizerConfig
-
-
-@pytest.fixture(scope="module")
-def char_tokenizer(small_text, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok")
-    cfg = config_mod.resolve(
-        tokenizer_mod.TokenizerStageConfig, None, {"data": [str(small_text)], "out": str(out), "tokenizer.kind": "char"}
-    )
-    tokenizer_mod.run(cfg)
-    return out
 
 
 def test_root_is_lmforge_cache_or_the_home_cache(monkeypatch, tmp_path):

@@ -6,38 +6,22 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import tiny_overrides
-
-from lmforge import config as config_mod
-from lmforge.pretrain import PretrainConfig, run
+from conftest import argv_of, finetune_files, tiny_overrides, tiny_pretrain
 
 
-def _flags(overrides: dict) -> list[str]:
-    flags = []
-    for key, value in overrides.items():
-        flags.append(f"--{key}")
-        flags.extend(value if isinstance(value, list) else [str(value)])
-    return flags
+def torchrun(*args: str, timeout: int) -> None:
+    """`python -m lmforge ARGS` in 2 processes under torchrun (one thread each); it must exit 0."""
+    command = [sys.executable, *"-m torch.distributed.run --standalone --nproc_per_node=2 -m lmforge".split(), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_torchrun_two_processes_match_one_process(small_text, tmp_path):
     extra = {"train.max_steps": 6, "train.eval_every": 3, "train.save_every": 0}
     single, double = tmp_path / "single", tmp_path / "ddp"
-    run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, single, **extra)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "lmforge",
-        "pretrain",
-        *_flags(tiny_overrides(small_text, double, **extra)),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    tiny_pretrain(small_text, single, **extra)
+    torchrun("pretrain", *argv_of(tiny_overrides(small_text, double, **extra)), timeout=300)
     rows = {
         name: [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines()]
         for name, folder in (("one", single), ("two", double))
@@ -61,41 +45,10 @@ def test_torchrun_finetune_matches_one_process(tmp_path):
     )
     for name, n, seed in (("train.tsv", 96, 0), ("dev.tsv", 30, 1)):
         (tmp_path / name).write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(n, seed)))
-    args = [
-        "finetune",
-        "--model",
-        str(model),
-        "--train_file",
-        str(tmp_path / "train.tsv"),
-        "--valid_file",
-        str(tmp_path / "dev.tsv"),
-        "--epochs",
-        "2",
-        "--train.batch_size",
-        "16",
-        "--train.lr",
-        "1e-3",
-        "--train.log_every",
-        "1",
-        "--train.precision",
-        "fp32",
-    ]
+    flags = "--epochs 2 --train.batch_size 16 --train.lr 1e-3 --train.log_every 1 --train.precision fp32".split()
+    args = ["finetune", *finetune_files(model, tmp_path / "train.tsv", tmp_path / "dev.tsv"), *flags]
     assert cli.main([*args, "--out", str(tmp_path / "one")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "lmforge",
-        *args,
-        "--out",
-        str(tmp_path / "two"),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun(*args, "--out", str(tmp_path / "two"), timeout=300)
     rows = {
         name: [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         for name in ("one", "two")
@@ -111,7 +64,6 @@ def test_torchrun_finetune_matches_one_process(tmp_path):
 
 def test_torchrun_evaluates_window_counts_that_do_not_split_evenly(small_text, tmp_path):
     """1 and 3 validation windows over 2 ranks: one rank scores more windows (or none); nobody may hang."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for windows in (1, 3):
         # the shape of the reported hang: bf16 autocast where the CPU has it, 6 rows per rank, fewer windows than rows
         extra = {
@@ -123,20 +75,8 @@ def test_torchrun_evaluates_window_counts_that_do_not_split_evenly(small_text, t
             "train.precision": "auto",
         }
         single, double = tmp_path / f"single{windows}", tmp_path / f"ddp{windows}"
-        run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, single, **extra)))
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "lmforge",
-            "pretrain",
-            *_flags(tiny_overrides(small_text, double, **extra)),
-        ]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=150)
-        assert result.returncode == 0, result.stderr[-3000:]
+        tiny_pretrain(small_text, single, **extra)
+        torchrun("pretrain", *argv_of(tiny_overrides(small_text, double, **extra)), timeout=150)
         val = lambda folder: [
             r["val_loss"]
             for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())

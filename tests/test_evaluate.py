@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_overrides
+from conftest import tiny_pretrain
 from corpus_helpers import prose, run_corpus
 from transformers import AutoModelForCausalLM
 
@@ -17,8 +17,6 @@ from lmforge.documents import ReadConfig, SplitConfig
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import EvaluateConfig, causal_scores, masked_scores, pseudo_log_likelihood, read_tokens
 from lmforge.evaluate import run as evaluate
-from lmforge.pretrain import PretrainConfig
-from lmforge.pretrain import run as pretrain
 
 
 def evaluate_report(out, **values) -> dict:
@@ -47,29 +45,15 @@ def model_folder(folder, tokenizer, family: str, objective: str, context: int = 
 @pytest.fixture(scope="module")
 def clm_model(small_text, tmp_path_factory):
     out = tmp_path_factory.mktemp("clm")
-    pretrain(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, out, **{"train.max_steps": 30})))
+    tiny_pretrain(small_text, out, **{"train.max_steps": 30})
     return out / "final"
 
 
 @pytest.fixture(scope="module")
 def mlm_model(small_text, tmp_path_factory):
     out = tmp_path_factory.mktemp("mlm")
-    pretrain(
-        config_mod.resolve(
-            PretrainConfig,
-            None,
-            tiny_overrides(
-                small_text,
-                out,
-                **{
-                    "train.objective": "mlm",
-                    "tokenizer.kind": "wordpiece",
-                    "tokenizer.vocab_size": 300,
-                    "train.max_steps": 20,
-                },
-            ),
-        )
-    )
+    mlm = {"train.objective": "mlm", "tokenizer.kind": "wordpiece", "tokenizer.vocab_size": 300, "train.max_steps": 20}
+    tiny_pretrain(small_text, out, **mlm)
     return out / "final"
 
 

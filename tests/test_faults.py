@@ -8,23 +8,9 @@ import json
 import os
 
 import pytest
-from conftest import tiny_overrides
+from conftest import argv_of, finetune_files, tiny_overrides
 
 from lmforge import checkpoint, cli
-
-
-def argv_of(overrides: dict) -> list[str]:
-    argv = []
-    for key, value in overrides.items():
-        argv += [
-            f"--{key}",
-            *(
-                map(str, value)
-                if isinstance(value, list)
-                else [str(value).lower() if isinstance(value, bool) else str(value)]
-            ),
-        ]
-    return argv
 
 
 def losses(run_dir):
@@ -84,25 +70,8 @@ def test_resume_finishes_a_run_whose_end_a_kill_cut_short(small_text, tmp_path, 
 @pytest.mark.parametrize("mode", ["head", "lora"])
 def test_head_and_lora_fine_tunes_resume_exactly(tiny_bert, sentiment, tmp_path, mode):
     train, dev = sentiment
-    base = [
-        "finetune",
-        "--model",
-        str(tiny_bert),
-        "--train_file",
-        str(train),
-        "--valid_file",
-        str(dev),
-        "--mode",
-        mode,
-        "--epochs",
-        "2",
-        "--train.batch_size",
-        "16",
-        "--train.log_every",
-        "1",
-        "--train.precision",
-        "fp32",
-    ]
+    flags = "--epochs 2 --train.batch_size 16 --train.log_every 1 --train.precision fp32".split()
+    base = ["finetune", *finetune_files(tiny_bert, train, dev), "--mode", mode, *flags]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert cli.main([*base, "--out", str(whole)]) == 0
     assert cli.main([*base, "--out", str(parts), "--train.stop_at_step", "5"]) == 0

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED_DATA, sentiment_rows
+from conftest import SHARED_DATA, evaluate_task, finetune_files, sentiment_rows
 
 from lmforge import cli
 
 SST2 = SHARED_DATA / "glue" / "SST-2"
+QA_WINDOWS = "--format.max_length 64 --format.doc_stride 16".split()
 
 
 CONLL_SENTENCES = [
@@ -49,13 +50,13 @@ def squad(tmp_path_factory) -> Path:
     return path
 
 
-def task_files(task: str, model, train, valid) -> list[str]:
-    """The flags every fine-tuning call here starts with."""
-    return ["--task", task, "--model", str(model), "--train_file", str(train), "--valid_file", str(valid)]
-
-
 def finetune(*args: str) -> int:
     return cli.main(["finetune", "--train.precision", "fp32", "--train.log_every", "5", *args])
+
+
+def finetune_run(model, train, valid, out, *flags: str, task: str | None = None) -> int:
+    """`finetune` of MODEL on TRAIN, checkpoints chosen on VALID, into OUT: its exit code."""
+    return finetune(*finetune_files(model, train, valid, task), "--out", str(out), *flags)
 
 
 def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
@@ -63,20 +64,8 @@ def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
 
     train, dev = sentiment
     out = tmp_path / "run"
-    assert (
-        finetune(
-            *task_files("classification", str(tiny_bert), str(train), str(dev)),
-            "--out",
-            str(out),
-            "--epochs",
-            "3",
-            "--train.lr",
-            "3e-3",
-            "--train.batch_size",
-            "16",
-        )
-        == 0
-    )
+    flags = "--epochs 3 --train.lr 3e-3 --train.batch_size 16".split()
+    assert finetune_run(tiny_bert, train, dev, out, *flags, task="classification") == 0
     for name in ("config.yaml", "manifest.json", "metrics.jsonl", "report.json", "report.html", "best", "final"):
         assert (out / name).exists(), name
     summary = json.loads((out / "report.json").read_text())
@@ -85,22 +74,7 @@ def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(str(out / "final"))
     assert model.config.id2label == {0: "0", 1: "1"}
     # evaluate and predict read the same folder; their accuracy is the best checkpoint's
-    assert (
-        cli.main(
-            [
-                "evaluate",
-                "--task",
-                "classification",
-                "--model",
-                str(out),
-                "--data",
-                str(dev),
-                "--out",
-                str(tmp_path / "ev"),
-            ]
-        )
-        == 0
-    )
+    assert evaluate_task("classification", out, dev, tmp_path / "ev") == 0
     report = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert report["metrics"]["accuracy"] == pytest.approx(summary["metrics"]["accuracy"], abs=0.03)
     html = (tmp_path / "ev" / "report.html").read_text()
@@ -117,25 +91,7 @@ def test_short_form_classification_run_folder(tiny_bert, sentiment, tmp_path):
 def test_seeds_report_mean_and_std(tiny_bert, sentiment, tmp_path):
     train, dev = sentiment
     out = tmp_path / "seeds"
-    assert (
-        finetune(
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--seeds",
-            "1,2",
-            "--train.batch_size",
-            "32",
-        )
-        == 0
-    )
+    assert finetune_run(tiny_bert, train, dev, out, *"--epochs 1 --seeds 1,2 --train.batch_size 32".split()) == 0
     summary = json.loads((out / "report.json").read_text())
     assert summary["seeds"] == [1, 2] and set(summary["metrics_std"]) == set(summary["metrics"])
     per_seed = [s["accuracy"] for s in summary["per_seed"]]
@@ -149,25 +105,7 @@ def test_lora_final_is_merged_and_keeps_adapter(tiny_bert, sentiment, tmp_path):
 
     train, dev = sentiment
     out = tmp_path / "lora"
-    assert (
-        finetune(
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
-            "--out",
-            str(out),
-            "--mode",
-            "lora",
-            "--epochs",
-            "1",
-            "--lora.rank",
-            "4",
-        )
-        == 0
-    )
+    assert finetune_run(tiny_bert, train, dev, out, *"--mode lora --epochs 1 --lora.rank 4".split()) == 0
     merged = AutoModelForSequenceClassification.from_pretrained(str(out / "final")).eval()
     base = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=2)
     adapted = PeftModel.from_pretrained(base, str(out / "final" / "adapter")).eval()
@@ -180,23 +118,7 @@ def test_head_mode_trains_only_the_head(tiny_bert, sentiment, tmp_path):
 
     train, dev = sentiment
     out = tmp_path / "head"
-    assert (
-        finetune(
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
-            "--out",
-            str(out),
-            "--mode",
-            "head",
-            "--epochs",
-            "3",
-        )
-        == 0
-    )
+    assert finetune_run(tiny_bert, train, dev, out, *"--mode head --epochs 3".split()) == 0
     before, after = load_file(str(tiny_bert / "model.safetensors")), load_file(str(out / "final" / "model.safetensors"))
     layer = "bert.encoder.layer.0.attention.self.query.weight"
     assert torch.equal(before[layer.removeprefix("bert.")], after[layer])
@@ -206,20 +128,8 @@ def test_head_mode_trains_only_the_head(tiny_bert, sentiment, tmp_path):
 
 
 def test_ner_and_qa_runs(tiny_bert, conll, squad, tmp_path):
-    assert (
-        finetune(
-            *task_files("ner", str(tiny_bert), str(conll), str(conll)),
-            "--out",
-            str(tmp_path / "ner"),
-            "--epochs",
-            "2",
-            "--train.lr",
-            "3e-3",
-            "--train.batch_size",
-            "4",
-        )
-        == 0
-    )
+    flags = "--epochs 2 --train.lr 3e-3 --train.batch_size 4".split()
+    assert finetune_run(tiny_bert, conll, conll, tmp_path / "ner", *flags, task="ner") == 0
     summary = json.loads((tmp_path / "ner" / "report.json").read_text())
     assert {"f1", "precision", "recall"} <= set(summary["metrics"]) and summary["labels"][0] == "O"
     assert (
@@ -228,41 +138,9 @@ def test_ner_and_qa_runs(tiny_bert, conll, squad, tmp_path):
     )
     row = json.loads((tmp_path / "nerp" / "predictions.jsonl").read_text().splitlines()[0])
     assert row["words"] == ["John", "lives", "in", "Paris"] and len(row["prediction"]) == 4
-    assert (
-        finetune(
-            *task_files("qa", str(tiny_bert), str(squad), str(squad)),
-            "--out",
-            str(tmp_path / "qa"),
-            "--epochs",
-            "1",
-            "--format.max_length",
-            "64",
-            "--format.doc_stride",
-            "16",
-        )
-        == 0
-    )
+    assert finetune_run(tiny_bert, squad, squad, tmp_path / "qa", "--epochs", "1", *QA_WINDOWS, task="qa") == 0
     assert {"exact_match", "f1"} <= set(json.loads((tmp_path / "qa" / "report.json").read_text())["metrics"])
-    assert (
-        cli.main(
-            [
-                "evaluate",
-                "--task",
-                "qa",
-                "--model",
-                str(tmp_path / "qa"),
-                "--data",
-                str(squad),
-                "--out",
-                str(tmp_path / "qae"),
-                "--format.max_length",
-                "64",
-                "--format.doc_stride",
-                "16",
-            ]
-        )
-        == 0
-    )
+    assert evaluate_task("qa", tmp_path / "qa", squad, tmp_path / "qae", *QA_WINDOWS) == 0
     assert (tmp_path / "qae" / "errors.jsonl").is_file()
 
 
@@ -273,43 +151,11 @@ def test_squad_v2_trains_and_saves_the_no_answer_rule(tiny_bert, squad, tmp_path
     )
     v2 = tmp_path / "squad_v2.json"
     v2.write_text(json.dumps(data))
-    assert (
-        finetune(
-            *task_files("qa", str(tiny_bert), str(v2), str(v2)),
-            "--out",
-            str(tmp_path / "qa"),
-            "--epochs",
-            "1",
-            "--format.max_length",
-            "64",
-            "--format.doc_stride",
-            "16",
-        )
-        == 0
-    )
+    assert finetune_run(tiny_bert, v2, v2, tmp_path / "qa", "--epochs", "1", *QA_WINDOWS, task="qa") == 0
     metrics = json.loads((tmp_path / "qa" / "report.json").read_text())["metrics"]
     assert {"has_answer_f1", "no_answer_accuracy"} <= set(metrics)
     assert json.loads((tmp_path / "qa" / "final" / "config.json").read_text())["qa_no_answer"] is True
-    assert (
-        cli.main(
-            [
-                "evaluate",
-                "--task",
-                "qa",
-                "--model",
-                str(tmp_path / "qa"),
-                "--data",
-                str(v2),
-                "--out",
-                str(tmp_path / "qae"),
-                "--format.max_length",
-                "64",
-                "--format.doc_stride",
-                "16",
-            ]
-        )
-        == 0
-    )
+    assert evaluate_task("qa", tmp_path / "qa", v2, tmp_path / "qae", *QA_WINDOWS) == 0
     assert "no_answer_accuracy" in json.loads((tmp_path / "qae" / "report.json").read_text())["metrics"]
 
 
@@ -317,27 +163,8 @@ def test_early_stopping_on_the_task_metric(tiny_bert, sentiment, tmp_path):
     train, dev = sentiment
     out = tmp_path / "early"
     # lr ~0: accuracy cannot improve after the first evaluation, so patience 1 ends the run at the second
-    assert (
-        finetune(
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
-            "--out",
-            str(out),
-            "--epochs",
-            "3",
-            "--train.lr",
-            "1e-12",
-            "--train.eval_every",
-            "2",
-            "--train.early_stopping_patience",
-            "1",
-        )
-        == 0
-    )
+    flags = "--epochs 3 --train.lr 1e-12 --train.eval_every 2 --train.early_stopping_patience 1".split()
+    assert finetune_run(tiny_bert, train, dev, out, *flags) == 0
     summary = json.loads((out / "report.json").read_text())
     assert summary["stopped_by"] == "early_stopping" and summary["steps"] == 4 and summary["best"]["step"] == 2
 
@@ -351,21 +178,7 @@ def test_lmforge_masked_lm_run_folder_as_model(tiny_bert, sentiment, tmp_path):
     AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(run / "final"))
     train, dev = sentiment
     out = tmp_path / "ft"
-    assert (
-        finetune(
-            "--model",
-            str(run),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
-            "--out",
-            str(out),
-            "--train.max_steps",
-            "2",
-        )
-        == 0
-    )
+    assert finetune_run(run, train, dev, out, "--train.max_steps", "2") == 0
     summary = json.loads((out / "report.json").read_text())
     assert summary["model"] == str(run / "final") and summary["steps"] == 2
 
@@ -379,12 +192,7 @@ def test_model_folder_without_tokenizer(tiny_bert, sentiment, tmp_path, capsys):
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny_bert / name, bare / name)
     train, dev = sentiment
-    assert (
-        finetune(
-            "--model", str(bare), "--train_file", str(train), "--valid_file", str(dev), "--out", str(tmp_path / "x")
-        )
-        == 2
-    )
+    assert finetune_run(bare, train, dev, tmp_path / "x") == 2
     err = capsys.readouterr().err
     assert f"{bare}: no tokenizer here" in err and "Traceback" not in err
 
@@ -396,36 +204,9 @@ def test_task_head_that_does_not_match(tiny_bert, conll, sentiment, tmp_path, ca
     AutoModelForTokenClassification.from_pretrained(str(tiny_bert), num_labels=3).save_pretrained(str(ner_model))
     AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(ner_model))
     train, dev = sentiment
-    assert (
-        finetune(
-            "--model",
-            str(ner_model),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
-            "--out",
-            str(tmp_path / "x"),
-        )
-        == 2
-    )
+    assert finetune_run(ner_model, train, dev, tmp_path / "x") == 2
     assert "has a ner head" in capsys.readouterr().err
-    assert (
-        cli.main(
-            [
-                "evaluate",
-                "--task",
-                "classification",
-                "--model",
-                str(ner_model),
-                "--data",
-                str(dev),
-                "--out",
-                str(tmp_path / "e"),
-            ]
-        )
-        == 2
-    )
+    assert evaluate_task("classification", ner_model, dev, tmp_path / "e") == 2
     assert "has a ner head but --task is classification" in capsys.readouterr().err
     # a classification head with other labels
     from transformers import AutoModelForSequenceClassification
@@ -435,19 +216,7 @@ def test_task_head_that_does_not_match(tiny_bert, conll, sentiment, tmp_path, ca
         str(tiny_bert), num_labels=3, id2label={0: "a", 1: "b", 2: "c"}
     ).save_pretrained(str(cls_model))
     AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(cls_model))
-    assert (
-        finetune(
-            "--model",
-            str(cls_model),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
-            "--out",
-            str(tmp_path / "y"),
-        )
-        == 2
-    )
+    assert finetune_run(cls_model, train, dev, tmp_path / "y") == 2
     err = capsys.readouterr().err
     assert "head has labels ['a', 'b', 'c'] but the train data has ['0', '1']" in err and "--reset_head" in err
 
@@ -456,28 +225,11 @@ def test_bad_data_through_the_cli(tiny_bert, sentiment, tmp_path, capsys):
     train, _ = sentiment
     empty = tmp_path / "empty.tsv"
     empty.write_text("sentence\tlabel\n")
-    assert (
-        finetune(
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(empty),
-            "--out",
-            str(tmp_path / "x"),
-        )
-        == 2
-    )
+    assert finetune_run(tiny_bert, train, empty, tmp_path / "x") == 2
     assert f"{empty}: the valid split has no examples" in capsys.readouterr().err
     bad = tmp_path / "bad.tsv"
     bad.write_text("sentence\tgold\nfine\t1\n")
-    assert (
-        finetune(
-            "--model", str(tiny_bert), "--train_file", str(bad), "--valid_file", str(bad), "--out", str(tmp_path / "y")
-        )
-        == 2
-    )
+    assert finetune_run(tiny_bert, bad, bad, tmp_path / "y") == 2
     assert "no label column" in capsys.readouterr().err
 
 
@@ -507,25 +259,7 @@ def sst2_slice(tmp_path_factory) -> tuple[Path, Path, float]:
 def test_minilm_beats_majority_on_sst2_slice(sst2_slice, tmp_path, mode, extra):
     train, dev, majority = sst2_slice
     out = tmp_path / mode
-    assert (
-        cli.main(
-            [
-                "finetune",
-                "--model",
-                "minilm",
-                "--train_file",
-                str(train),
-                "--valid_file",
-                str(dev),
-                "--out",
-                str(out),
-                "--mode",
-                mode,
-                *extra,
-            ]
-        )
-        == 0
-    )
+    assert cli.main(["finetune", *finetune_files("minilm", train, dev), "--out", str(out), "--mode", mode, *extra]) == 0
     accuracy = json.loads((out / "report.json").read_text())["metrics"]["accuracy"]
     assert accuracy > majority + 0.05, (accuracy, majority)
 
@@ -533,22 +267,8 @@ def test_minilm_beats_majority_on_sst2_slice(sst2_slice, tmp_path, mode, extra):
 def test_layer_wise_lr_decay_reaches_the_optimizer(tiny_bert, sentiment, tmp_path):
     train, dev = sentiment
     out = tmp_path / "llrd"
-    assert (
-        finetune(
-            *task_files("classification", str(tiny_bert), str(train), str(dev)),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--train.lr",
-            "1e-3",
-            "--train.layer_decay",
-            "0.5",
-            "--train.log_every",
-            "1",
-        )
-        == 0
-    )
+    flags = "--epochs 1 --train.lr 1e-3 --train.layer_decay 0.5 --train.log_every 1".split()
+    assert finetune_run(tiny_bert, train, dev, out, *flags, task="classification") == 0
     assert json.loads((out / "report.json").read_text())["metrics"]["accuracy"] > 0
     import yaml
 
@@ -563,22 +283,8 @@ def test_layer_wise_lr_decay_reaches_the_optimizer(tiny_bert, sentiment, tmp_pat
 
 def test_resumed_finetune_equals_an_uninterrupted_one(tiny_bert, sentiment, tmp_path, capsys):
     train, dev = sentiment
-    common = [
-        "--model",
-        str(tiny_bert),
-        "--train_file",
-        str(train),
-        "--valid_file",
-        str(dev),
-        "--epochs",
-        "2",
-        "--train.batch_size",
-        "32",
-        "--train.eval_every",
-        "4",
-        "--train.lr",
-        "1e-3",
-    ]
+    flags = "--epochs 2 --train.batch_size 32 --train.eval_every 4 --train.lr 1e-3".split()
+    common = [*finetune_files(tiny_bert, train, dev), *flags]
     assert finetune(*common, "--out", str(tmp_path / "whole")) == 0
     assert (
         finetune(*common, "--out", str(tmp_path / "parts"), "--train.stop_at_step", "6", "--train.save_every", "3") == 0
@@ -605,20 +311,7 @@ def test_resumed_finetune_equals_an_uninterrupted_one(tiny_bert, sentiment, tmp_
 
 def test_resume_keeps_finished_seeds(tiny_bert, sentiment, tmp_path, capsys):
     train, dev = sentiment
-    args = [
-        "--model",
-        str(tiny_bert),
-        "--train_file",
-        str(train),
-        "--valid_file",
-        str(dev),
-        "--epochs",
-        "1",
-        "--seeds",
-        "1,2",
-        "--out",
-        str(tmp_path / "s"),
-    ]
+    args = [*finetune_files(tiny_bert, train, dev), "--epochs", "1", "--seeds", "1,2", "--out", str(tmp_path / "s")]
     assert finetune(*args) == 0
     first = json.loads((tmp_path / "s" / "report.json").read_text())
     capsys.readouterr()
@@ -639,27 +332,8 @@ def test_test_file_is_scored_once_and_reported_as_the_result(tiny_bert, sentimen
     test.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(30, 7)), encoding="utf-8")
     out = tmp_path / "run"
     capsys.readouterr()
-    assert (
-        finetune(
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
-            "--test_file",
-            str(test),
-            "--out",
-            str(out),
-            "--epochs",
-            "2",
-            "--train.lr",
-            "3e-3",
-            "--train.batch_size",
-            "16",
-        )
-        == 0
-    )
+    flags = "--epochs 2 --train.lr 3e-3 --train.batch_size 16".split()
+    assert finetune_run(tiny_bert, train, dev, out, "--test_file", str(test), *flags) == 0
     summary = json.loads((out / "report.json").read_text())
     assert (
         summary["metrics_split"] == "test"
@@ -668,12 +342,7 @@ def test_test_file_is_scored_once_and_reported_as_the_result(tiny_bert, sentimen
     )
     assert summary["valid_metrics"]["accuracy"] == summary["best"]["value"]  # valid chose the checkpoint
     evaluated = tmp_path / "ev"
-    assert (
-        cli.main(
-            ["evaluate", "--task", "classification", "--model", str(out), "--data", str(test), "--out", str(evaluated)]
-        )
-        == 0
-    )
+    assert evaluate_task("classification", out, test, evaluated) == 0
     assert json.loads((evaluated / "report.json").read_text())["metrics"]["accuracy"] == pytest.approx(
         summary["test_metrics"]["accuracy"], abs=1e-6
     )
@@ -685,21 +354,7 @@ def test_without_a_test_file_the_valid_figure_is_labelled(tiny_bert, sentiment, 
     train, dev = sentiment
     out = tmp_path / "run"
     capsys.readouterr()
-    assert (
-        finetune(
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-        )
-        == 0
-    )
+    assert finetune_run(tiny_bert, train, dev, out, "--epochs", "1") == 0
     assert json.loads((out / "report.json").read_text())["metrics_split"] == "valid (used for model selection)"
     assert "done: valid (used for model selection) accuracy" in capsys.readouterr().out
     assert "optimistic" in (out / "report.html").read_text()
@@ -710,27 +365,8 @@ def test_best_seed_follows_the_selection_direction(tiny_bert, sentiment, tmp_pat
 
     train, dev = sentiment
     out = tmp_path / "s"
-    assert (
-        finetune(
-            "--model",
-            str(tiny_bert),
-            "--train_file",
-            str(train),
-            "--valid_file",
-            str(dev),
-            "--out",
-            str(out),
-            "--epochs",
-            "1",
-            "--seeds",
-            "1,2",
-            "--train.best_metric",
-            "val_loss",
-            "--train.best_mode",
-            "max",
-        )
-        == 0
-    )
+    flags = "--epochs 1 --seeds 1,2 --train.best_metric val_loss --train.best_mode max".split()
+    assert finetune_run(tiny_bert, train, dev, out, *flags) == 0
     summary = json.loads((out / "report.json").read_text())
     losses = {
         r["seed"]: json.loads((out / f"seed_{r['seed']}" / "report.json").read_text())["valid_metrics"]["val_loss"]
@@ -758,7 +394,7 @@ def test_length_grouping_by_task(tiny_bert, sentiment, tmp_path):
 
 def test_a_flop_budget_and_a_repeated_seed_are_refused(tiny_bert, sentiment, tmp_path, capsys):
     train, dev = sentiment
-    common = ["--model", str(tiny_bert), "--train_file", str(train), "--valid_file", str(dev)]
+    common = finetune_files(tiny_bert, train, dev)
     assert finetune(*common, "--out", str(tmp_path / "a"), "--train.max_flops", "1e12") == 2
     assert "--train.max_flops: fine-tuning does not count FLOPs; give --train.max_steps" in capsys.readouterr().err
     assert finetune(*common, "--out", str(tmp_path / "b"), "--seeds", "1,1") == 2

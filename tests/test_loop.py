@@ -11,13 +11,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama, tiny_overrides
+from conftest import tiny_llama, tiny_pretrain
 
 from lmforge import checkpoint, cli, hardware, objectives, optim
 from lmforge import config as config_mod
 from lmforge.errors import LmforgeError
 from lmforge.loop import LossModule, Runtime, fit, step_seed, validation_loss
-from lmforge.pretrain import PretrainConfig, run
+from lmforge.pretrain import PretrainConfig
 from lmforge.process import Process
 from lmforge.train_config import TrainConfig
 
@@ -58,22 +58,8 @@ def test_time_budget_is_not_spent_on_evaluation(tmp_path):
 
 def test_warmup_is_capped_by_the_budget(small_text, tmp_path):
     out = tmp_path / "run"
-    run(
-        config_mod.resolve(
-            PretrainConfig,
-            None,
-            tiny_overrides(
-                small_text,
-                out,
-                **{
-                    "train.max_steps": None,
-                    "train.max_tokens": 10 * 8 * 32,
-                    "train.warmup_steps": 100,
-                    "train.min_lr": 1e-5,
-                },
-            ),
-        )
-    )
+    budget = {"train.max_steps": None, "train.max_tokens": 10 * 8 * 32, "train.warmup_steps": 100, "train.min_lr": 1e-5}
+    tiny_pretrain(small_text, out, **budget)
     lrs = [r["lr"] for r in rows_of(out)]
     assert max(lrs) == pytest.approx(3e-3, rel=0.05)  # warm-up ended (10% of the budget: the first step)
     assert lrs[-1] < 0.05 * 3e-3  # and the run still ends annealed
@@ -82,22 +68,8 @@ def test_warmup_is_capped_by_the_budget(small_text, tmp_path):
 
 def test_a_run_stopped_inside_warmup_says_so(small_text, tmp_path, capsys):
     out = tmp_path / "run"
-    run(
-        config_mod.resolve(
-            PretrainConfig,
-            None,
-            tiny_overrides(
-                small_text,
-                out,
-                **{
-                    "train.max_steps": 400,
-                    "train.warmup_steps": 100,
-                    "train.warmup_fraction": 1.0,
-                    "train.stop_at_step": 3,
-                },
-            ),
-        )
-    )
+    budget = {"train.max_steps": 400, "train.warmup_steps": 100, "train.warmup_fraction": 1.0, "train.stop_at_step": 3}
+    tiny_pretrain(small_text, out, **budget)
     assert "inside warm-up" in capsys.readouterr().out
 
 
@@ -314,8 +286,8 @@ def test_ctrl_c_checkpoints_the_step_and_resume_matches(small_text, tmp_path):
         "train.eval_windows": 4,
     }
     whole = tmp_path / "whole"
-    run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, whole, **common)))
-    run(config_mod.resolve(PretrainConfig, None, tiny_overrides(small_text, out, resume=True, **common)))
+    tiny_pretrain(small_text, whole, **common)
+    tiny_pretrain(small_text, out, resume=True, **common)
     assert [r["loss"] for r in rows_of(out)] == [r["loss"] for r in rows_of(whole)]
     assert rows_of(out)[-1]["step"] == step + 5
 

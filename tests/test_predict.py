@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import evaluate_task
 from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
@@ -107,22 +108,7 @@ def test_bad_inputs_name_the_fix(classifier, tiny_bert, tmp_path, capsys):
     assert cli.main(["predict", "--model", str(classifier), "--out", str(tmp_path / "c"), "--input", str(empty)]) == 2
     assert f"{empty}: no text in this file" in capsys.readouterr().err
     # a .txt file has no labels: evaluation needs a table with a label column
-    assert (
-        cli.main(
-            [
-                "evaluate",
-                "--task",
-                "classification",
-                "--model",
-                str(classifier),
-                "--data",
-                str(txt),
-                "--out",
-                str(tmp_path / "d"),
-            ]
-        )
-        == 2
-    )
+    assert evaluate_task("classification", classifier, txt, tmp_path / "d") == 2
     assert "a .txt file holds texts without labels" in capsys.readouterr().err
     tagger = head_model(tiny_bert, tmp_path / "tagger", AutoModelForTokenClassification)
     assert (

