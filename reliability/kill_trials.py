@@ -228,12 +228,7 @@ def sentiment_files(folder: Path) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pretrain", type=int, default=20, help="pretraining trials")
-    parser.add_argument(
-        "--finetune",
-        type=int,
-        default=10,
-        help="fine-tuning trials (modes in turn: full, lora, head, full with 2 seeds)",
-    )
+    parser.add_argument("--finetune", type=int, default=10, help="fine-tuning trials (modes: see FINETUNE_MODES)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary folder, removed)")
     args = parser.parse_args(argv)

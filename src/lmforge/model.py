@@ -103,18 +103,16 @@ def hf_config(cfg: ModelConfig, tokenizer):
             **shared, intermediate_size=intermediate, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout
         )
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    specials = dict(bos_token_id=cls, eos_token_id=sep, cls_token_id=cls, sep_token_id=sep)
+    dropouts = dict.fromkeys(("embedding_dropout", "attention_dropout", "mlp_dropout"), dropout)
+    window = min(128, cfg.context)
     return ModernBertConfig(
         **shared,
+        **specials,
+        **dropouts,
         intermediate_size=intermediate,
-        embedding_dropout=dropout,
-        attention_dropout=dropout,
-        mlp_dropout=dropout,
-        bos_token_id=cls,
-        eos_token_id=sep,
-        cls_token_id=cls,
-        sep_token_id=sep,
         global_attn_every_n_layers=3,
-        local_attention=min(128, cfg.context),
+        local_attention=window,
     )
 
 
