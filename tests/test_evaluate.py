@@ -15,7 +15,14 @@ from lmforge import model as model_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.documents import ReadConfig, SplitConfig
 from lmforge.errors import LmforgeError
-from lmforge.evaluate import EvaluateConfig, causal_scores, masked_scores, pseudo_log_likelihood, read_tokens
+from lmforge.evaluate import (
+    EvaluateConfig,
+    causal_scores,
+    masked_scores,
+    pseudo_log_likelihood,
+    read_tokens,
+    whole_documents,
+)
 from lmforge.evaluate import run as evaluate
 
 
@@ -134,7 +141,7 @@ def test_evaluate_reads_the_tokens_the_shards_hold(unigram_llama, small_text, tm
     sources = documents.resolve_sources([text, jsonl])
     shards.build(sources, unigram_llama, SplitConfig(valid_fraction=0.0), ReadConfig(), tmp_path / "shards")
     held = shards.TokenShards.open(tmp_path / "shards").train
-    scored = read_tokens(sources, tokenizer_mod.load(unigram_llama), ReadConfig(), None)
+    scored = read_tokens(whole_documents(sources, ReadConfig()), tokenizer_mod.load(unigram_llama), None)
     assert scored.tokens.tolist() == held.tolist()
     assert scored.bytes == text.stat().st_size + sum(
         len(json.loads(line)["text"].encode()) for line in jsonl.read_text().splitlines()
@@ -171,10 +178,10 @@ def test_max_tokens_cut_counts_the_bytes_of_the_scored_part_only(clm_model, tmp_
     text = tmp_path / "accents.txt"
     text.write_text("héllo wörld, ça va?\n" * 20, encoding="utf-8")  # char level: one token per character
     tokenizer = tokenizer_mod.load(clm_model)
-    scored = read_tokens(documents.resolve_sources([text]), tokenizer, ReadConfig(), 50)
+    scored = read_tokens(whole_documents(documents.resolve_sources([text]), ReadConfig()), tokenizer, 50)
     assert len(scored.tokens) == 50 and scored.cut
     assert scored.bytes == len(text.read_text(encoding="utf-8")[:50].encode("utf-8"))
-    whole = read_tokens(documents.resolve_sources([text]), tokenizer, ReadConfig(), 20 * 20 + 1)
+    whole = read_tokens(whole_documents(documents.resolve_sources([text]), ReadConfig()), tokenizer, 20 * 20 + 1)
     assert not whole.cut and whole.bytes == text.stat().st_size
 
 

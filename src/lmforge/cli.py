@@ -40,6 +40,12 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
         "run",
         "pretrain a model from scratch (clm or mlm) under a budget; text in, model out",
     ),
+    "adapt": (
+        "lmforge.adapt",
+        "AdaptConfig",
+        "run",
+        "continue pretraining a pretrained model on domain text; scores before and after",
+    ),
     "evaluate": (
         "lmforge.evaluate",
         "EvaluateConfig",

@@ -14,7 +14,7 @@ report.json records the files, the split, the tokens and bytes scored and whethe
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -95,7 +95,7 @@ def select_split(sources: list[documents.Source], split: str | None) -> tuple[li
     return [s for s in sources if s.split in (None, split)], split
 
 
-def _documents(sources: list[documents.Source], read: documents.ReadConfig) -> Iterator[tuple[str, bool]]:
+def whole_documents(sources: list[documents.Source], read: documents.ReadConfig) -> Iterator[tuple[str, bool]]:
     """(text block, ends_document) over whole sources: a text file is one document, a JSONL line is one."""
     for source in sources:
         if source.kind == "jsonl":
@@ -116,14 +116,15 @@ def _covered_text(tokenizer, block: str, keep: int) -> str:
     return block[:consumed]
 
 
-def read_tokens(sources, tokenizer, read: documents.ReadConfig, max_tokens: int | None) -> ScoredText:
-    """The text as the shards hold it: `tokenizer.encode_text` of each document, then the boundary
-    token. Stops after `max_tokens` tokens; the byte count then covers only the scored part."""
+def read_tokens(blocks: Iterable[tuple[str, bool]], tokenizer, max_tokens: int | None) -> ScoredText:
+    """The text of (block, ends_document) pairs as the shards hold it: `tokenizer.encode_text` of
+    each block, the boundary token after each document. Stops after `max_tokens` tokens; the byte
+    count then covers only the scored part."""
     from lmforge.shards import boundary_token_id
 
     boundary = boundary_token_id(tokenizer)
     pieces, n_bytes, count = [], 0, 0
-    for block, ends_document in _documents(sources, read):
+    for block, ends_document in blocks:
         ids = tokenizer_mod.encode_text(tokenizer, block) + ([boundary] if ends_document else [])
         if max_tokens and count + len(ids) > max_tokens:
             keep = max_tokens - count
@@ -302,7 +303,7 @@ def run(config: EvaluateConfig) -> Path:
     device = hardware.resolve_device(config.device)
     model.to(device).eval()
     folder = RunFolder(config.out, "evaluate").start(config, [s.path for s in sources] + [model_dir])
-    text = read_tokens(sources, tokenizer, config.read, config.max_tokens)
+    text = read_tokens(whole_documents(sources, config.read), tokenizer, config.max_tokens)
     tokens = text.tokens
     if len(tokens) < 2:
         raise LmforgeError(

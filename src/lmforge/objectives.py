@@ -101,10 +101,22 @@ class MaskedLM:
     special_ids: tuple[int, ...]
     mlm_probability: float = 0.15
     sparse_prediction: bool = True
+    word_starts: torch.Tensor | None = None  # (V,) bool: the token begins a word; set for whole-word masking
 
     @property
     def window(self) -> int:
         return self.context - 2
+
+    def _chosen(self, input_ids: torch.Tensor, candidates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Positions to mask: each token with mlm_probability, or with whole-word masking each word
+        (a word-start token and the continuation pieces after it) as one draw, all of it or none."""
+        draw = torch.rand(input_ids.shape, generator=generator)
+        if self.word_starts is not None:
+            starts = self.word_starts[input_ids] | ~candidates  # specials stand alone
+            columns = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+            first = torch.where(starts, columns, 0).cummax(dim=1).values  # (B, T): where each token's word begins
+            draw = draw.gather(1, first)
+        return (draw < self.mlm_probability) & candidates
 
     def _wrap(self, windows: torch.Tensor) -> torch.Tensor:
         rows = windows.shape[0]
@@ -115,7 +127,7 @@ class MaskedLM:
     def mask(self, input_ids: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         labels = input_ids.clone()
         candidates = ~torch.isin(input_ids, torch.tensor(self.special_ids))
-        chosen = (torch.rand(input_ids.shape, generator=generator) < self.mlm_probability) & candidates
+        chosen = self._chosen(input_ids, candidates, generator)
         labels[~chosen] = IGNORE
         roll = torch.rand(input_ids.shape, generator=generator)
         corrupted = input_ids.clone()
@@ -155,6 +167,25 @@ class MaskedLM:
         hidden = model.base_model(input_ids=batch["input_ids"]).last_hidden_state
         selected = labels != IGNORE
         return mlm_head(model)(hidden[selected]).argmax(-1), labels[selected]
+
+
+def word_starts(tokenizer) -> torch.Tensor:
+    """(V,) bool: which token ids begin a word, for whole-word masking. WordPiece marks the pieces
+    that continue a word (`##`); byte-level BPE (`Ġ`) and Unigram/Metaspace (`▁`) mark the ones that
+    begin one. Raises ValueError for a tokenizer that marks neither (character level)."""
+    import json
+
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    prefix = model.get("continuing_subword_prefix")
+    vocab = tokenizer.get_vocab()
+    starts = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    for token, index in vocab.items():
+        starts[index] = not token.startswith(prefix) if prefix else token.startswith(("Ġ", "▁"))
+    if prefix is None and not bool(starts.any()):
+        raise ValueError("the tokenizer marks no word boundaries")
+    for index in tokenizer.all_special_ids:
+        starts[index] = True
+    return starts
 
 
 def selection_size(positions: int, probability: float) -> int:

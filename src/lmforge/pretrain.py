@@ -41,6 +41,9 @@ class PretrainTrainConfig(TrainConfig):
     )
     mlm_probability: float = option(0.15, "mlm: fraction of tokens masked")
     sparse_prediction: bool = option(True, "mlm: send only masked rows through the vocabulary projection (Cramming)")
+    whole_word_mask: bool = option(
+        False, "mlm: mask whole words (all pieces of a chosen word) instead of single tokens (BERT's WWM)"
+    )
     eval_windows: Optional[int] = option(
         512, "validation windows per evaluation, evenly spread over the split (null: the whole split)"
     )
@@ -141,7 +144,18 @@ def make_objective(config: PretrainConfig, tokens, tokenizer, model):
         tuple(tokenizer.all_special_ids),
         train.mlm_probability,
         train.sparse_prediction,
+        word_starts_of(tokenizer) if train.whole_word_mask else None,
     )
+
+
+def word_starts_of(tokenizer) -> torch.Tensor:
+    try:
+        return objectives.word_starts(tokenizer)
+    except ValueError:
+        raise LmforgeError(
+            "--train.whole_word_mask true needs a tokenizer that marks word pieces (WordPiece's ##, or Ġ/▁ word starts); "
+            "this one does not (character level?): drop the flag or use --tokenizer.kind wordpiece"
+        ) from None
 
 
 def check_lengths(token_shards: shards.TokenShards, window: int, where: str) -> None:
@@ -205,6 +219,7 @@ RESUME_FROZEN = (
     "train.seed",
     "train.mlm_probability",
     "train.sparse_prediction",
+    "train.whole_word_mask",
 )
 
 

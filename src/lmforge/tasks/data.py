@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
@@ -298,6 +299,27 @@ def to_iob2(tags: list[str], scheme: str) -> list[str]:
                 prefix = "B"
         out.append(f"{prefix}-{kind}")
     return out
+
+
+_TAG = re.compile(r"^(O|[BIESLU][-_].+)$")
+
+
+def looks_like_conll(path: str | Path, lines: int = 50) -> bool:
+    """Whether a .txt file is CoNLL columns (word ... tag) rather than prose: its first `lines`
+    non-blank lines all have the same 2+ columns, ending in a tag (O, B-X, I-X, ...)."""
+    widths, seen = set(), 0
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        for line in handle:
+            fields = line.split()
+            if not fields or fields[0] == "-DOCSTART-":
+                continue
+            if len(fields) < 2 or not _TAG.match(fields[-1]):
+                return False
+            widths.add(len(fields))
+            seen += 1
+            if seen >= lines:
+                break
+    return seen > 0 and len(widths) == 1
 
 
 def read_conll(path: str | Path, cfg: FormatConfig, role: str = "train", labelled: bool = True) -> list[Sentence]:
