@@ -54,7 +54,7 @@ def test_headless_model_gets_a_tied_mlm_head_and_the_run_reports_before_and_afte
 
     base = json.loads((adapted / "base" / "adapt_base.json").read_text())
     assert any("cls.predictions" in line for line in base["initialised"])
-    assert "the output projection is tied to the input embeddings" in base["initialised"]
+    assert "the output projection is tied to the input embeddings" in base["initialised"] and base["head_initialised"]
     model = AutoModelForMaskedLM.from_pretrained(str(adapted / "final"))
     assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
     AutoModelForSequenceClassification.from_pretrained(str(adapted / "final"), num_labels=2)
@@ -62,9 +62,14 @@ def test_headless_model_gets_a_tied_mlm_head_and_the_run_reports_before_and_afte
     for when in ("before", "after"):
         metrics = summary[when]["domain (valid)"]
         assert {"masked_accuracy", "masked_loss", "pseudo_perplexity"} <= set(metrics)
-    assert summary["before"] != summary["after"] and summary["training"]["steps"] == 6
+    assert (
+        summary["before"] != summary["after"]
+        and summary["training"]["steps"] == 6
+        and summary["training"]["training_seconds"] > 0
+    )
     html = (adapted / "report.html").read_text()
     assert "Before and after" in html and "<svg" in html and "Vocabulary extension" in html
+    assert "no pretraining head" in html and "(before: a new head)" in html
 
 
 def test_vocabulary_extension_keeps_old_ids_and_vectors(tiny_bert, adapted):

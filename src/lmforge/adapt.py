@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import html
 import json
 import os
 import shutil
@@ -40,6 +41,11 @@ from lmforge.metrics_log import MetricsLog
 from lmforge.runfolder import RunFolder, has_ended
 from lmforge.tasks import data as task_data
 
+HEADLESS_NOTE = (
+    "the saved model has no pretraining head, so the 'before' scores are those of a newly initialised head "
+    "(chance level): they say nothing about how well the model fits the domain, only the 'after' scores and the "
+    "general-text comparison do"
+)
 # Fine-tuning files whose text becomes adaptation text (task-adaptive pretraining).
 TABLE_SUFFIXES = (".csv", ".tsv")
 SQUAD_SUFFIXES = (".json",)
@@ -245,7 +251,13 @@ def prepare_base(config: AdaptConfig, source: Path, objective: str, sources, out
     torch.manual_seed(config.train.seed)
     model, info = auto.from_pretrained(str(source), use_safetensors=True, output_loading_info=True)
     tokenizer = tokenizer_mod.load(source)
-    facts = {"source": str(source), "objective": objective, "initialised": head_report(model, info["missing_keys"])}
+    head_missing = [k for k in info["missing_keys"] if not k.startswith(model.base_model_prefix)]
+    facts = {
+        "source": str(source),
+        "objective": objective,
+        "initialised": head_report(model, info["missing_keys"]),
+        "head_initialised": bool(head_missing),
+    }
     if config.tokenizer.extend:
         train_blocks = lambda: documents.iter_split(sources, "train", config.split, config.read)  # noqa: E731
         held_out = lambda: documents.iter_split(sources, "valid", config.split, config.read)  # noqa: E731
@@ -384,6 +396,8 @@ def run(config: AdaptConfig) -> Path:
     base = prepare_base(config, source, objective, sources, out)
     for line in base["initialised"]:
         print(line, flush=True)
+    if base.get("head_initialised"):
+        print(f"note: {HEADLESS_NOTE}", flush=True)
     if "vocabulary" in base:
         vocab = base["vocabulary"]
         print(
@@ -417,8 +431,11 @@ def run(config: AdaptConfig) -> Path:
         "before": before,
         "after": after,
         "scored_tokens": {name: len(text.tokens) for name, text in texts.items()},
-        "training": {k: training.get(k) for k in ("steps", "tokens", "train_seconds", "val_loss", "stopped_by")},
-        "train_minutes": round((training.get("train_seconds") or 0) / 60, 2),
+        "training": {
+            k: training.get(k)
+            for k in ("steps", "tokens", "training_seconds", "tokens_per_second", "val_loss", "stopped_by")
+        },
+        "train_minutes": round(training["training_seconds"] / 60, 2),
         "wall_seconds": round(time.time() - started, 2),
         "peak_rss_mb": round(hardware.peak_rss_mb(), 1),
     }
@@ -447,6 +464,13 @@ def result_line(summary: dict, objective: str) -> str:
     return "done: " + "; ".join(parts)
 
 
+def starting_model_html(base: dict) -> str:
+    lines = [html.escape(line) for line in base["initialised"]] or ["every weight loaded from the saved model"]
+    if base.get("head_initialised"):
+        lines.append(f"<b>Note:</b> {html.escape(HEADLESS_NOTE)}")
+    return "<br>".join(lines)
+
+
 def write_report(out: Path, summary: dict) -> Path:
     objective = summary["objective"]
     keys = ("perplexity", "loss") if objective == "clm" else ("masked_accuracy", "masked_loss", "pseudo_perplexity")
@@ -458,9 +482,12 @@ def write_report(out: Path, summary: dict) -> Path:
     label, before, higher = headline(summary["before"]["domain (valid)"], objective)
     _, after, _ = headline(summary["after"]["domain (valid)"], objective)
     better = (after > before) == higher
+    verdict = (
+        "before: a new head" if summary["base"].get("head_initialised") else ("better" if better else "not better")
+    )
     lead = report.Lead(
         f"Domain adaptation of {report.shown_path(summary['model'])} ({'masked' if objective == 'mlm' else 'causal'} LM)",
-        f"domain {label} {before:.3f} -> {after:.3f} ({'better' if better else 'not better'})",
+        f"domain {label} {before:.3f} -> {after:.3f} ({verdict})",
         f"held-out domain text (the valid split, {summary['scored_tokens']['domain (valid)']:,} tokens), "
         "not used for training or for picking the checkpoint",
         {"data": ", ".join(summary["data"]), "training": f"{summary['train_minutes']} min"},
@@ -469,7 +496,7 @@ def write_report(out: Path, summary: dict) -> Path:
     sections = [
         ("Before and after", report.grid_html(table)),
         ("Training curves", report.curves_svg(MetricsLog(out / "train").rows())),
-        ("Starting model", "<br>".join(summary["base"]["initialised"]) or "every weight loaded from the saved model"),
+        ("Starting model", starting_model_html(summary["base"])),
     ]
     if vocabulary:
         sections.append(("Vocabulary extension", report.table_html(vocabulary)))
