@@ -65,6 +65,12 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
         "run",
         "fine-tune a pretrained model for classification, NER or extractive QA (full, LoRA or head only)",
     ),
+    "compare": (
+        "lmforge.compare",
+        "CompareConfig",
+        "run",
+        "rank candidate models on one labelled task: fine-tune each x mode x seed, intervals, verdicts, cost",
+    ),
     "predict": (
         "lmforge.predict",
         "PredictConfig",

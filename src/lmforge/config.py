@@ -91,7 +91,7 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise _bad(key, value, tp)
-        if item_tp in (int, float):  # `--seeds 1,2,3` and `--seeds 1 2 3` alike
+        if item_tp in (int, float) or typing.get_origin(item_tp) is Literal:  # `--seeds 1,2,3` = `--seeds 1 2 3`
             value = [part for v in value for part in (v.split(",") if isinstance(v, str) else [v]) if part != ""]
         return [coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:

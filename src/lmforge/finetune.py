@@ -125,6 +125,7 @@ class Prepared:
     valid: object
     test: object | None
     format: FormatConfig
+    test_examples: list | None = None  # the test file's examples, for test_predictions.jsonl
 
 
 def prepare(config: FinetuneConfig) -> Prepared:
@@ -142,7 +143,8 @@ def prepare(config: FinetuneConfig) -> Prepared:
     train_examples = task_cls.read(config.train_file, data_cfg, "train")[: data_cfg.limit]
     task = task_cls.from_train(train_examples, data_cfg)
     valid_examples = task.read(config.valid_file, data_cfg, "valid")
-    test = task.encode(task.read(config.test_file, data_cfg, "test"), tokenizer, data_cfg) if config.test_file else None
+    test_examples = task.read(config.test_file, data_cfg, "test") if config.test_file else None
+    test = task.encode(test_examples, tokenizer, data_cfg) if test_examples is not None else None
     return Prepared(
         model_dir,
         task,
@@ -151,6 +153,7 @@ def prepare(config: FinetuneConfig) -> Prepared:
         task.encode(valid_examples, tokenizer, data_cfg),
         test,
         data_cfg,
+        test_examples,
     )
 
 
@@ -232,7 +235,7 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
     publish_final(config, prepared, out, tokenizer)
     best_metrics = MetricsLog(out).evaluation_at(result.best["step"]) or result.metrics
     valid_metrics = {k: v for k, v in best_metrics.items() if k not in ("step", *TRAIN_KEYS)}
-    test_metrics = score_test(config, prepared, out / "final") if prepared.test is not None else None
+    test_metrics = score_test(config, prepared, out) if prepared.test is not None else None
     summary = result.as_dict() | dict(
         task=task.name,
         mode=config.mode,
@@ -265,9 +268,10 @@ def run_seed(config: FinetuneConfig, prepared: Prepared, seed: int, out: Path) -
 VALID_LABEL = "valid (used for model selection)"
 
 
-def score_test(config: FinetuneConfig, prepared: Prepared, final: Path) -> dict:
-    """The chosen model (final/) scored once on the test file."""
-    model, _ = backbone.load(final, prepared.task)
+def score_test(config: FinetuneConfig, prepared: Prepared, out: Path) -> dict:
+    """The chosen model (out/final/) scored once on the test file; its predictions, one row per
+    example with the gold label, go to out/test_predictions.jsonl (what `lmforge compare` resamples)."""
+    model, _ = backbone.load(out / "final", prepared.task)
     device = hardware.resolve_device(config.train.device)
     model.to(device)
     forward = backbone.full_forward(prepared.task)
@@ -275,7 +279,12 @@ def score_test(config: FinetuneConfig, prepared: Prepared, final: Path) -> dict:
     logits, loss = predict_logits(
         model, prepared.test, forward, prepared.task, batch, _autocast_for(config.train, device)
     )
+    rows = prepared.task.prediction_rows(prepared.test_examples, logits, prepared.test)
+    publish.write_text_atomic(out / TEST_PREDICTIONS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return {**prepared.task.metrics(logits, prepared.test), "test_loss": loss}
+
+
+TEST_PREDICTIONS = "test_predictions.jsonl"
 
 
 def result_section(summary: dict) -> tuple[str, str]:

@@ -1,0 +1,114 @@
+"""`lmforge compare`: two tiny candidates x 2 seeds on a small task, the table, resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_encoder, sentiment_rows
+
+from lmforge import cli
+from lmforge.compare import row_metrics
+
+
+def write_task(folder: Path) -> tuple[Path, Path, Path]:
+    paths = []
+    for name, n, seed in (("train.tsv", 96, 0), ("dev.tsv", 32, 1), ("test.tsv", 40, 2)):
+        path = folder / name
+        path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in sentiment_rows(n, seed)), encoding="utf-8")  # fmt: skip
+        paths.append(path)
+    return paths[0], paths[1], paths[2]
+
+
+def compare_flags(candidates, files, out: Path, *extra: str) -> list[str]:
+    train, dev, test = files
+    return [
+        "compare", "--candidates", *map(str, candidates), "--train_file", str(train), "--valid_file", str(dev),
+        "--test_file", str(test), "--out", str(out), "--seeds", "1,2", "--resamples", "200", "--latency_examples", "4",
+        *"--train.max_steps 4 --train.batch_size 16 --train.precision fp32 --train.lr 3e-3".split(), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compare")
+    first = save_tiny_encoder(folder / "first", max_position_embeddings=128)
+    second = save_tiny_encoder(folder / "second", max_position_embeddings=128, hidden_dropout_prob=0.0)
+    return [first, second], write_task(folder), folder
+
+
+@pytest.fixture(scope="module")
+def compared(setup):
+    candidates, files, folder = setup
+    out = folder / "out"
+    assert cli.main(compare_flags(candidates, files, out)) == 0
+    return out
+
+
+def test_compare_writes_the_table_with_intervals_verdicts_and_cost(compared):
+    result = json.loads((compared / "report.json").read_text())
+    assert result["metric"] == "accuracy" and result["test_examples"] == 40 and result["baseline"] == "first (full)"
+    first, second = result["rows"]
+    assert first["verdict"] == "baseline" and second["verdict"] in ("better", "worse", "no detectable difference")
+    for row in result["rows"]:
+        assert set(row["per_seed"]) == {"1", "2"} and row["interval"][0] <= row["mean"] <= row["interval"][1]
+        assert row["parameters"] > 0 and row["size_mb"] > 0 and row["latency_ms"] > 0 and row["throughput"] > 0
+        assert row["difference_interval"][0] <= row["difference"] <= row["difference_interval"][1]
+    # the per-seed figures are those finetune reported for its test file
+    run = json.loads((compared / "runs" / "second-full" / "report.json").read_text())
+    assert [s["accuracy"] for s in run["per_seed"]] == pytest.approx(list(second["per_seed"].values()))
+    html = (compared / "report.html").read_text()
+    assert "Test metric with 95% intervals" in html and html.count("<svg") >= 3 and "Quality against latency" in html
+
+
+def test_resume_keeps_finished_runs(setup, compared, capsys):
+    candidates, files, _ = setup
+    finished = compared / "runs" / "first-full" / "report.json"
+    before = os.stat(finished).st_mtime_ns
+    # a killed comparison: the second candidate's runs are gone
+    import shutil
+
+    shutil.rmtree(compared / "runs" / "second-full")
+    assert cli.main(compare_flags(candidates, files, compared, "--resume", "true")) == 0
+    out = capsys.readouterr().out
+    assert "first-full: finished already; kept" in out and "--- second, full" in out
+    assert os.stat(finished).st_mtime_ns == before
+    assert (compared / "runs" / "second-full" / "report.json").is_file()
+
+
+def test_row_metrics_for_each_task():
+    assert row_metrics("classification", [{"label": 1, "prediction": "1"}, {"label": 0, "prediction": "1"}])["accuracy"] == 0.5  # fmt: skip
+    ner = [{"label": ["B-PER", "O"], "prediction": ["B-PER", "O"]}, {"label": ["B-LOC"], "prediction": ["O"]}]
+    assert row_metrics("ner", ner)["f1"] == pytest.approx(2 / 3)
+    qa = [{"answers": ["Paris"], "prediction": "Paris"}, {"answers": ["Nile"], "prediction": "the Nile river"}]
+    assert row_metrics("qa", qa)["exact_match"] == 50.0
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda c, f: ([c[0], "no/such/model"], f, ()), "--candidates: no/such/model: model folder not found"),
+        (
+            lambda c, f: (c, f, ("--metric", "bleu")),
+            "--metric bleu: not a classification metric; choose one of: accuracy",
+        ),
+        (lambda c, f: (c, (f[0], f[1], "extra_label"), ()), "--test_file has labels the train file lacks: 7"),
+        (lambda c, f: (c, (f[0], "broken", f[2]), ()), "valid"),
+    ],
+)
+def test_bad_inputs_fail_before_any_training(setup, tmp_path, change, message, capsys):
+    candidates, files, _ = setup
+    if files and True:
+        extra = tmp_path / "extra.tsv"
+        extra.write_text("sentence\tlabel\nthe film was odd\t7\n", encoding="utf-8")
+        broken = tmp_path / "broken.tsv"
+        broken.write_text("no label column here\n", encoding="utf-8")
+    cands, fs, flags = change(candidates, files)
+    fs = tuple({"extra_label": extra, "broken": broken}.get(str(f), f) for f in fs)
+    out = tmp_path / "out"
+    assert cli.main(compare_flags(cands, fs, out, *flags)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (out / "runs").exists()
