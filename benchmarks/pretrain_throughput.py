@@ -140,21 +140,18 @@ class Task:
         }
 
 
+# both tasks: 4 layers and 4 heads on the packaged tinyshakespeare
+SHARED_OVERRIDES = {"data": "builtin:tinyshakespeare", "model.layers": "4", "model.heads": "4"}
+
+
 def make_tasks(quick: bool, clm_steps: int | None, mlm_steps: int | None) -> list[Task]:
     """The two benchmark tasks; `quick` shrinks the step counts for a smoke run."""
     clm = Task(
         name="clm",
         title="CLM: Llama 4x128 (shakespeare-char), ctx 64, batch 12",
-        overrides={
-            "data": "builtin:tinyshakespeare",
-            "tokenizer.kind": "char",
-            "model.family": "llama",
-            "model.layers": "4",
-            "model.heads": "4",
-            "model.width": "128",
-            "model.context": "64",
-            "train.batch_size": "12",
-        },
+        overrides=SHARED_OVERRIDES
+        | {"tokenizer.kind": "char", "model.family": "llama", "model.width": "128", "model.context": "64"}
+        | {"train.batch_size": "12"},
         steps=clm_steps or (60 if quick else 300),
         skip_steps=20,
         probe_steps=40 if quick else 80,
@@ -163,18 +160,9 @@ def make_tasks(quick: bool, clm_steps: int | None, mlm_steps: int | None) -> lis
     mlm = Task(
         name="mlm",
         title="MLM: BERT 4x256, WordPiece 8k, seq 128, batch 32",
-        overrides={
-            "data": "builtin:tinyshakespeare",
-            "tokenizer.kind": "wordpiece",
-            "tokenizer.vocab_size": "8192",
-            "train.objective": "mlm",
-            "model.family": "bert",
-            "model.layers": "4",
-            "model.heads": "4",
-            "model.width": "256",
-            "model.context": "128",
-            "train.batch_size": "32",
-        },
+        overrides=SHARED_OVERRIDES
+        | {"tokenizer.kind": "wordpiece", "tokenizer.vocab_size": "8192", "train.objective": "mlm"}
+        | {"model.family": "bert", "model.width": "256", "model.context": "128", "train.batch_size": "32"},
         steps=mlm_steps or (30 if quick else 60),
         skip_steps=10,
         probe_steps=15 if quick else 25,

@@ -48,6 +48,8 @@ TRIGGERS = ["random", "checkpoint", "final", "resume-rewrite"]
 
 @dataclass
 class Trial:
+    """One run killed and resumed: its stage, what set off the kill, and what the checks found."""
+
     kind: str
     trigger: str
     kills: int = 0

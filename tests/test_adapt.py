@@ -32,6 +32,7 @@ def adapt_flags(model: Path, data: list[Path], out: Path, **extra) -> list[str]:
         "eval_tokens": 2_000,
         "pseudo_perplexity_tokens": 200,
         "train.max_steps": 6,
+        "head_steps": 3,
         "train.max_minutes": "null",
         "train.batch_size": 8,
         "train.precision": "fp32",
@@ -69,7 +70,27 @@ def test_headless_model_gets_a_tied_mlm_head_and_the_run_reports_before_and_afte
     )
     html = (adapted / "report.html").read_text()
     assert "Before and after" in html and "<svg" in html and "Vocabulary extension" in html
-    assert "no pretraining head" in html and "(before: a new head)" in html
+    assert "no pretraining head: a new one was trained alone (body frozen) for 3 steps" in html
+    head = json.loads((adapted / "head" / "report.json").read_text())
+    assert head["steps"] == 3 and summary["head_fit"]["steps"] == 3
+
+
+def test_the_head_fit_trains_only_the_head(tiny_bert, adapted):
+    from safetensors.torch import load_file
+
+    base, fitted = load_file(str(adapted / "base" / "model.safetensors")), load_file(str(adapted / "head" / "final" / "model.safetensors"))  # fmt: skip
+    body = [k for k in base if k.startswith("bert.")]
+    head = [k for k in base if k.startswith("cls.") and k in fitted]
+    assert body and all(torch.equal(base[k], fitted[k]) for k in body)
+    assert any(not torch.equal(base[k], fitted[k]) for k in head)
+
+
+def test_without_a_head_fit_the_before_scores_are_called_chance():
+    from lmforge.adapt import head_note
+
+    assert "chance level" in head_note({"head_initialised": True}, 0)
+    assert "for 200 steps" in head_note({"head_initialised": True}, 200)
+    assert head_note({"head_initialised": False}, 200) is None
 
 
 def test_vocabulary_extension_keeps_old_ids_and_vectors(tiny_bert, adapted):

@@ -100,11 +100,10 @@ def test_row_metrics_for_each_task():
 )
 def test_bad_inputs_fail_before_any_training(setup, tmp_path, change, message, capsys):
     candidates, files, _ = setup
-    if files and True:
-        extra = tmp_path / "extra.tsv"
-        extra.write_text("sentence\tlabel\nthe film was odd\t7\n", encoding="utf-8")
-        broken = tmp_path / "broken.tsv"
-        broken.write_text("no label column here\n", encoding="utf-8")
+    extra = tmp_path / "extra.tsv"
+    extra.write_text("sentence\tlabel\nthe film was odd\t7\n", encoding="utf-8")
+    broken = tmp_path / "broken.tsv"
+    broken.write_text("no label column here\n", encoding="utf-8")
     cands, fs, flags = change(candidates, files)
     fs = tuple({"extra_label": extra, "broken": broken}.get(str(f), f) for f in fs)
     out = tmp_path / "out"
@@ -112,3 +111,11 @@ def test_bad_inputs_fail_before_any_training(setup, tmp_path, change, message, c
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (out / "runs").exists()
+
+
+def test_modes_take_commas_like_seeds():
+    from lmforge import config as config_mod
+    from lmforge.compare import CompareConfig
+
+    parsed = config_mod.resolve(CompareConfig, None, {"modes": ["head,full"], "seeds": ["1,2"]})
+    assert parsed.modes == ["head", "full"] and parsed.seeds == [1, 2]

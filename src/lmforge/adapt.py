@@ -43,9 +43,21 @@ from lmforge.tasks import data as task_data
 
 HEADLESS_NOTE = (
     "the saved model has no pretraining head, so the 'before' scores are those of a newly initialised head "
-    "(chance level): they say nothing about how well the model fits the domain, only the 'after' scores and the "
-    "general-text comparison do"
+    "(chance level): they say nothing about how well the model fits the domain (--head_steps N fits the head first)"
 )
+FITTED_NOTE = (
+    "the saved model has no pretraining head: a new one was trained alone (body frozen) for {steps} steps on the "
+    "domain train split, and 'before' scores the pretrained body with that head"
+)
+
+
+def head_note(base: dict, head_steps: int) -> str | None:
+    """What the 'before' scores of a model saved without its head measure (None: it had one)."""
+    if not base.get("head_initialised"):
+        return None
+    return FITTED_NOTE.format(steps=head_steps) if head_steps else HEADLESS_NOTE
+
+
 # Fine-tuning files whose text becomes adaptation text (task-adaptive pretraining).
 TABLE_SUFFIXES = (".csv", ".tsv")
 SQUAD_SUFFIXES = (".json",)
@@ -97,6 +109,11 @@ class AdaptConfig:
         2_000, "masked LMs: tokens whose pseudo-perplexity is scored before and after (each one forward row; 0: skip)"
     )
     context: int = option(128, "training window in tokens (at most the model's position table)")
+    head_steps: int = option(
+        200,
+        "a model saved without its pretraining head first trains the new head alone (body frozen) for this many steps "
+        "on the domain train split, so 'before' scores the pretrained body with a fitted head (0: score the new head)",
+    )
     tokenizer: VocabularyConfig = field(default_factory=VocabularyConfig)
     format: task_data.FormatConfig = field(default_factory=task_data.FormatConfig)
     split: SplitConfig = field(default_factory=text_split)
@@ -346,18 +363,36 @@ def _config(folder: Path):
     return AutoConfig.from_pretrained(str(folder))
 
 
-def training_config(config: AdaptConfig, data: list[str], objective: str, out: Path) -> pretrain_mod.PretrainConfig:
-    base = str(out / "base")
+def training_config(
+    config: AdaptConfig, data: list[str], start: Path, run: Path, train: pretrain_mod.PretrainTrainConfig
+) -> pretrain_mod.PretrainConfig:
+    """The pretraining run in `run` that continues from the model folder `start`."""
     return pretrain_mod.PretrainConfig(
         data=data,
-        out=str(out / "train"),
-        resume=config.resume and (out / "train" / "config.yaml").is_file(),
-        tokenizer=tokenizer_mod.TokenizerConfig(path=base),
+        out=str(run),
+        resume=config.resume and (run / "config.yaml").is_file(),
+        tokenizer=tokenizer_mod.TokenizerConfig(path=str(start)),
         split=config.split,
         read=config.read,
-        model=model_mod.ModelConfig(init_from=base, context=config.context),
-        train=dataclasses.replace(config.train, objective=objective),
+        model=model_mod.ModelConfig(init_from=str(start), context=config.context),
+        train=train,
         report=config.report,
+    )
+
+
+def head_fit(config: AdaptConfig, objective: str) -> pretrain_mod.PretrainTrainConfig:
+    """Fitting a new head alone: head-mode fine-tuning's LR, `head_steps` steps, nothing else of the budget."""
+    return dataclasses.replace(
+        config.train,
+        objective=objective,
+        trainable="head",
+        lr=1e-3,
+        min_lr=1e-4,
+        max_steps=config.head_steps,
+        max_minutes=None,
+        max_tokens=None,
+        max_flops=None,
+        stop_at_step=None,
     )
 
 
@@ -396,8 +431,8 @@ def run(config: AdaptConfig) -> Path:
     base = prepare_base(config, source, objective, sources, out)
     for line in base["initialised"]:
         print(line, flush=True)
-    if base.get("head_initialised"):
-        print(f"note: {HEADLESS_NOTE}", flush=True)
+    if note := head_note(base, config.head_steps):
+        print(f"note: {note}", flush=True)
     if "vocabulary" in base:
         vocab = base["vocabulary"]
         print(
@@ -407,27 +442,41 @@ def run(config: AdaptConfig) -> Path:
         )
     tokenizer = tokenizer_mod.load(out / "base")
     texts = scored_texts(config, tokenizer, sources)
+    start = out / "base"
+    if base.get("head_initialised") and config.head_steps:
+        fitted = out / "head"
+        if not has_ended(fitted):
+            print(f"fitting the new head alone (body frozen) for {config.head_steps} steps ...", flush=True)
+            pretrain_mod.run(training_config(config, data, start, fitted, head_fit(config, objective)))
+        if not (fitted / "final" / "config.json").is_file():
+            return out  # stopped: resumable
+        start = fitted / "final"
     before_path = out / "before.json"
     if before_path.is_file():
         before = json.loads(before_path.read_text())
     else:
         print("scoring the starting model on held-out text ...", flush=True)
-        before = scores(out / "base", objective, texts, config)
+        before = scores(start, objective, texts, config)
         publish.write_json_atomic(before_path, before)
     trained = out / "train"
     if not has_ended(trained):
-        pretrain_mod.run(training_config(config, data, objective, out))
+        train = dataclasses.replace(config.train, objective=objective)
+        pretrain_mod.run(training_config(config, data, start, trained, train))
     if not (trained / "final" / "config.json").is_file():
         return out  # stopped by Ctrl-C or stop_at_step: resumable, reports come at the end
     publish_final(trained / "final", out / "final")
     print("scoring the adapted model ...", flush=True)
     after = scores(out / "final", objective, texts, config)
     training = json.loads((trained / "report.json").read_text())
+    head_seconds = (
+        json.loads((out / "head" / "report.json").read_text())["training_seconds"] if start != out / "base" else 0
+    )
     summary = {
         "model": str(source),
         "objective": objective,
         "data": config.data,
         "base": base,
+        "head_note": head_note(base, config.head_steps),
         "before": before,
         "after": after,
         "scored_tokens": {name: len(text.tokens) for name, text in texts.items()},
@@ -435,7 +484,8 @@ def run(config: AdaptConfig) -> Path:
             k: training.get(k)
             for k in ("steps", "tokens", "training_seconds", "tokens_per_second", "val_loss", "stopped_by")
         },
-        "train_minutes": round(training["training_seconds"] / 60, 2),
+        "head_fit": {"steps": config.head_steps, "minutes": round(head_seconds / 60, 2)} if head_seconds else None,
+        "train_minutes": round((training["training_seconds"] + head_seconds) / 60, 2),  # head fit included
         "wall_seconds": round(time.time() - started, 2),
         "peak_rss_mb": round(hardware.peak_rss_mb(), 1),
     }
@@ -464,10 +514,11 @@ def result_line(summary: dict, objective: str) -> str:
     return "done: " + "; ".join(parts)
 
 
-def starting_model_html(base: dict) -> str:
+def starting_model_html(summary: dict) -> str:
+    base = summary["base"]
     lines = [html.escape(line) for line in base["initialised"]] or ["every weight loaded from the saved model"]
-    if base.get("head_initialised"):
-        lines.append(f"<b>Note:</b> {html.escape(HEADLESS_NOTE)}")
+    if summary.get("head_note"):
+        lines.append(f"<b>Note:</b> {html.escape(summary['head_note'])}")
     return "<br>".join(lines)
 
 
@@ -482,9 +533,8 @@ def write_report(out: Path, summary: dict) -> Path:
     label, before, higher = headline(summary["before"]["domain (valid)"], objective)
     _, after, _ = headline(summary["after"]["domain (valid)"], objective)
     better = (after > before) == higher
-    verdict = (
-        "before: a new head" if summary["base"].get("head_initialised") else ("better" if better else "not better")
-    )
+    chance = summary["base"].get("head_initialised") and not summary.get("head_fit")
+    verdict = "before: a new head" if chance else ("better" if better else "not better")
     lead = report.Lead(
         f"Domain adaptation of {report.shown_path(summary['model'])} ({'masked' if objective == 'mlm' else 'causal'} LM)",
         f"domain {label} {before:.3f} -> {after:.3f} ({verdict})",
@@ -496,7 +546,7 @@ def write_report(out: Path, summary: dict) -> Path:
     sections = [
         ("Before and after", report.grid_html(table)),
         ("Training curves", report.curves_svg(MetricsLog(out / "train").rows())),
-        ("Starting model", starting_model_html(summary["base"])),
+        ("Starting model", starting_model_html(summary)),
     ]
     if vocabulary:
         sections.append(("Vocabulary extension", report.table_html(vocabulary)))

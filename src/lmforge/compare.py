@@ -390,9 +390,7 @@ def write_report(out: Path, result: dict) -> Path:
         f"{result['test_file']}, {result['test_examples']:,} examples, scored once per run; {result['interval']}",
         {"baseline": result["baseline"]},
     )
-    keys = ("mean", "std", "interval", "difference", "difference_interval", "verdict", "parameters", "size_mb",
-            "latency_ms", "throughput", "finetune_minutes_per_seed", "pretraining_minutes")  # fmt: skip
-    table = {f"{r['candidate']} ({r['mode']})": {k: _shown(r[k]) for k in keys} for r in rows}
+    table = {f"{r['candidate']} ({r['mode']})": shown_row(r) for r in rows}
     bars, scatter = charts_svg(result)
     sections = [
         ("Test metric with 95% intervals", bars),
@@ -403,7 +401,18 @@ def write_report(out: Path, result: dict) -> Path:
     return report.write_html(out / "report.html", f"lmforge compare: {out.name}", sections, lead)
 
 
-def _shown(value):
-    if isinstance(value, list):
-        return f"[{value[0]:.4f}, {value[1]:.4f}]"
-    return value
+def shown_row(r: dict) -> dict:
+    """One row of report.html's table, rounded as people read it."""
+    pretrain = r["pretraining_minutes"]
+    return {
+        "test (mean ± std)": f"{r['mean']:.4f} ± {r['std']:.4f}",
+        "95% interval": f"[{r['interval'][0]:.4f}, {r['interval'][1]:.4f}]",
+        "vs baseline [95%]": f"{r['difference']:+.4f} [{r['difference_interval'][0]:+.4f}, {r['difference_interval'][1]:+.4f}]",
+        "verdict": r["verdict"],
+        "params": f"{r['parameters'] / 1e6:.1f}M",
+        "MB": r["size_mb"],
+        "ms/example (batch 1)": r["latency_ms"],
+        "examples/s (batch 32)": r["throughput"],
+        "fine-tune min/seed": r["finetune_minutes_per_seed"],
+        "pretrain min": "" if pretrain is None else pretrain,
+    }

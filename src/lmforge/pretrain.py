@@ -41,6 +41,9 @@ class PretrainTrainConfig(TrainConfig):
     )
     mlm_probability: float = option(0.15, "mlm: fraction of tokens masked")
     sparse_prediction: bool = option(True, "mlm: send only masked rows through the vocabulary projection (Cramming)")
+    trainable: Literal["all", "head"] = option(
+        "all", "head: train only the pretraining head, the body frozen (adapt fits a new head this way first)"
+    )
     whole_word_mask: bool = option(
         False, "mlm: mask whole words (all pieces of a chosen word) instead of single tokens (BERT's WWM)"
     )
@@ -220,6 +223,7 @@ RESUME_FROZEN = (
     "train.mlm_probability",
     "train.sparse_prediction",
     "train.whole_word_mask",
+    "train.trainable",
 )
 
 
@@ -269,6 +273,8 @@ def run(config: PretrainConfig) -> Path:
     token_shards = shards.TokenShards.open(shard_dir)
     torch.manual_seed(config.train.seed)
     model = model_mod.build(config.model, tokenizer, config.train.objective)
+    if config.train.trainable == "head":  # the head's own weights train; a tied decoder stays the embeddings
+        model.base_model.requires_grad_(False)
     if token_shards.meta["vocab_size"] > model.config.vocab_size:
         raise LmforgeError(
             f"shards {shard_dir} use a vocabulary of {token_shards.meta['vocab_size']} but the model has {model.config.vocab_size}; use matching tokenizer and model"
