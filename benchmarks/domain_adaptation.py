@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -60,14 +61,19 @@ def main() -> None:
     task_train = [data / folder / pattern.format("train") for _, folder, pattern, _ in TASKS.values()]
     adapted = work / "adapted"
     if not (adapted / "report.json").is_file():
+        again = ["--resume", "true"] if (adapted / "config.yaml").is_file() else []  # a killed benchmark goes on
         lmforge(
             "adapt", "--model", "minilm", "--data", data / "pubmed-abstracts" / "abstracts.jsonl", *task_train,
             "--eval_general", data / "wikitext-2" / "valid.txt", "--train.max_minutes", minutes, "--out", adapted,
+            *again,
         )  # fmt: skip
     adaptation = json.loads((adapted / "report.json").read_text())
 
     scratch = work / "scratch"
     if not (scratch / "report.json").is_file():
+        again = ["--resume", "true"] if any(scratch.glob("checkpoints/step_*")) else []
+        if scratch.exists() and not again:
+            shutil.rmtree(scratch)  # started, nothing kept: start again
         text = [data / "pubmed-abstracts" / "abstracts.jsonl", *sorted((adapted / "task_text").glob("*.jsonl"))]
         text += [p for p in task_train if p.suffix == ".jsonl"]  # ChemProt's JSONL is read as is by adapt too
         lmforge(
@@ -75,7 +81,7 @@ def main() -> None:
             "--model.layers", 6, "--model.width", 384, "--model.heads", 12, "--model.intermediate", 1536,
             "--model.context", 128, "--tokenizer.kind", "wordpiece", "--tokenizer.vocab_size", 30522,
             "--tokenizer.lowercase", "true", "--train.batch_size", 32,
-            "--train.max_minutes", adaptation["train_minutes"], "--out", scratch,
+            "--train.max_minutes", adaptation["train_minutes"], "--out", scratch, *again,
         )  # fmt: skip
 
     results = {}

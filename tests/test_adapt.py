@@ -180,6 +180,7 @@ def test_whole_word_masking_masks_every_piece_of_a_word_and_never_a_special(tiny
         ({"eval_general": "no/such/general.txt"}, "--eval_general no/such/general.txt: no such file"),
         ({"tokenizer.extend": -1}, "--tokenizer.extend must be >= 0"),
         ({"split.test_fraction": 0.1}, "text stages hold out valid only"),
+        ({"data": ["no/such/domain.txt"]}, "--data no/such/domain.txt: no such file or folder"),
     ],
 )
 def test_bad_inputs_are_one_line_errors_before_any_work(tiny_bert, tmp_path, extra, message, capsys):
@@ -189,7 +190,7 @@ def test_bad_inputs_are_one_line_errors_before_any_work(tiny_bert, tmp_path, ext
     assert cli.main(["adapt", *argv_of(overrides)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "out" / "train").exists()
+    assert not (tmp_path / "out").exists()
 
 
 def test_extension_of_a_causal_model_is_refused(tmp_path):

@@ -423,6 +423,9 @@ def run(config: AdaptConfig) -> Path:
         raise LmforgeError(
             f"{out} already holds an adaptation; pass --resume true to continue it, or choose a new --out"
         )
+    plain = [e for e in config.data if not (Path(e).is_file() and task_file_kind(Path(e)))]
+    if plain:
+        documents.resolve_sources(plain)  # a missing or unreadable input fails before the run folder is made
     folder = RunFolder(out, "adapt").start(config, [source])
     data = split_task_files(config, out)
     sources = documents.resolve_sources(data)

@@ -297,6 +297,8 @@ def run(config: PretrainConfig) -> Path:
         config.train.mlm_probability if (config.train.objective == "mlm" and config.train.sparse_prediction) else 1.0
     )
     flops_per_token = model_mod.flops_per_token(model, config.model.context, fraction)
+    if config.train.trainable == "head":
+        flops_per_token /= 3  # the frozen body runs forward only: a third of 6N (the head's backward left out)
     params = model_mod.count_parameters(model)
     if proc.main:
         print(
