@@ -10,7 +10,6 @@ import pytest
 from conftest import save_tiny_encoder, sentiment_rows
 
 from lmforge import cli
-from lmforge.compare import row_metrics
 
 
 def write_task(folder: Path) -> tuple[Path, Path, Path]:
@@ -79,11 +78,17 @@ def test_resume_keeps_finished_runs(setup, compared, capsys):
 
 
 def test_row_metrics_for_each_task():
-    assert row_metrics("classification", [{"label": 1, "prediction": "1"}, {"label": 0, "prediction": "1"}])["accuracy"] == 0.5  # fmt: skip
+    from lmforge.tasks import TASKS
+    from lmforge.tasks.data import FormatConfig, Record
+
+    binary = TASKS["classification"].from_train(
+        [Record("a", None, 0, "x:1"), Record("b", None, 1, "x:2")], FormatConfig()
+    )
+    assert binary.row_metrics([{"label": 1, "prediction": "1"}, {"label": 0, "prediction": "1"}])["accuracy"] == 0.5
     ner = [{"label": ["B-PER", "O"], "prediction": ["B-PER", "O"]}, {"label": ["B-LOC"], "prediction": ["O"]}]
-    assert row_metrics("ner", ner)["f1"] == pytest.approx(2 / 3)
+    assert TASKS["ner"].row_metrics(ner)["f1"] == pytest.approx(2 / 3)
     qa = [{"answers": ["Paris"], "prediction": "Paris"}, {"answers": ["Nile"], "prediction": "the Nile river"}]
-    assert row_metrics("qa", qa)["exact_match"] == 50.0
+    assert TASKS["qa"].row_metrics(qa)["exact_match"] == 50.0
 
 
 @pytest.mark.parametrize(

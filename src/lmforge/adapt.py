@@ -7,9 +7,10 @@ The run folder:
     OUT/base/       the starting model with its pretraining head (added when it was saved without
                     one) and its tokenizer (extended with `--tokenizer.extend N`): an HF folder
     OUT/task_text/  the text of fine-tuning files given as --data (task-adaptive pretraining)
-    OUT/train/      the pretraining run that adapts base/ (the shared loop: checkpoints, metrics.jsonl)
+    OUT/head/       for a model saved without its head: the run that trains the new head alone
+    OUT/train/      the pretraining run that adapts base/ (or head/final/) in the shared loop
     OUT/final/      the adapted model: loads with AutoModelForMaskedLM (or CausalLM) and task classes
-    OUT/before.json scores of base/, written once, so a resumed run compares with the same numbers
+    OUT/before.json scores of the starting model, written once: a resumed run compares with the same numbers
     OUT/report.json, report.html
 """
 
@@ -20,8 +21,6 @@ import dataclasses
 import hashlib
 import html
 import json
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +75,7 @@ class VocabularyConfig:
 
 def adapt_train() -> pretrain_mod.PretrainTrainConfig:
     """Adaptation defaults, not those of pretraining from scratch: a 10x lower peak LR, a short
-    warm-up, decay over the budget, no weight decay surprise for the pretrained norms."""
+    warm-up, decay over the budget, BERT's weight decay (0.01) and beta2 (0.98)."""
     return pretrain_mod.PretrainTrainConfig(
         lr=1e-4,
         min_lr=1e-5,
@@ -305,8 +304,9 @@ def scores(model_dir: Path, objective: str, texts: dict[str, evaluate_mod.Scored
     auto = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
     model = model_mod.load(model_dir, auto).eval()
     tokenizer = tokenizer_mod.load(model_dir)
-    settings = evaluate_mod.EvaluateConfig(pseudo_perplexity_tokens=config.pseudo_perplexity_tokens, batch_size=16)
-    device = torch.device("cpu")
+    settings = evaluate_mod.EvaluateConfig(pseudo_perplexity_tokens=config.pseudo_perplexity_tokens)
+    device = hardware.resolve_device(config.train.device)
+    model.to(device)
     return {
         name: evaluate_mod.score(model, tokenizer, text, objective, config.context, settings, device)
         for name, text in texts.items()
@@ -396,19 +396,6 @@ def head_fit(config: AdaptConfig, objective: str) -> pretrain_mod.PretrainTrainC
     )
 
 
-def publish_final(trained: Path, final: Path) -> None:
-    """OUT/final/ from OUT/train/final/: hard links where the file system allows (no second copy)."""
-
-    def link(src, dst):
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-
-    with publish.publish_folder(final) as tmp:
-        shutil.copytree(trained, tmp, dirs_exist_ok=True, copy_function=link)
-
-
 def run(config: AdaptConfig) -> Path:
     """`lmforge adapt`: continue pretraining `config.model` on `config.data`; returns the run folder."""
     started = time.time()
@@ -467,7 +454,7 @@ def run(config: AdaptConfig) -> Path:
         pretrain_mod.run(training_config(config, data, start, trained, train))
     if not (trained / "final" / "config.json").is_file():
         return out  # stopped by Ctrl-C or stop_at_step: resumable, reports come at the end
-    publish_final(trained / "final", out / "final")
+    publish.copy_folder(trained / "final", out / "final")
     print("scoring the adapted model ...", flush=True)
     after = scores(out / "final", objective, texts, config)
     training = json.loads((trained / "report.json").read_text())

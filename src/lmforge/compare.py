@@ -23,12 +23,13 @@ from typing import Literal, Optional
 
 from lmforge import checkpoint, intervals, report
 from lmforge import finetune as finetune_mod
+from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.metrics_log import MetricsLog
 from lmforge.publish import write_json_atomic
 from lmforge.runfolder import RunFolder, has_ended
-from lmforge.tasks import TASKS, TaskName, backbone, data, format_for, metrics, scoring
+from lmforge.tasks import TASKS, Task, TaskName, backbone, data, format_for, scoring
 
 Mode = Literal["full", "lora", "head"]
 
@@ -64,44 +65,25 @@ class Candidate:
     folder: Path  # the model folder it resolves to
 
 
-# --- metrics from prediction rows --------------------------------------------------------------
+# --- gold labels ------------------------------------------------------------------------------
 
 
-def row_metrics(task: str, rows: list[dict]) -> dict[str, float]:
-    """The task's test metrics recomputed from prediction rows (finetune's test_predictions.jsonl)."""
-    if task == "ner":
-        return metrics.entities([r["label"] for r in rows], [r["prediction"] for r in rows])
-    if task == "qa":
-        return metrics.squad({str(i): r["prediction"] for i, r in enumerate(rows)}, {str(i): r["answers"] for i, r in enumerate(rows)})  # fmt: skip
-    predicted = [r["prediction"] for r in rows]
-    if predicted and isinstance(predicted[0], float):
-        return metrics.regression([float(r["label"]) for r in rows], predicted)
-    if predicted and isinstance(predicted[0], list):  # multi-label: indicator matrices over every name seen
-        gold_sets = [set(data.split_labels(r["label"], ",")) for r in rows]
-        names = sorted(set().union(*gold_sets, *map(set, predicted)))
-        return metrics.multi_label(
-            [[n in g for n in names] for g in gold_sets], [[n in set(p) for n in names] for p in predicted]
-        )
-    gold = [data.build_label_map([r["label"]])[0] for r in rows]
-    names = data.build_label_map(set(gold) | set(predicted))
-    index = {name: i for i, name in enumerate(names)}
-    return metrics.classification([index[g] for g in gold], [index[p] for p in predicted], len(names))
-
-
-def gold_rows(task: str, examples: list) -> list[dict]:
+def gold_rows(task: Task, examples: list) -> list[dict]:
     """Rows whose predictions are the gold labels: what a metric name is checked against."""
-    if task == "ner":
+    if task.name == "ner":
         return [{"label": s.tags, "prediction": s.tags} for s in examples]
-    if task == "qa":
+    if task.name == "qa":
         return [{"answers": [a["text"] for a in q.answers], "prediction": (q.answers or [{"text": ""}])[0]["text"]} for q in examples]  # fmt: skip
-    return [{"label": r.label, "prediction": data.build_label_map([r.label])[0]} for r in examples]
+    return [{"label": r.label, "prediction": task.gold(r.label)} for r in examples]
 
 
-def label_set(task: str, examples: list) -> set[str]:
-    if task == "ner":
+def labels_of(task: Task, examples: list) -> set[str]:
+    """The label names a file uses (none for QA and regression)."""
+    if task.name == "ner":
         return {t for s in examples for t in s.tags}
-    if task == "classification":
-        return {data.build_label_map([r.label])[0] for r in examples if not isinstance(r.label, (list, float))}
+    if task.name == "classification" and task.kind != "regression":
+        golds = [task.gold(r.label) for r in examples]
+        return {n for g in golds for n in (g if task.kind == "multi" else [g])}
     return set()
 
 
@@ -113,11 +95,9 @@ def candidates_of(config: CompareConfig) -> list[Candidate]:
     for given in config.candidates:
         try:
             folder = backbone.resolve(given)
+            tokenizer_mod.load(folder)  # the error finetune would give, now for every candidate at once
         except LmforgeError as err:
             problems.append(str(err))
-            continue
-        if not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
-            problems.append(f"{folder}: no tokenizer here; save the tokenizer with the model")
             continue
         path = Path(given)
         name = (
@@ -134,9 +114,9 @@ def candidates_of(config: CompareConfig) -> list[Candidate]:
     return found
 
 
-def check(config: CompareConfig) -> tuple[list[Candidate], str, dict]:
+def check(config: CompareConfig) -> tuple[list[Candidate], Task, str, dict]:
     """Everything checkable before training: candidates, files, label sets, the metric. Returns
-    (candidates, metric, the files' examples)."""
+    (candidates, the task as train defines it, metric, the files' examples)."""
     if len(config.candidates) < 1:
         raise LmforgeError("--candidates: give at least one model (minilm, an HF folder or a run folder)")
     missing = [f"--{k}" for k in ("train_file", "valid_file", "test_file") if not getattr(config, k)]
@@ -153,27 +133,23 @@ def check(config: CompareConfig) -> tuple[list[Candidate], str, dict]:
     fmt = format_for(task_cls, config.format)
     examples = {role: task_cls.read(getattr(config, f"{role}_file"), fmt, role) for role in ("train", "valid", "test")}
     examples["train"] = examples["train"][: fmt.limit]  # what finetune trains on
-    train_labels = label_set(config.task, examples["train"])
+    task = task_cls.from_train(examples["train"], fmt)
     problems = [
         f"--{role}_file has labels the train file lacks: {', '.join(sorted(extra)[:5])}"
         for role in ("valid", "test")
-        if (extra := label_set(config.task, examples[role]) - train_labels)
+        if (extra := labels_of(task, examples[role]) - set(task.labels))
     ]
     if problems:
         where = f" (in its first {fmt.limit} rows: --format.limit)" if fmt.limit else ""
         raise LmforgeError("; ".join(problems) + f"; every label must occur in --train_file{where}")
-    known = row_metrics(config.task, gold_rows(config.task, examples["valid"]))
-    metric = config.metric or task_cls.from_train(examples["train"], fmt).default_metric
+    known = task.row_metrics(gold_rows(task, examples["valid"]))
+    metric = config.metric or task.default_metric
     if metric not in known:
         raise LmforgeError(f"--metric {metric}: not a {config.task} metric; choose one of: {', '.join(sorted(known))}")
-    return candidates, metric, examples
+    return candidates, task, metric, examples
 
 
 # --- runs --------------------------------------------------------------------------------------
-
-
-def seed_dirs(run_dir: Path, seeds: list[int]) -> list[Path]:
-    return [run_dir] if len(seeds) == 1 else [run_dir / f"seed_{s}" for s in seeds]
 
 
 def finetune_config(config: CompareConfig, candidate: Candidate, mode: str, run_dir: Path, resume: bool):
@@ -199,7 +175,7 @@ def run_one(config: CompareConfig, candidate: Candidate, mode: str, run_dir: Pat
     if has_ended(run_dir) and (run_dir / "report.json").is_file():
         print(f"{run_dir}: finished already; kept", flush=True)
         return
-    dirs = seed_dirs(run_dir, config.seeds)
+    dirs = finetune_mod.seed_folders(run_dir, config.seeds)
     partial = any(checkpoint.latest(d) is not None or finetune_mod.finished_report(d) is not None for d in dirs)
     if run_dir.exists() and not partial:
         shutil.rmtree(run_dir)  # started but nothing kept yet: start again
@@ -209,7 +185,7 @@ def run_one(config: CompareConfig, candidate: Candidate, mode: str, run_dir: Pat
 
 def test_rows(run_dir: Path, seeds: list[int]) -> list[list[dict]]:
     runs = []
-    for seed_dir in seed_dirs(run_dir, seeds):
+    for seed_dir in finetune_mod.seed_folders(run_dir, seeds):
         path = seed_dir / finetune_mod.TEST_PREDICTIONS
         runs.append([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()])
     return runs
@@ -260,14 +236,14 @@ def pretraining_minutes(candidate: Candidate) -> float | None:
 def run(config: CompareConfig) -> Path:
     """`lmforge compare`: fine-tune every candidate x mode x seed, then rank them on the test file."""
     out = Path(config.out)
-    candidates, metric, examples = check(config)
+    candidates, task, metric, examples = check(config)
     if not config.resume and (out / "runs").exists() and any((out / "runs").iterdir()):
         raise LmforgeError(f"{out} already holds a comparison; pass --resume true to keep its finished runs, or choose a new --out")  # fmt: skip
     folder = RunFolder(out, "compare").start(config, [c.folder for c in candidates])
     grid = [(c, mode) for mode in config.modes for c in candidates]  # all candidates in a mode first
     for candidate, mode in grid:
         run_one(config, candidate, mode, out / "runs" / f"{candidate.name}-{mode}")
-    score = lambda rows: row_metrics(config.task, rows)[metric]  # noqa: E731
+    score = lambda rows: task.row_metrics(rows)[metric]  # noqa: E731
     baseline_rows = test_rows(out / "runs" / f"{grid[0][0].name}-{grid[0][1]}", config.seeds)
     rows = []
     for candidate, mode in grid:
@@ -369,7 +345,7 @@ def curves_svg(result: dict) -> str:
     plt = report.pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for r in result["rows"]:
-        first = seed_dirs(Path(r["run"]), result["seeds"])[0]
+        first = finetune_mod.seed_folders(Path(r["run"]), result["seeds"])[0]
         points = [(row["step"], row[result["metric"]]) for row in MetricsLog(first).rows() if result["metric"] in row]
         if points:
             ax.plot(*zip(*points), marker=".", label=f"{r['candidate']} ({r['mode']})")

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -352,13 +351,7 @@ def publish_final(config: FinetuneConfig, prepared: Prepared, out: Path, tokeniz
     if config.mode == "lora":
         backbone.merge_lora(prepared.model_dir, best, prepared.task, out / "final", tokenizer)
     else:
-        replace_folder(best, out / "final")
-
-
-def replace_folder(source: Path, target: Path) -> None:
-    """Copy `source` to a temp folder beside `target`, then swap it in (`publish.publish_folder`)."""
-    with publish.publish_folder(target) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        publish.copy_folder(best, out / "final")
 
 
 def finished_report(out: Path) -> dict | None:
@@ -432,7 +425,7 @@ def run(config: FinetuneConfig) -> Path:
     started = time.time()
     out = Path(config.out)
     seeds = check_seeds(config.seeds) or [config.train.seed]
-    seed_dirs = [out] if len(seeds) == 1 else [out / f"seed_{seed}" for seed in seeds]
+    seed_dirs = seed_folders(out, seeds)
     check_out_folder(config, seed_dirs)
     check_before_data(config)
     prepared = prepare(config)
@@ -467,6 +460,11 @@ def run(config: FinetuneConfig) -> Path:
     return out
 
 
+def seed_folders(out: Path, seeds: list[int]) -> list[Path]:
+    """Where each seed's run lives: `out` itself for one seed, else out/seed_N/."""
+    return [out] if len(seeds) == 1 else [out / f"seed_{seed}" for seed in seeds]
+
+
 def check_seeds(seeds: list[int]) -> list[int]:
     """`seeds`, refused if one repeats (each seed's run goes into its own seed_N/)."""
     if len(set(seeds)) != len(seeds):
@@ -490,7 +488,7 @@ def aggregate(runs: list[dict], out: Path) -> dict:
     best = max(
         runs, key=lambda r: sign * r.get("valid_metrics", r["metrics"]).get(best_info["metric"], -math.inf * sign)
     )
-    replace_folder(out / f"seed_{best['seed']}" / "final", out / "final")
+    publish.copy_folder(out / f"seed_{best['seed']}" / "final", out / "final")
     valid_mean, valid_std = _mean_std(runs, "valid_metrics")
     return {
         "task": runs[0]["task"],

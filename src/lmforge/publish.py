@@ -145,6 +145,21 @@ def publish_folder(target: str | Path, replace: bool = True) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def copy_folder(source: str | Path, target: str | Path) -> None:
+    """Publish a copy of the folder `source` as `target` (`publish_folder`), its files hard-linked
+    where the file system allows: a final/ beside the checkpoint it came from costs no second copy
+    (published folders are replaced whole, never written in place)."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    with publish_folder(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True, copy_function=link)
+
+
 # below this much free space a failed write is taken for a full disk
 FULL_DISK_BYTES = 64 * 2**20
 

@@ -89,6 +89,9 @@ class Task(Protocol):
     # evaluation
     def metrics(self, logits: list[torch.Tensor], features: Features) -> dict[str, float]: ...
 
+    def row_metrics(self, rows: list[dict]) -> dict[str, float]:
+        """`metrics` recomputed from `prediction_rows` output (what `lmforge compare` resamples)."""
+
     def prediction_rows(self, examples: list, logits: list[torch.Tensor], features: Features) -> list[dict]:
         """One JSON-ready row per example, in file order; gold fields are `label` or `answers`."""
 

@@ -165,6 +165,17 @@ class ClassificationTask:
             return metrics.multi_label(truth, predicted)
         return metrics.classification(truth, predicted, self.num_labels)
 
+    def row_metrics(self, rows: list[dict]) -> dict[str, float]:
+        """`metrics` from prediction rows (`prediction_rows`), in this task's own label map."""
+        gold, predicted = [self.gold(r["label"]) for r in rows], [r["prediction"] for r in rows]
+        if self.kind == "regression":
+            return metrics.regression(gold, predicted)
+        index = {name: i for i, name in enumerate(self.labels)}
+        if self.kind == "multi":
+            hot = lambda names: [int(n in names) for n in self.labels]  # noqa: E731
+            return metrics.multi_label([hot(g) for g in gold], [hot(p) for p in predicted])
+        return metrics.classification([index[g] for g in gold], [index[p] for p in predicted], self.num_labels)
+
     def prediction_text(self, predicted):
         """A prediction as the user's label (a name, a list of names, or a number)."""
         if self.kind == "regression":

@@ -227,6 +227,11 @@ class NerTask(data.FileInputOnly):
     def metrics(self, logits: list[torch.Tensor], features: Features) -> dict[str, float]:
         return metrics.entities(self.sentence_tags(features), self.word_tags(logits, features))
 
+    @staticmethod
+    def row_metrics(rows: list[dict]) -> dict[str, float]:
+        """`metrics` from prediction rows (`prediction_rows`)."""
+        return metrics.entities([r["label"] for r in rows], [r["prediction"] for r in rows])
+
     def prediction_rows(
         self, examples: list[data.Sentence], logits: list[torch.Tensor], features: Features
     ) -> list[dict]:

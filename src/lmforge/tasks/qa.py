@@ -195,6 +195,14 @@ class QaTask(data.FileInputOnly):
         }
         return metrics.squad(self.answers(logits, features), references)
 
+    @staticmethod
+    def row_metrics(rows: list[dict]) -> dict[str, float]:
+        """`metrics` from prediction rows (`prediction_rows`); rows are keyed by position, so a
+        resample that repeats a question counts it each time."""
+        return metrics.squad(
+            {str(i): r["prediction"] for i, r in enumerate(rows)}, {str(i): r["answers"] for i, r in enumerate(rows)}
+        )
+
     def prediction_rows(
         self, examples: list[data.Question], logits: list[torch.Tensor], features: Features
     ) -> list[dict]:
