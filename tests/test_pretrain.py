@@ -464,3 +464,10 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, capsys):
     )
     assert summary.steps == 2
     assert "torch.compile failed (RuntimeError: no C++ compiler found); training without it" in capsys.readouterr().out
+
+
+def test_head_only_training_of_a_tied_decoder_is_refused(small_text, tmp_path):
+    from lmforge.errors import LmforgeError
+
+    with pytest.raises(LmforgeError, match="nothing would train"):
+        tiny_pretrain(small_text, tmp_path / "head", **{"train.trainable": "head", "model.tie_embeddings": True})

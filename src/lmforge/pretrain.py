@@ -275,6 +275,11 @@ def run(config: PretrainConfig) -> Path:
     model = model_mod.build(config.model, tokenizer, config.train.objective)
     if config.train.trainable == "head":  # the head's own weights train; a tied decoder stays the embeddings
         model.base_model.requires_grad_(False)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise LmforgeError(
+                "--train.trainable head: this model's head is only its output projection, tied to the frozen "
+                "embeddings, so nothing would train; use --train.trainable all"
+            )
     if token_shards.meta["vocab_size"] > model.config.vocab_size:
         raise LmforgeError(
             f"shards {shard_dir} use a vocabulary of {token_shards.meta['vocab_size']} but the model has {model.config.vocab_size}; use matching tokenizer and model"
