@@ -1,7 +1,7 @@
 """Pretrained, adapted, or from scratch? The demonstration of `lmforge adapt` + `lmforge compare`.
 
-Candidates, each fine-tuned in modes full and head with the same settings and seeds:
-  (1) MiniLM-L6 as it is;
+Candidates, each fully fine-tuned with the same settings and seeds (the first also head-only):
+  (1) MiniLM-L6 as it is, full and head-only;
   (2) MiniLM-L6 after `lmforge adapt` on biomedical text: ../shared/data/pubmed-abstracts plus the
       tasks' train text (task-adaptive), no dev or test text; WikiText-2 valid scored for forgetting;
   (3) a BERT of MiniLM-L6's shape (6 layers, width 384, 12 heads) pretrained from scratch by
@@ -26,6 +26,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 LMFORGE = [sys.executable, "-m", "lmforge"]
 TASKS = {
@@ -46,7 +48,13 @@ def main() -> None:
     parser.add_argument("--work", default=str(ROOT / "runs" / "domain_adaptation"), help="run folders")
     parser.add_argument("--adapt_minutes", type=float, default=20.0, help="training minutes of adapt")
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--epochs", default="3")
+    parser.add_argument("--epochs", default="2")
+    parser.add_argument(
+        "--limit",
+        type=lambda text: dict(part.split("=") for part in text.split(",") if part),
+        default={},
+        help="train on the first N examples of a task, e.g. ncbi-disease=2500 (dev and test stay whole)",
+    )
     parser.add_argument("--quick", action="store_true", help="minutes and steps cut to a smoke run")
     parser.add_argument("--out", default=None, help="results path without suffix")
     args = parser.parse_args()
@@ -88,11 +96,23 @@ def main() -> None:
     for name, (task, folder, pattern, metric) in TASKS.items():
         out = work / f"compare-{name}"
         files = [data / folder / pattern.format(split) for split in ("train", "dev", "test")]
+        recipe = {  # head-only for the model as it is; every candidate fully fine-tuned
+            "candidates": [
+                {"model": "minilm", "modes": ["full", "head"]},
+                {"model": str(adapted), "name": "adapted"},
+                {"model": str(scratch), "name": "scratch"},
+            ],
+            "modes": ["full"],
+        }
+        work.mkdir(parents=True, exist_ok=True)
+        (work / f"compare-{name}.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
         flags = ["--resume", "true"] if (out / "runs").exists() else []
+        limit = args.limit.get(name)
+        flags += ["--format.limit", str(limit)] if limit else []
         lmforge(
-            "compare", "--task", task, "--candidates", "minilm", adapted, scratch, "--modes", "full,head",
-            "--seeds", args.seeds, "--epochs", args.epochs, "--metric", metric, "--train_file", files[0],
-            "--valid_file", files[1], "--test_file", files[2], "--out", out, *flags, *quick,
+            "compare", "--config", work / f"compare-{name}.yaml", "--task", task, "--seeds", args.seeds,
+            "--epochs", args.epochs, "--metric", metric, "--train_file", files[0], "--valid_file", files[1],
+            "--test_file", files[2], "--out", out, *flags, *quick,
         )  # fmt: skip
         results[name] = json.loads((out / "report.json").read_text())
 

@@ -207,3 +207,19 @@ def test_extension_of_a_causal_model_is_refused(tmp_path):
     config = config_mod.resolve(AdaptConfig, None, {"model": str(gpt), "data": ["x"], "tokenizer.extend": 5})
     with pytest.raises(LmforgeError, match="--tokenizer.extend is for masked LMs"):
         check(config)
+
+
+def test_resume_restarts_a_training_part_killed_before_its_first_checkpoint(adapted, tmp_path):
+    import shutil
+
+    copy = tmp_path / "killed"
+    shutil.copytree(adapted, copy)
+    for part in ("train/checkpoints", "train/final", "final"):
+        shutil.rmtree(copy / part)
+    for name in ("train/report.json", "train/report.html", "report.json", "report.html"):
+        (copy / name).unlink()
+    for manifest_path in (copy / "manifest.json", copy / "train" / "manifest.json"):  # neither run ended
+        manifest = json.loads(manifest_path.read_text())
+        manifest_path.write_text(json.dumps(manifest | {"finished": None}))
+    assert cli.main(["adapt", "--resume", "true", "--out", str(copy)]) == 0
+    assert (copy / "train" / "final" / "config.json").is_file() and (copy / "report.json").is_file()

@@ -124,3 +124,106 @@ def test_modes_take_commas_like_seeds():
 
     parsed = config_mod.resolve(CompareConfig, None, {"modes": ["head,full"], "seeds": ["1,2"]})
     assert parsed.modes == ["head", "full"] and parsed.seeds == [1, 2]
+
+
+def test_resume_with_a_changed_setting_is_refused(setup, compared, capsys):
+    candidates, files, _ = setup
+    before = (compared / "config.yaml").read_text()
+    assert cli.main(compare_flags(candidates, files, compared, "--resume", "true", "--train.lr", "1e-2")) == 2
+    err = capsys.readouterr().err
+    assert "first-full was fine-tuned with train.lr=0.003, this comparison gives 0.01" in err
+    assert "choose a new --out" in err and "Traceback" not in err
+    assert (compared / "config.yaml").read_text() == before  # nothing rewritten
+
+
+def test_recipe_gives_candidates_their_own_modes_names_and_settings(setup, tmp_path):
+    import yaml
+
+    (first, second), files, _ = setup
+    recipe = tmp_path / "compare.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "candidates": [
+                    {"model": str(first), "modes": ["full", "head"]},
+                    {"model": str(second), "name": "other", "train": {"lr": 1e-3}},
+                ]
+            }
+        )
+    )
+    out = tmp_path / "out"
+    assert cli.main(["compare", "--config", str(recipe), *compare_flags([], files, out)[2:]]) == 0
+    result = json.loads((out / "report.json").read_text())
+    assert [(r["candidate"], r["mode"]) for r in result["rows"]] == [("first", "full"), ("other", "full"), ("first", "head")]  # fmt: skip
+    assert result["baseline"] == "first (full)"
+    saved = yaml.safe_load((out / "runs" / "other-full" / "config.yaml").read_text())
+    assert saved["train"]["lr"] == 1e-3 and saved["train"]["batch_size"] == 16  # its own lr, the shared rest
+    assert yaml.safe_load((out / "runs" / "first-full" / "config.yaml").read_text())["train"]["lr"] == 3e-3
+
+
+@pytest.mark.parametrize(
+    "candidates,message",
+    [
+        (
+            [{"model": "minilm", "train": {"lrr": 1}}],
+            "unknown config key 'candidates[0].train.lrr'; did you mean 'candidates[0].train.lr'?",
+        ),  # fmt: skip
+        (
+            [{"model": "minilm", "mode": ["head"]}],
+            "unknown config key 'candidates[0].mode'; did you mean 'candidates[0].modes'?",
+        ),  # fmt: skip
+        ([{"name": "x"}], "candidate 1 names no model"),
+        (
+            ["minilm", {"model": "minilm"}, {"model": "minilm", "name": "a"}, {"model": "minilm", "name": "a"}],
+            "each name once",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_candidate_entries_are_one_line_errors(setup, tmp_path, candidates, message, capsys):
+    import yaml
+
+    _, files, _ = setup
+    recipe = tmp_path / "compare.yaml"
+    recipe.write_text(yaml.safe_dump({"candidates": candidates}))
+    out = tmp_path / "out"
+    assert cli.main(["compare", "--config", str(recipe), *compare_flags([], files, out)[2:]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (out / "runs").exists()
+
+
+def test_candidates_sharing_a_tokenizer_encode_each_file_once(setup, tmp_path):
+    from lmforge import finetune
+    from lmforge.finetune import FinetuneConfig
+
+    (first, second), (train, dev, test), _ = setup
+    config = lambda model: FinetuneConfig(task="classification", model=str(model), train_file=str(train), valid_file=str(dev), test_file=str(test))  # noqa: E731 # fmt: skip
+    a, b = finetune.prepare(config(first)), finetune.prepare(config(second))
+    assert a.train is b.train and a.valid is b.valid and a.test is b.test  # the same tokenizer files: one encoding
+    other = tmp_path / "other-tokenizer"
+    import shutil
+
+    shutil.copytree(second, other)
+    vocab = other / "tokenizer.json"
+    vocab.write_text(vocab.read_text().replace('"[unused0]"', '"[unused_0]"'))  # a different tokenizer
+    assert finetune.prepare(config(other)).train is not a.train
+
+
+def test_ner_replicates_sum_counts_and_equal_seqeval():
+    """compare's fast entity scores (counts per sentence, summed per replicate) equal seqeval's
+    strict IOB2 micro figures on the same rows, invalid predicted sequences included."""
+    import random
+
+    from lmforge.tasks import TASKS
+
+    rng = random.Random(0)
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    rows = [{"label": [rng.choice(tags) for _ in range(rng.randint(1, 12))]} for _ in range(300)]
+    for row in rows:
+        row["prediction"] = [t if rng.random() < 0.7 else rng.choice(tags) for t in row["label"]]
+    task = TASKS["ner"](tags)
+    reference = task.row_metrics(rows)
+    for metric in ("f1", "precision", "recall"):
+        counts, score = task.row_scorer(metric)
+        assert score([counts(r) for r in rows]) == pytest.approx(reference[metric], abs=1e-12)
+    assert task.row_scorer("accuracy") is None and TASKS["classification"].row_scorer("accuracy") is None

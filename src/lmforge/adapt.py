@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from lmforge import documents, hardware, publish, report
+from lmforge import checkpoint, documents, hardware, publish, report
 from lmforge import evaluate as evaluate_mod
 from lmforge import model as model_mod
 from lmforge import pretrain as pretrain_mod
@@ -370,7 +370,7 @@ def training_config(
     return pretrain_mod.PretrainConfig(
         data=data,
         out=str(run),
-        resume=config.resume and (run / "config.yaml").is_file(),
+        resume=config.resume and checkpoint.latest(run) is not None,  # killed before its first one: start it again
         tokenizer=tokenizer_mod.TokenizerConfig(path=str(start)),
         split=config.split,
         read=config.read,

@@ -21,26 +21,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
+import yaml
+
 from lmforge import checkpoint, intervals, report
+from lmforge import config as config_mod
 from lmforge import finetune as finetune_mod
 from lmforge import tokenizer as tokenizer_mod
 from lmforge.config import option
 from lmforge.errors import LmforgeError
 from lmforge.metrics_log import MetricsLog
 from lmforge.publish import write_json_atomic
-from lmforge.runfolder import RunFolder, has_ended
+from lmforge.runfolder import RunFolder, flat, has_ended
 from lmforge.tasks import TASKS, Task, TaskName, backbone, data, format_for, scoring
 
 Mode = Literal["full", "lora", "head"]
 
 
 @dataclass
+class CandidateSpec:
+    """One candidate: on the command line a model (`--candidates minilm runs/adapted`), in a recipe
+    that or a mapping with this candidate's own settings:
+
+        candidates:
+          - minilm
+          - {model: runs/adapted, name: adapted, modes: [full], train: {lr: 5e-5}}
+    """
+
+    SHORTHAND = "model"  # a bare value in the list is this field
+
+    model: str = option("", "minilm, an HF folder or a run folder (pretrain, adapt)")
+    name: Optional[str] = option(None, "the row's label and run folder name (default: from the model's path)")
+    modes: Optional[list[Mode]] = option(None, "this candidate's fine-tuning modes (default: --modes)")
+    epochs: Optional[float] = option(None, "this candidate's passes over the train split (default: --epochs)")
+    train: dict = option({}, "this candidate's --train.* settings, e.g. {lr: 5e-5, batch_size: 16}")
+
+
+@dataclass
 class CompareConfig:
     task: TaskName = option("classification", "classification (CSV/TSV/JSONL), ner (CoNLL) or qa (SQuAD JSON)")
-    candidates: list[str] = option(
+    candidates: list[CandidateSpec] = option(
         [], "models to compare: minilm, HF folders, run folders (pretrain, adapt); the first is the baseline"
     )
-    modes: list[Mode] = option(["full"], "fine-tuning modes, each run for every candidate: full, lora, head")
+    modes: list[Mode] = option(["full"], "fine-tuning modes of every candidate that names none: full, lora, head")
     seeds: list[int] = option([1, 2, 3], "fine-tuning seeds of every candidate and mode")
     train_file: str = option("", "labelled training file")
     valid_file: str = option("", "labelled validation file: picks each run's checkpoint, nothing else")
@@ -63,6 +85,9 @@ class Candidate:
     name: str  # OUT/runs/NAME-MODE, the table's row label
     given: str  # as on the command line
     folder: Path  # the model folder it resolves to
+    modes: list[str]
+    epochs: float
+    train: finetune_mod.FinetuneTrainConfig
 
 
 # --- gold labels ------------------------------------------------------------------------------
@@ -92,15 +117,29 @@ def labels_of(task: Task, examples: list) -> set[str]:
 
 def candidates_of(config: CompareConfig) -> list[Candidate]:
     found, problems, names = [], [], set()
-    for given in config.candidates:
+    explicit = [spec.name for spec in config.candidates if spec.name]
+    if len(set(explicit)) != len(explicit):
+        raise LmforgeError(f"--candidates: each name once; given {', '.join(explicit)}")
+    for i, spec in enumerate(config.candidates):
+        given = spec.model
         try:
+            if not given:
+                raise LmforgeError(
+                    f"candidate {i + 1} names no model: give model: minilm, an HF folder or a run folder"
+                )
             folder = backbone.resolve(given)
             tokenizer_mod.load(folder)  # the error finetune would give, now for every candidate at once
+            train = config_mod.from_dict(
+                finetune_mod.FinetuneTrainConfig, spec.train, f"candidates[{i}].train.", base=config.train
+            )
         except LmforgeError as err:
             problems.append(str(err))
             continue
+        modes = list(spec.modes or config.modes)
+        if len(set(modes)) != len(modes) or not modes:
+            problems.append(f"candidate {given}: give each mode once, e.g. modes: [full, head]")
         path = Path(given)
-        name = (
+        name = spec.name or (
             given.lower()
             if given.lower() in backbone.SHORTCUTS
             else (path.parent.name if path.name == "final" else path.name)
@@ -108,7 +147,8 @@ def candidates_of(config: CompareConfig) -> list[Candidate]:
         while name in names:
             name += "_"
         names.add(name)
-        found.append(Candidate(name, given, folder))
+        epochs = config.epochs if spec.epochs is None else spec.epochs
+        found.append(Candidate(name, given, folder, modes, epochs, train))
     if problems:
         raise LmforgeError("--candidates: " + "; ".join(problems))
     return found
@@ -126,7 +166,7 @@ def check(config: CompareConfig) -> tuple[list[Candidate], Task, str, dict]:
         )
     if len(set(config.seeds)) != len(config.seeds) or not config.seeds:
         raise LmforgeError("--seeds: give each seed once, e.g. 1,2,3")
-    if len(set(config.modes)) != len(config.modes):
+    if len(set(config.modes)) != len(config.modes) or not config.modes:
         raise LmforgeError("--modes: give each mode once, e.g. full,head")
     candidates = candidates_of(config)
     task_cls = TASKS[config.task]
@@ -161,13 +201,38 @@ def finetune_config(config: CompareConfig, candidate: Candidate, mode: str, run_
         test_file=config.test_file,
         out=str(run_dir),
         mode=mode,
-        epochs=config.epochs,
+        epochs=candidate.epochs,
         seeds=list(config.seeds),
         resume=resume,
         format=config.format,
         lora=config.lora,
-        train=config.train,
+        train=candidate.train,
     )
+
+
+UNCOMPARED = ("resume", "train.stop_at_step")  # per invocation; everything else makes the result
+
+
+def check_same_settings(config: CompareConfig, candidate: Candidate, mode: str, run_dir: Path) -> None:
+    """A run folder kept by `--resume` must have been run with the settings this comparison gives
+    it; a changed learning rate or file would otherwise mix old and new results in one table."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    wanted = yaml.safe_load(
+        yaml.safe_dump(config_mod.to_dict(finetune_config(config, candidate, mode, run_dir, False)))
+    )
+    saved, wanted = flat(config_mod.load_yaml(saved_path)), flat(wanted)
+    changed = [
+        k for k in sorted(set(saved) | set(wanted)) if not k.startswith(UNCOMPARED) and saved.get(k) != wanted.get(k)
+    ]
+    if changed:
+        key = changed[0]
+        raise LmforgeError(
+            f"{run_dir} was fine-tuned with {key}={saved.get(key)!r}, this comparison gives {wanted.get(key)!r}"
+            f"{f' (and {len(changed) - 1} more settings)' if len(changed) > 1 else ''}; "
+            "keep the earlier settings to resume, or choose a new --out"
+        )
 
 
 def run_one(config: CompareConfig, candidate: Candidate, mode: str, run_dir: Path) -> None:
@@ -233,22 +298,34 @@ def pretraining_minutes(candidate: Candidate) -> float | None:
 # --- the stage ---------------------------------------------------------------------------------
 
 
+def grid_of(candidates: list[Candidate]) -> list[tuple[Candidate, str]]:
+    """(candidate, mode) in run and table order: every candidate in a mode, then the next mode; the
+    first is the baseline (the first candidate in its first mode)."""
+    modes = list(dict.fromkeys(m for c in candidates for m in c.modes))
+    modes.remove(candidates[0].modes[0])
+    return [(c, mode) for mode in [candidates[0].modes[0], *modes] for c in candidates if mode in c.modes]
+
+
 def run(config: CompareConfig) -> Path:
     """`lmforge compare`: fine-tune every candidate x mode x seed, then rank them on the test file."""
     out = Path(config.out)
     candidates, task, metric, examples = check(config)
     if not config.resume and (out / "runs").exists() and any((out / "runs").iterdir()):
         raise LmforgeError(f"{out} already holds a comparison; pass --resume true to keep its finished runs, or choose a new --out")  # fmt: skip
+    grid = grid_of(candidates)
+    for candidate, mode in grid:  # a changed setting is refused before anything is written
+        check_same_settings(config, candidate, mode, out / "runs" / f"{candidate.name}-{mode}")
     folder = RunFolder(out, "compare").start(config, [c.folder for c in candidates])
-    grid = [(c, mode) for mode in config.modes for c in candidates]  # all candidates in a mode first
     for candidate, mode in grid:
         run_one(config, candidate, mode, out / "runs" / f"{candidate.name}-{mode}")
-    score = lambda rows: task.row_metrics(rows)[metric]  # noqa: E731
-    baseline_rows = test_rows(out / "runs" / f"{grid[0][0].name}-{grid[0][1]}", config.seeds)
+    scorer = task.row_scorer(metric)  # a replicate sums per-example counts where the metric allows
+    prepare, score = scorer or (lambda row: row, lambda rows: task.row_metrics(rows)[metric])
+    rows_of = lambda run_dir: [[prepare(r) for r in rows] for rows in test_rows(run_dir, config.seeds)]  # noqa: E731
+    baseline_rows = rows_of(out / "runs" / f"{grid[0][0].name}-{grid[0][1]}")
     rows = []
     for candidate, mode in grid:
         run_dir = out / "runs" / f"{candidate.name}-{mode}"
-        per_seed = test_rows(run_dir, config.seeds)
+        per_seed = rows_of(run_dir)
         values = [score(r) for r in per_seed]
         mean, std = intervals.seed_spread(values)
         ci = intervals.candidate_interval(per_seed, score, config.resamples)

@@ -51,6 +51,12 @@ def type_name(tp: Any) -> str:
         return " | ".join(_choice_text(a) for a in typing.get_args(tp))
     if origin is list:
         return f"list of {type_name(typing.get_args(tp)[0])}"
+    if tp is dict:
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        fields = ", ".join(f.name for f in dataclasses.fields(tp))
+        short = getattr(tp, "SHORTHAND", None)
+        return f"{short} or mapping of {fields}" if short else f"mapping of {fields}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -91,9 +97,19 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise _bad(key, value, tp)
+        if dataclasses.is_dataclass(item_tp):  # a mapping per item, or the shorthand: a bare value of one field
+            short = getattr(item_tp, "SHORTHAND", None)
+            return [
+                from_dict(item_tp, {short: v} if short and not isinstance(v, dict) else v, f"{key}[{i}].")
+                for i, v in enumerate(value)
+            ]
         if item_tp in (int, float) or typing.get_origin(item_tp) is Literal:  # `--seeds 1,2,3` = `--seeds 1 2 3`
             value = [part for v in value for part in (v.split(",") if isinstance(v, str) else [v]) if part != ""]
         return [coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise _bad(key, value, tp)
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -196,6 +212,8 @@ def _metavar(tp: Any) -> str:
         inner = typing.get_args(inner)[0]
     if typing.get_origin(inner) is Literal:
         return "{" + ",".join(_choice_text(a) for a in typing.get_args(inner)) + "}"
+    if dataclasses.is_dataclass(inner) and getattr(inner, "SHORTHAND", None):
+        return inner.SHORTHAND.upper()
     return getattr(inner, "__name__", "VALUE").upper()
 
 

@@ -14,7 +14,9 @@ With `--seeds 1,2,3` each seed runs in seed_N/ and report.json gives the mean an
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -143,17 +145,45 @@ def prepare(config: FinetuneConfig) -> Prepared:
     task = task_cls.from_train(train_examples, data_cfg)
     valid_examples = task.read(config.valid_file, data_cfg, "valid")
     test_examples = task.read(config.test_file, data_cfg, "test") if config.test_file else None
-    test = task.encode(test_examples, tokenizer, data_cfg) if test_examples is not None else None
+    encode = lambda examples, path: encoded(task, examples, tokenizer, data_cfg, model_dir, path)  # noqa: E731
+    test = encode(test_examples, config.test_file) if test_examples is not None else None
     return Prepared(
         model_dir,
         task,
         tokenizer,
-        task.encode(train_examples, tokenizer, data_cfg),
-        task.encode(valid_examples, tokenizer, data_cfg),
+        encode(train_examples, config.train_file),
+        encode(valid_examples, config.valid_file),
         test,
         data_cfg,
         test_examples,
     )
+
+
+# Encoded files of this process, by (tokenizer, task, labels, file, format): `compare` fine-tunes
+# several candidates and modes in one process, and those that share a tokenizer (a model and its
+# adaptation) encode each file once. Features are not changed after encoding.
+ENCODED: collections.OrderedDict = collections.OrderedDict()
+ENCODED_KEEP = 6
+
+
+def tokenizer_fingerprint(model_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")):
+        if (model_dir / name).is_file():
+            digest.update(name.encode() + (model_dir / name).read_bytes())
+    return digest.hexdigest()
+
+
+def encoded(task: Task, examples: list, tokenizer, cfg: FormatConfig, model_dir: Path, path: str):
+    stat = Path(path).stat()
+    labels = tuple(getattr(task, "labels", ()) or ())
+    key = (tokenizer_fingerprint(model_dir), task.name, labels, str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, repr(cfg), len(examples))  # fmt: skip
+    if key not in ENCODED:
+        ENCODED[key] = task.encode(examples, tokenizer, cfg)
+        while len(ENCODED) > ENCODED_KEEP:
+            ENCODED.popitem(last=False)
+    ENCODED.move_to_end(key)
+    return ENCODED[key]
 
 
 def train_config(config: FinetuneConfig, steps_per_epoch: int, metric: str) -> TrainConfig:

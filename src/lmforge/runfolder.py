@@ -101,8 +101,8 @@ def check_unchanged_on_resume(folder: str | Path, config: Any, frozen: tuple[str
     saved_path = Path(folder) / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = _flat(config_mod.load_yaml(saved_path))
-    given = _flat(config_mod.to_dict(config))
+    saved = flat(config_mod.load_yaml(saved_path))
+    given = flat(config_mod.to_dict(config))
     for key in sorted(given):
         if key.startswith(frozen) and key in saved and saved[key] != given[key]:
             raise LmforgeError(
@@ -111,11 +111,11 @@ def check_unchanged_on_resume(folder: str | Path, config: Any, frozen: tuple[str
             )
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flat(tree: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
@@ -91,6 +92,11 @@ class Task(Protocol):
 
     def row_metrics(self, rows: list[dict]) -> dict[str, float]:
         """`metrics` recomputed from `prediction_rows` output (what `lmforge compare` resamples)."""
+
+    def row_scorer(self, metric: str) -> tuple[Callable[[dict], dict], Callable[[list[dict]], float]] | None:
+        """For a metric that is a ratio of per-example counts: (row -> its counts, counts of many rows
+        -> the metric), so a bootstrap replicate sums counts instead of recomputing everything; None
+        where the metric has no such form (then `row_metrics` is used)."""
 
     def prediction_rows(self, examples: list, logits: list[torch.Tensor], features: Features) -> list[dict]:
         """One JSON-ready row per example, in file order; gold fields are `label` or `answers`."""

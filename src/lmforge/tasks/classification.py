@@ -176,6 +176,10 @@ class ClassificationTask:
             return metrics.multi_label([hot(g) for g in gold], [hot(p) for p in predicted])
         return metrics.classification([index[g] for g in gold], [index[p] for p in predicted], self.num_labels)
 
+    @staticmethod
+    def row_scorer(metric: str) -> None:
+        return None  # compare recomputes `row_metrics` per replicate
+
     def prediction_text(self, predicted):
         """A prediction as the user's label (a name, a list of names, or a number)."""
         if self.kind == "regression":

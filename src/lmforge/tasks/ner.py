@@ -13,6 +13,7 @@ predictions at the labelled positions go to those words, in order, and to no oth
 from __future__ import annotations
 
 import collections
+import re
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,42 @@ import torch.nn.functional as F
 from lmforge.errors import LmforgeError
 from lmforge.tasks import data, metrics
 from lmforge.tasks.features import IGNORE, Features
+
+WORD = re.compile(r"\w+|[^\w\s]")  # a run of letters/digits, or one punctuation mark: BERT's pre-split
+
+
+def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
+    """Raw text as NER words with their character spans (start, end): how `serve` tags a text and
+    how `feedback export` turns corrected entity spans back into CoNLL tags."""
+    return [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
+
+
+def entity_spans(words: list[tuple[str, int, int]], tags: list[str], text: str) -> list[dict]:
+    """IOB2 tags of `words` as entities: text, label and character span in `text`."""
+    out: list[dict] = []
+    for (_, start, end), tag in zip(words, tags):
+        kind, _, label = tag.partition("-")
+        if kind == "I" and out and out[-1]["label"] == label and out[-1]["open"]:
+            out[-1]["end"] = end
+            continue
+        for entity in out:
+            entity["open"] = False
+        if kind in ("B", "I") and label:
+            out.append({"label": label, "start": start, "end": end, "open": True})
+    return [
+        {"text": text[e["start"] : e["end"]], "label": e["label"], "start": e["start"], "end": e["end"]} for e in out
+    ]
+
+
+def spans_to_tags(words: list[tuple[str, int, int]], entities: list[dict]) -> list[str]:
+    """Entity character spans (label, start, end) as IOB2 tags of `words`: a word inside a span is
+    tagged with it, the first such word B-, the rest I-."""
+    tags = ["O"] * len(words)
+    for entity in sorted(entities, key=lambda e: e["start"]):
+        inside = [i for i, (_, s, e) in enumerate(words) if s < entity["end"] and e > entity["start"]]
+        for n, i in enumerate(inside):
+            tags[i] = ("B-" if n == 0 else "I-") + entity["label"]
+    return tags
 
 
 def align_labels(word_ids: list, tag_ids: list[int]) -> list[int]:
@@ -231,6 +268,33 @@ class NerTask(data.FileInputOnly):
     def row_metrics(rows: list[dict]) -> dict[str, float]:
         """`metrics` from prediction rows (`prediction_rows`)."""
         return metrics.entities([r["label"] for r in rows], [r["prediction"] for r in rows])
+
+    @staticmethod
+    def row_scorer(metric: str):
+        """Entity precision, recall and F1 (seqeval's strict IOB2 micro average) are ratios of sums of
+        per-sentence counts: each sentence's entities are found once, a resample only adds."""
+        if metric not in ("f1", "precision", "recall"):
+            return None
+        from seqeval.scheme import IOB2, Entities
+
+        def counts(row: dict) -> dict:
+            true, predicted = (
+                {e.to_tuple()[1:] for e in Entities([tags], IOB2).entities[0]}
+                for tags in (row["label"], row["prediction"])
+            )
+            return {"hit": len(true & predicted), "predicted": len(predicted), "true": len(true)}
+
+        def score(rows: list[dict]) -> float:
+            hit, predicted, true = (sum(r[k] for r in rows) for k in ("hit", "predicted", "true"))
+            precision = hit / predicted if predicted else 0.0
+            recall = hit / true if true else 0.0
+            if metric == "precision":
+                return precision
+            if metric == "recall":
+                return recall
+            return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+
+        return counts, score
 
     def prediction_rows(
         self, examples: list[data.Sentence], logits: list[torch.Tensor], features: Features

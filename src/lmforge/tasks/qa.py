@@ -170,6 +170,11 @@ class QaTask(data.FileInputOnly):
     def answers(self, logits: list[torch.Tensor], features: Features) -> dict[str, str]:
         """Question id -> predicted answer text: the best-scoring span over all its windows,
         or "" when the model was trained with unanswerable questions and its null score wins."""
+        return {qid: span["answer"] for qid, span in self.answer_spans(logits, features).items()}
+
+    def answer_spans(self, logits: list[torch.Tensor], features: Features) -> dict[str, dict]:
+        """Question id -> {answer, start, end (character offsets into its context), score (start
+        plus end logit)}; no answer: "" at -1, -1."""
         best: dict[int, tuple] = {}
         null: dict[int, float] = {}
         for row, example, offsets in zip(logits, features.meta["example"], features.meta["offsets"]):
@@ -183,9 +188,10 @@ class QaTask(data.FileInputOnly):
             question = questions[index]
             span = best.get(index)
             if span is None or (self.no_answer and null[index] > span[0] + self.no_answer_threshold):
-                out[question.id] = ""
+                out[question.id] = {"answer": "", "start": -1, "end": -1, "score": null[index]}
             else:
-                out[question.id] = question.context[span[1] : span[2]]
+                score, start, end = span
+                out[question.id] = {"answer": question.context[start:end], "start": start, "end": end, "score": score}
         return out
 
     def metrics(self, logits: list[torch.Tensor], features: Features) -> dict[str, float]:
@@ -202,6 +208,10 @@ class QaTask(data.FileInputOnly):
         return metrics.squad(
             {str(i): r["prediction"] for i, r in enumerate(rows)}, {str(i): r["answers"] for i, r in enumerate(rows)}
         )
+
+    @staticmethod
+    def row_scorer(metric: str) -> None:
+        return None  # compare recomputes `row_metrics` per replicate
 
     def prediction_rows(
         self, examples: list[data.Question], logits: list[torch.Tensor], features: Features
