@@ -3,6 +3,7 @@ and short calls of the stages on them."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -159,3 +160,79 @@ def tiny_llama(vocab: int = 40, dropout: float = 0.0):
     size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
     config = LlamaConfig(vocab_size=vocab, max_position_embeddings=32, attention_dropout=dropout, **size)
     return LlamaForCausalLM(config)
+
+
+CONLL_SENTENCES = [
+    ("John lives in Paris", "B-PER O O B-LOC"),
+    ("Mary visited London", "B-PER O B-LOC"),
+    ("Peter Smith works in Berlin", "B-PER I-PER O O B-LOC"),
+    ("Anna moved to Rome", "B-PER O O B-LOC"),
+]
+
+
+@pytest.fixture(scope="session")
+def conll(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ner") / "ner.txt"
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for words, tags in CONLL_SENTENCES * 4:
+        lines += [f"{w} NNP O {t}" for w, t in zip(words.split(), tags.split())] + [""]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def squad(tmp_path_factory) -> Path:
+    contexts = [
+        ("Paris is the capital of France.", "What is the capital of France?", "Paris"),
+        ("The Nile flows through Egypt.", "Which river flows through Egypt?", "Nile"),
+        ("Mozart was born in Salzburg.", "Where was Mozart born?", "Salzburg"),
+    ]
+    paragraphs = [
+        {"context": c, "qas": [{"id": f"q{i}", "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}]}
+        for i, (c, q, a) in enumerate(contexts)
+    ]
+    path = tmp_path_factory.mktemp("qa") / "squad.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    return path
+
+
+def tiny_finetune(model, train, valid, out: Path, task: str, *flags: str) -> Path:
+    """A few steps of `lmforge finetune` on a tiny model: a run folder with a head to export or serve."""
+    from lmforge import cli
+
+    argv = ["finetune", *finetune_files(model, train, valid, task), "--out", str(out), "--train.precision", "fp32"]
+    assert cli.main([*argv, "--train.lr", "3e-3", "--train.batch_size", "16", *flags]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_bert, sentiment, tmp_path_factory) -> Path:
+    train, dev = sentiment
+    return tiny_finetune(tiny_bert, train, dev, tmp_path_factory.mktemp("classifier") / "run", "classification", "--epochs", "2")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger(tiny_bert, conll, tmp_path_factory) -> Path:
+    return tiny_finetune(tiny_bert, conll, conll, tmp_path_factory.mktemp("tagger") / "run", "ner", "--epochs", "3")
+
+
+@pytest.fixture(scope="session")
+def tiny_reader(tiny_bert, squad, tmp_path_factory) -> Path:
+    flags = ["--epochs", "2", "--format.max_length", "64", "--format.doc_stride", "16"]
+    return tiny_finetune(tiny_bert, squad, squad, tmp_path_factory.mktemp("reader") / "run", "qa", *flags)
+
+
+@pytest.fixture(scope="session")
+def tiny_masked_lm(tmp_path_factory) -> Path:
+    """A random tiny BertForMaskedLM with MiniLM's tokenizer (a fill-mask model)."""
+    import torch
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from lmforge.tasks.backbone import minilm_folder
+
+    folder = tmp_path_factory.mktemp("masked-lm")
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
+    torch.manual_seed(0)
+    BertForMaskedLM(tiny_bert_config(tokenizer.vocab_size, max_position_embeddings=128)).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder

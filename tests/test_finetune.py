@@ -16,40 +16,6 @@ SST2 = SHARED_DATA / "glue" / "SST-2"
 QA_WINDOWS = "--format.max_length 64 --format.doc_stride 16".split()
 
 
-CONLL_SENTENCES = [
-    ("John lives in Paris", "B-PER O O B-LOC"),
-    ("Mary visited London", "B-PER O B-LOC"),
-    ("Peter Smith works in Berlin", "B-PER I-PER O O B-LOC"),
-    ("Anna moved to Rome", "B-PER O O B-LOC"),
-]
-
-
-@pytest.fixture(scope="session")
-def conll(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ner") / "ner.txt"
-    lines = ["-DOCSTART- -X- -X- O", ""]
-    for words, tags in CONLL_SENTENCES * 4:
-        lines += [f"{w} NNP O {t}" for w, t in zip(words.split(), tags.split())] + [""]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-@pytest.fixture(scope="session")
-def squad(tmp_path_factory) -> Path:
-    contexts = [
-        ("Paris is the capital of France.", "What is the capital of France?", "Paris"),
-        ("The Nile flows through Egypt.", "Which river flows through Egypt?", "Nile"),
-        ("Mozart was born in Salzburg.", "Where was Mozart born?", "Salzburg"),
-    ]
-    paragraphs = [
-        {"context": c, "qas": [{"id": f"q{i}", "question": q, "answers": [{"text": a, "answer_start": c.index(a)}]}]}
-        for i, (c, q, a) in enumerate(contexts)
-    ]
-    path = tmp_path_factory.mktemp("qa") / "squad.json"
-    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
-    return path
-
-
 def finetune(*args: str) -> int:
     return cli.main(["finetune", "--train.precision", "fp32", "--train.log_every", "5", *args])
 

@@ -77,6 +77,24 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
         "run",
         "run a fine-tuned model over a file (CSV, TSV, JSONL, plain lines) or --text and write its predictions",
     ),
+    "export": (
+        "lmforge.export",
+        "ExportConfig",
+        "run",
+        "a trained model as a folder to ship: safetensors, model card, ONNX (parity-checked), int8",
+    ),
+    "serve": (
+        "lmforge.serve",
+        "ServeConfig",
+        "run",
+        "an HTTP API for a model (FastAPI, dynamic batching, /metrics); --ui: a page to try and correct it",
+    ),
+    "feedback export": (
+        "lmforge.feedback",
+        "FeedbackExportConfig",
+        "run",
+        "the right/wrong verdicts `serve --feedback` stored, as a file finetune reads (CSV, CoNLL, SQuAD)",
+    ),
     "quickstart": (
         "lmforge.quickstart",
         "QuickstartConfig",
@@ -86,8 +104,12 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
 }
 
 
+FILE_OUT = {"feedback export"}  # stages whose --out names a file to replace, not a run folder
+
+
 def _top_parser() -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {name:<12} {summary}" for name, (_, _, _, summary) in STAGES.items())
+    width = max(12, *map(len, STAGES))
+    lines = "\n".join(f"  {name:<{width}} {summary}" for name, (_, _, _, summary) in STAGES.items())
     parser = argparse.ArgumentParser(
         prog="lmforge",
         description="Train your own language models, end to end, on your own data.",
@@ -173,17 +195,25 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         top.print_help()
         return 0
-    if argv[0] not in STAGES:
+    stage = " ".join(argv[:2]) if " ".join(argv[:2]) in STAGES else argv[0]  # two-word stages: `feedback export`
+    if stage not in STAGES:
+        actions = [name.split()[1] for name in STAGES if name.startswith(f"{argv[0]} ")]
+        if actions:
+            print(
+                f"lmforge {argv[0]}: error: give an action: {', '.join(actions)} (`lmforge {argv[0]} {actions[0]} --help`)",
+                file=sys.stderr,
+            )
+            return 2
         top.parse_args(argv)  # --help / --version exit here; an unknown stage is an argparse error (exit 2)
         return 0
-    stage, rest = argv[0], argv[1:]
+    rest = argv[len(stage.split()) :]
     out = None
     try:
         parser, config_cls, run = stage_parser(stage)
         args = parser.parse_stage_args(rest)
         overrides = config_mod.overrides_from_args(args)
         cfg = config_mod.resolve(config_cls, args.config or resumed_recipe(overrides), overrides)
-        out = out_folder(cfg)
+        out = None if stage in FILE_OUT else out_folder(cfg)
         check_out(out)
         run(cfg)
     except LmforgeError as err:

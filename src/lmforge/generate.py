@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import inspect
 from dataclasses import dataclass
 from typing import Optional
@@ -68,6 +69,24 @@ def generate(
     Within the context, keys and values are cached (one new token per forward pass); past it,
     the window slides, which a cache cannot follow, so each step re-reads the last `context` tokens.
     """
+    (out,) = collections.deque(steps(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, samples, seed), maxlen=1)  # fmt: skip
+    return [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out]
+
+
+@torch.no_grad()
+def steps(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    samples: int = 1,
+    seed: int = 0,
+):
+    """The token ids (S, prompt + n) after each new token, for n = 0 .. max_new_tokens: `sample`
+    keeps the last, `lmforge serve` streams each new piece of text as it comes."""
     from transformers import (
         DynamicCache,
         LogitsProcessorList,
@@ -91,6 +110,7 @@ def generate(
             warpers.append(TopPLogitsWarper(top_p))
     cache = DynamicCache(config=model.config)  # filled in place by each forward pass
     cache_kwarg = _cache_argument(model)
+    yield out
     for _ in range(max_new_tokens):
         if out.shape[1] <= context:
             cached = cache.get_seq_length()
@@ -104,7 +124,7 @@ def generate(
         else:
             next_ids = logits.argmax(-1, keepdim=True)
         out = torch.cat([out, next_ids], dim=1)
-    return [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out]
+        yield out
 
 
 def check_sampling(config: GenerateConfig) -> None:
