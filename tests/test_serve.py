@@ -255,6 +255,8 @@ def test_backend_onnx_serves_the_exported_model(tiny_classifier, tmp_path):
     out = tmp_path / "export"
     assert cli.main(["export", "--model", str(tiny_classifier), "--out", str(out), "--onnx", "true"]) == 0
     onnx = Predictor(str(out), backend="onnx")
+    assert onnx.describe()["metrics"] == json.loads((tiny_classifier / "report.json").read_text())["metrics"]
+    assert onnx.describe()["metrics_split"] == "valid (used for model selection)"
     torch_side = Predictor(str(out), precision="fp32")
     texts = ["the film was great and the plot too", "the music was awful"]
     with client(onnx) as http:

@@ -309,8 +309,10 @@ def card(source: Source, task, checks: dict, out_name: str) -> str:
     metrics = report.get("metrics") or {}
     if metrics:
         split = report.get("metrics_split", "")
-        note = {"test": "the test file, scored once after model selection on valid"}.get(
-            split, f"the {split or 'valid'} split, which also picked the checkpoint (optimistic)"
+        note = (
+            "the test file, scored once after model selection on valid"
+            if split == "test"
+            else "the valid file, which also picked the checkpoint (optimistic)"
         )
         lines += ["", "## Results", "", f"On {note}" + (f"; mean over seeds {report['seeds']}" if report.get("seeds") else "") + ":", ""]  # fmt: skip
         lines += ["| metric | value |", "| --- | --- |"]
@@ -417,6 +419,8 @@ def run(config: ExportConfig) -> Path:
             "kind": source.kind,
             "files": sorted(p.name for p in tmp.iterdir()) + ["export.json"],
             "checks": checks,
+            "metrics": source.report.get("metrics") or {},  # the run's, shown by `serve` at /v1/model
+            "metrics_split": source.report.get("metrics_split"),
             "seconds": round(time.time() - started, 1),
         }
         write_json_atomic(tmp / "export.json", summary)
