@@ -42,6 +42,11 @@ def test_export_is_a_clean_hf_folder_with_a_model_card(tiny_classifier, sentimen
     assert "picked the checkpoint" in card  # no test file: the valid figure is labelled as optimistic
     assert "## Recipe" in card and "## Intended use and limits" in card
     assert not list(tmp_path.glob(".*shipped*"))  # no temp folder left beside it
+    import stat
+
+    from lmforge.publish import FILE_MODE
+
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {p.name: FILE_MODE for p in out.iterdir()}  # fmt: skip
 
 
 def onnx_checks(out: Path) -> dict:
@@ -124,3 +129,21 @@ def test_onnx_of_a_plain_folder_needs_a_labelled_file(tiny_classifier, tmp_path,
     shutil.copytree(tiny_classifier / "final", plain)  # an HF folder: no run config names a valid file
     assert export("--model", plain, "--out", tmp_path / "out", "--onnx", "true") == 2
     assert "--onnx true checks the export on labelled examples: pass --valid_file FILE" in capsys.readouterr().err
+
+
+def test_one_seed_of_a_multi_seed_run_keeps_its_provenance(tiny_bert, sentiment, tmp_path):
+    from conftest import tiny_finetune
+
+    train, dev = sentiment
+    run = tiny_finetune(tiny_bert, train, dev, tmp_path / "seeds", "classification", "--train.max_steps", "3", "--seeds", "1,2")  # fmt: skip
+    out = tmp_path / "seed2"
+    assert export("--model", run / "seed_2", "--out", out) == 0
+    card = (out / "README.md").read_text()
+    seed = json.loads((run / "seed_2" / "report.json").read_text())
+    assert file_sha256(train)[:16] in card and "## Recipe" in card  # the run's data and config
+    assert f"| accuracy | {seed['metrics']['accuracy']:.4f} |" in card  # this seed's own figures
+    import shutil
+
+    shutil.copytree(run / "seed_2" / "final", tmp_path / "plain")
+    assert export("--model", tmp_path / "plain", "--out", tmp_path / "plain-out") == 0
+    assert "Not recorded" in (tmp_path / "plain-out" / "README.md").read_text()

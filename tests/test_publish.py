@@ -150,3 +150,15 @@ def test_a_write_that_fails_on_a_full_disk_is_reported_as_enospc(tmp_path, monke
     with pytest.raises(RuntimeError, match="a bug, not the disk"):  # with room to spare it stays what it was
         with publish.publish_folder(target):
             raise RuntimeError("a bug, not the disk")
+
+
+def test_atomic_files_get_the_mode_open_would_give(tmp_path):
+    import os
+    import stat
+
+    from lmforge.publish import FILE_MODE, write_json_atomic
+
+    write_json_atomic(tmp_path / "report.json", {"a": 1})
+    (tmp_path / "plain.txt").write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "report.json").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain.txt").st_mode) == FILE_MODE

@@ -73,16 +73,29 @@ class Source:
 
 
 def source_of(given: str) -> Source:
+    """The model folder `given` names, and the run that made it: RUN/final/, or one seed's
+    RUN/seed_N/final/ of a multi-seed fine-tuning (its own report, the run's config and data)."""
     folder = backbone.resolve(given)
-    run = folder.parent if folder.name == "final" and stage_of(folder.parent) else None
     head, _ = backbone.saved_head(folder)
     kind = head or ("fill-mask" if model_mod.objective_of(folder) == "mlm" else "generate")
+    run = scored = None
+    if folder.name == "final" and stage_of(folder.parent):
+        run = scored = folder.parent
+    elif folder.name == "final" and folder.parent.name.startswith("seed_") and stage_of(folder.parent.parent):
+        run, scored = folder.parent.parent, folder.parent
 
-    def read(name: str, loader) -> dict:
-        path = run / name if run else None
+    def read(where: Optional[Path], name: str, loader) -> dict:
+        path = where / name if where else None
         return loader(path.read_text(encoding="utf-8")) if path and path.is_file() else {}
 
-    return Source(folder, run, kind, read("config.yaml", yaml.safe_load), read("manifest.json", json.loads), read("report.json", json.loads))  # fmt: skip
+    return Source(
+        folder,
+        run,
+        kind,
+        read(run, "config.yaml", yaml.safe_load),
+        read(run, "manifest.json", json.loads),
+        read(scored, "report.json", json.loads),
+    )
 
 
 # --- the model as PyTorch and as ONNX ------------------------------------------------------------
@@ -278,9 +291,23 @@ def check_lm(config, model, tokenizer, onnx_paths: dict[str, Path], kind: str, p
 
 
 def quantize_int8(source: Path, target: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """onnxruntime dynamic int8 (weights int8, activations quantised per batch), after its own
+    pre-processing (shape inference, graph optimisation) as onnxruntime recommends."""
+    import logging
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = target.with_name("model.pre.onnx")
+    try:
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # dynamic axes defeat it
+    except Exception as err:  # an unusual graph: quantise it as it is
+        print(f"note: onnxruntime's pre-processing failed ({type(err).__name__}); quantising without it", flush=True)
+        prepared = source
+    logging.getLogger().setLevel(logging.ERROR)  # its pre-processing advice, given already
+    quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+    if prepared != source:
+        prepared.unlink()
 
 
 # --- the model card -------------------------------------------------------------------------------
@@ -303,6 +330,8 @@ def card(source: Source, task, checks: dict, out_name: str) -> str:
     if base:
         lines += ["", f"**Base model:** `{base}`"]
     inputs = [i for i in source.manifest.get("inputs", []) if i.get("sha256")]
+    if not source.run:
+        lines += ["", "## Training data", "", f"Not recorded: `{source.folder}` is not an lmforge run folder, so its data, recipe and metrics are unknown here."]  # fmt: skip
     if inputs:
         lines += ["", "## Training data", "", "| file | bytes | sha256 |", "| --- | --- | --- |"]
         lines += [f"| `{Path(i['path']).name}` | {i['bytes']:,} | `{i['sha256'][:16]}` |" for i in inputs]

@@ -51,25 +51,15 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-@torch.no_grad()
-def generate(
-    model,
-    tokenizer,
-    prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    samples: int = 1,
-    seed: int = 0,
-) -> list[str]:
+def generate(model, tokenizer, prompt: str, *args, **kwargs) -> list[str]:
     """Continuations of `prompt` (prompt included). Each step sees the last `context` tokens,
     so generation can run past the trained context length.
 
     Within the context, keys and values are cached (one new token per forward pass); past it,
     the window slides, which a cache cannot follow, so each step re-reads the last `context` tokens.
+    The other arguments are those of `steps`.
     """
-    (out,) = collections.deque(steps(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, samples, seed), maxlen=1)  # fmt: skip
+    (out,) = collections.deque(steps(model, tokenizer, prompt, *args, **kwargs), maxlen=1)
     return [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out]
 
 

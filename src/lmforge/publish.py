@@ -86,12 +86,22 @@ def publish_file(partial: Path, target: Path) -> None:
     fsync_dir(Path(target).parent)
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()  # what open() would give a new file under this process's umask
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Replace `path` with `text` through a fsynced temp file and a rename: a kill leaves the old or the new."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes it 0o600: a report or model card reads like any other file
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         publish_file(Path(tmp), path)
@@ -127,6 +137,9 @@ def publish_folder(target: str | Path, replace: bool = True) -> Iterator[Path]:
                 raise
             raise full from err
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0o700; a published folder reads like any other
+        for path in tmp.rglob("*"):  # and so do its files (libraries that write atomically leave 0o600)
+            if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600:
+                os.chmod(path, FILE_MODE)
         fsync_tree(tmp)
         if replace:
             replace_dir(tmp, target)

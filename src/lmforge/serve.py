@@ -291,15 +291,20 @@ def build_app(config: ServeConfig, predictor=None):
         if kind != task:
             fail(404, f"this server serves a {kind} model: use POST /v1/{ENDPOINT_OF[kind]}")
 
-    @app.post("/v1/classify", dependencies=guard, summary="labels with scores for each text")
-    async def classify(body: Texts):
-        only("classification")
-        return await answer(items_of(body))
+    def text_endpoint(task: str):
+        async def endpoint(body: Texts):
+            only(task)
+            return await answer(items_of(body))
 
-    @app.post("/v1/ner", dependencies=guard, summary="entities (character spans) in each text")
-    async def ner(body: Texts):
-        only("ner")
-        return await answer(items_of(body))
+        return endpoint
+
+    for task, summary in (
+        ("classification", "labels with scores for each text"),
+        ("ner", "entities (character spans) in each text"),
+        ("fill-mask", "candidates for the mask token in each text"),
+    ):
+        path = f"/v1/{ENDPOINT_OF[task]}"
+        app.post(path, dependencies=guard, summary=summary, name=ENDPOINT_OF[task])(text_endpoint(task))
 
     @app.post("/v1/qa", dependencies=guard, summary="the answer span in each context")
     async def qa(body: Questions):
@@ -315,11 +320,6 @@ def build_app(config: ServeConfig, predictor=None):
         check_size([i["context"] for i in items])
         check_size([i["question"] for i in items])
         return await answer(items)
-
-    @app.post("/v1/fill-mask", dependencies=guard, summary="candidates for the mask token in each text")
-    async def fill_mask(body: Texts):
-        only("fill-mask")
-        return await answer(items_of(body))
 
     @app.post("/v1/generate", dependencies=guard, summary="a continuation of the prompt (server-sent events)")
     async def generate(body: Prompt):
