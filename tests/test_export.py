@@ -70,9 +70,13 @@ def test_onnx_matches_pytorch_for_each_task_head(name, tiny_classifier, tiny_tag
     assert checks["onnx"]["metrics"] == pytest.approx(checks["torch"], abs=1e-6)
 
 
-def test_int8_writes_the_metric_before_and_after_into_the_card(tiny_classifier, tmp_path):
+def test_int8_writes_the_metric_before_and_after_into_the_card(tiny_classifier, tmp_path, monkeypatch):
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)  # onnxruntime's pre-processing once left temp models in the working folder
     out = tmp_path / "int8"
     assert export("--model", tiny_classifier, "--out", out, "--onnx", "true", "--quantize", "int8") == 0
+    assert not list(here.iterdir())
     assert (out / "model.int8.onnx").stat().st_size < (out / "model.onnx").stat().st_size
     checks = onnx_checks(out)
     metric = checks["metric"]
