@@ -145,7 +145,8 @@ def prepare(config: FinetuneConfig) -> Prepared:
     task = task_cls.from_train(train_examples, data_cfg)
     valid_examples = task.read(config.valid_file, data_cfg, "valid")
     test_examples = task.read(config.test_file, data_cfg, "test") if config.test_file else None
-    encode = lambda examples, path: encoded(task, examples, tokenizer, data_cfg, model_dir, path)  # noqa: E731
+    vocab = tokenizer_fingerprint(model_dir)  # read once: it keys the three files' encodings
+    encode = lambda examples, path: encoded(task, examples, tokenizer, data_cfg, vocab, path)  # noqa: E731
     test = encode(test_examples, config.test_file) if test_examples is not None else None
     return Prepared(
         model_dir,
@@ -174,10 +175,10 @@ def tokenizer_fingerprint(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def encoded(task: Task, examples: list, tokenizer, cfg: FormatConfig, model_dir: Path, path: str):
+def encoded(task: Task, examples: list, tokenizer, cfg: FormatConfig, vocab: str, path: str):
     stat = Path(path).stat()
     labels = tuple(getattr(task, "labels", ()) or ())
-    key = (tokenizer_fingerprint(model_dir), task.name, labels, str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, repr(cfg), len(examples))  # fmt: skip
+    key = (vocab, task.name, labels, str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, repr(cfg), len(examples))  # fmt: skip
     if key not in ENCODED:
         ENCODED[key] = task.encode(examples, tokenizer, cfg)
         while len(ENCODED) > ENCODED_KEEP:
